@@ -1,0 +1,202 @@
+"""One frozen Settings object, read from the environment, a .env file and flags, checked at start."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent
+
+BUNDLED_TLE = ROOT / "data" / "iss_zarya.tle"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot run with."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _choice(*allowed: str):
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return lowered
+
+    return parse
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+
+
+def _optional(value: str) -> str | None:
+    return value.strip() or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be configured with; field metadata names the env variable."""
+
+    host: str = field(default="127.0.0.1", metadata={"env": "HOST", "parse": str})
+    port: int = field(default=5000, metadata={"env": "PORT", "parse": int})
+
+    server_api_key: str | None = field(
+        default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
+    )
+    max_body_bytes: int = field(
+        default=1024 * 1024, metadata={"env": "MAX_BODY_BYTES", "parse": _positive_int}
+    )
+    keepalive_interval: float = field(
+        default=3.0, metadata={"env": "KEEPALIVE_INTERVAL", "parse": _positive_float}
+    )
+    drain_timeout: float = field(
+        default=10.0, metadata={"env": "DRAIN_TIMEOUT", "parse": _positive_float}
+    )
+    fallback_reply: str | None = field(
+        default=None, metadata={"env": "FALLBACK_REPLY", "parse": _optional}
+    )
+
+    llm_backend: str = field(
+        default="auto", metadata={"env": "LLM_BACKEND", "parse": _choice("auto", "openai", "builtin")}
+    )
+    llm_model: str | None = field(default=None, metadata={"env": "LLM_MODEL", "parse": _optional})
+    default_model: str = field(default="gpt-4o-mini", metadata={"env": "DEFAULT_MODEL", "parse": str})
+    openai_api_key: str | None = field(
+        default=None, repr=False, metadata={"env": "OPENAI_API_KEY", "parse": _optional}
+    )
+    openai_base_url: str | None = field(
+        default=None, metadata={"env": "OPENAI_BASE_URL", "parse": _optional}
+    )
+    upstream_timeout: float = field(
+        default=30.0, metadata={"env": "UPSTREAM_TIMEOUT", "parse": _positive_float}
+    )
+    upstream_connect_timeout: float = field(
+        default=5.0, metadata={"env": "UPSTREAM_CONNECT_TIMEOUT", "parse": _positive_float}
+    )
+    upstream_max_retries: int = field(
+        default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": int}
+    )
+
+    iss_inject: str = field(
+        default="user", metadata={"env": "ISS_INJECT", "parse": _choice("user", "system", "off")}
+    )
+    iss_sources: tuple[str, ...] = field(
+        default=("open-notify", "wheretheiss", "tle"), metadata={"env": "ISS_SOURCES", "parse": _csv}
+    )
+    iss_api_url: str = field(
+        default="http://api.open-notify.org/iss-now.json", metadata={"env": "ISS_API_URL", "parse": str}
+    )
+    wheretheiss_url: str = field(
+        default="https://api.wheretheiss.at/v1/satellites/25544",
+        metadata={"env": "WHERETHEISS_URL", "parse": str},
+    )
+    tle_url: str = field(
+        default="https://celestrak.org/NORAD/elements/gp.php?CATNR=25544&FORMAT=TLE",
+        metadata={"env": "TLE_URL", "parse": str},
+    )
+    iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
+    iss_refresh_interval: float = field(
+        default=5.0, metadata={"env": "ISS_REFRESH_INTERVAL", "parse": _positive_float}
+    )
+    tle_refresh_interval: float = field(
+        default=2 * 3600.0, metadata={"env": "TLE_REFRESH_INTERVAL", "parse": _positive_float}
+    )
+    iss_cache_dir: Path = field(
+        default=ROOT / "var" / "cache", metadata={"env": "ISS_CACHE_DIR", "parse": Path}
+    )
+    bundled_tle: Path = field(default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": Path})
+
+    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
+    console_token: str | None = field(
+        default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _optional}
+    )
+    console_buffer: int = field(
+        default=100, metadata={"env": "CONSOLE_BUFFER", "parse": _positive_int}
+    )
+
+    log_level: str = field(
+        default="info",
+        metadata={"env": "LOG_LEVEL", "parse": _choice("debug", "info", "warning", "error")},
+    )
+
+    @property
+    def use_openai(self) -> bool:
+        """Whether chat goes to the openai upstream rather than the built-in responder."""
+        if self.llm_backend == "openai":
+            return True
+        if self.llm_backend == "builtin":
+            return False
+        return bool(self.openai_api_key)
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        return self.host not in {"127.0.0.1", "localhost", "::1"} and not self.host.startswith("127.")
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+
+def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Settings:
+    """Settings from environment-style names; an invalid value raises ConfigError naming it."""
+    changes: dict[str, object] = {}
+    for f in fields(Settings):
+        name = f.metadata.get("env")
+        if name is None or name not in values or values[name] is None:
+            continue
+        try:
+            changes[f.name] = f.metadata["parse"](values[name])
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return replace(base or Settings(), **changes)
+
+
+def load_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> Settings:
+    """Read .env (never overriding the real environment), the environment, then --host/--port."""
+    parser = argparse.ArgumentParser(description="ISS-aware OpenAI-compatible chat layer")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 5000)")
+    args = parser.parse_args(argv)
+
+    merged: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    settings = from_mapping(merged)
+    if args.host:
+        settings = replace(settings, host=args.host)
+    if args.port is not None:
+        settings = replace(settings, port=args.port)
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
+    return settings

@@ -1,0 +1,102 @@
+"""JSON API base: OpenAI-shaped errors and bearer-key auth for every API handler."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import tornado.web
+
+from services.openai_format import ApiError, error_body
+
+log = logging.getLogger("iss_llm.http")
+
+_TYPE_BY_STATUS = {
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """Base for JSON endpoints: every error is the OpenAI error object, never a traceback."""
+
+    server_api_key: str | None = None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_json(self, obj: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps(obj))
+
+    def check_bearer(self) -> None:
+        """401 unless the Authorization header carries SERVER_API_KEY (when one is set)."""
+        expected = self.server_api_key
+        if not expected:
+            return
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "Missing bearer token: send 'Authorization: Bearer <SERVER_API_KEY>'.",
+                code="missing_api_key",
+            )
+        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    def send_api_error(self, error: ApiError) -> None:
+        self.clear()
+        self.set_default_headers()
+        if error.status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
+        self.set_status(error.status)
+        self.finish(orjson.dumps(error.body()))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, ApiError):
+            self.send_api_error(exc)
+            return
+        if isinstance(exc, tornado.web.HTTPError):
+            reason = exc.log_message if exc.log_message and status_code < 500 else None
+        else:
+            reason = None
+        phrase = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
+        message = reason or phrase
+        if status_code == 405:
+            message = f"Method {self.request.method} is not allowed on {self.request.path}."
+        elif status_code >= 500:
+            message = "The server had an error while processing your request."
+        error_type = _TYPE_BY_STATUS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
+        self.finish(orjson.dumps(error_body(message, type=error_type, code=phrase.lower().replace(" ", "_"))))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError):
+            if self._finished:
+                return
+            if self._headers_written:
+                log.warning("error after headers were sent: %s", e.message)
+                self.finish()
+                return
+            self.send_api_error(e)
+            return
+        super()._handle_request_exception(e)
+
+
+class NotFoundHandler(ApiHandler):
+    """Any unknown path: 404 in the OpenAI error shape."""
+
+    def prepare(self) -> None:
+        raise ApiError(
+            404, f"Unknown path {self.request.path}; see /v1/models and /v1/chat/completions.",
+            code="unknown_url",
+        )

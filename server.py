@@ -1,0 +1,201 @@
+"""The ISS-aware OpenAI-compatible chat layer: make_app wires the parts, main runs and drains."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+from services.llm.base import Backend
+from tornado.httpserver import HTTPServer
+
+from config import ConfigError, Settings, load_settings
+from handlers import chat, console, health, iss, models
+from handlers.base import NotFoundHandler
+from services.events import EventHub
+from services.iss.state import Tracker
+
+ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("iss_llm")
+
+
+class Inflight:
+    """Counts chat requests in progress, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass
+class Services:
+    """The collaborators every handler gets through initialize()."""
+
+    settings: Settings
+    tracker: Tracker
+    backend: Backend
+    hub: EventHub
+    console_token: str
+    inflight: Inflight = field(default_factory=Inflight)
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.backend.close()
+        await self.tracker.close()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    tracker: Tracker | None = None,
+    backend: Backend | None = None,
+    hub: EventHub | None = None,
+) -> Services:
+    if tracker is None:
+        from services.iss.tracker import IssTracker
+
+        tracker = IssTracker(settings)
+    if backend is None:
+        from services.llm import make_backend
+
+        backend = make_backend(settings)
+    return Services(
+        settings=settings,
+        tracker=tracker,
+        backend=backend,
+        hub=hub or EventHub(settings.console_buffer),
+        console_token=settings.console_token or secrets.token_urlsafe(24),
+    )
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log without query strings: a console token in ?token= must never reach a log."""
+    status = handler.get_status()
+    request = handler.request
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+def make_app(settings: Settings, services: Services | None = None, **debug: Any) -> tornado.web.Application:
+    """The Tornado application with every route; `services` defaults to real collaborators."""
+    services = services or build_services(settings)
+    routes: list[Any] = [
+        *chat.routes(services),
+        *models.routes(services),
+        *health.routes(services),
+        *iss.routes(services),
+    ]
+    if settings.console_enabled:
+        routes += console.routes(services)
+    app = tornado.web.Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        static_path=str(ROOT / "static"),
+        template_path=str(ROOT / "templates"),
+        log_function=_log_request,
+        compress_response=False,
+        **debug,
+    )
+    app.services = services  # type: ignore[attr-defined]
+    return app
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
+    # The body limit is enforced by the chat handler (413 in the OpenAI shape); the server-level
+    # cap only stops anything far larger from being buffered at all.
+    return HTTPServer(
+        app,
+        xheaders=False,
+        max_body_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
+        max_buffer_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
+        body_timeout=30.0,
+        idle_connection_timeout=75.0,
+        max_header_size=64 * 1024,
+    )
+
+
+async def serve(settings: Settings) -> int:
+    """Listen until SIGTERM or SIGINT, then stop accepting and let in-flight streams finish."""
+    app = make_app(settings)
+    services: Services = app.services  # type: ignore[attr-defined]
+    server = make_server(app, settings)
+    server.listen(settings.port, settings.host)
+    port = next(iter(server._sockets.values())).getsockname()[1] if settings.port == 0 else settings.port
+
+    host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
+    base = f"http://{host_for_url}:{port}"
+    log.info("listening on %s (backend: %s)", base, services.backend.name)
+    if settings.listens_beyond_loopback and not settings.server_api_key:
+        log.warning(
+            "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
+            "port can use your upstream LLM. Set SERVER_API_KEY. !!!",
+            settings.host,
+        )
+    if settings.console_enabled:
+        # Printed, never logged: the token opens a page that shows every conversation.
+        print(f"Console: {base}/console?token={services.console_token}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: no new connections, %d stream(s) in flight", services.inflight.count)
+    server.stop()
+    drained = await services.inflight.wait_idle(settings.drain_timeout)
+    if not drained:
+        log.warning("drain timeout (%.0fs) reached with %d stream(s) still open", settings.drain_timeout, services.inflight.count)
+    await server.close_all_connections() if drained else None
+    await services.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The ISS block and where it goes in the messages. Pure functions."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+from services.iss.describe import describe_state
+from services.iss.state import IssState
+
+BLOCK_START = "[ISS live data]"
+BLOCK_END = "[/ISS live data]"
+
+
+def iss_block(state: IssState | None, now: datetime | None = None) -> str:
+    """The short, clearly delimited text a model reads about the station right now."""
+    if state is None:
+        moment = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+        body = (
+            f"The ISS position is unavailable right now ({moment}): no source answered. "
+            "Say so if asked; do not guess a position."
+        )
+    else:
+        body = describe_state(state)
+    return f"{BLOCK_START} {body} {BLOCK_END}"
+
+
+def inject(messages: list[dict[str, Any]], block: str, mode: str) -> list[dict[str, Any]]:
+    """A new message list with the block added; the caller's messages are left as they were.
+
+    mode "user" appends the block to the last user message, so the prompt prefix stays stable
+    for upstream prompt caching; "system" adds it as a trailing system message; "off" adds
+    nothing. Without any user message, "user" falls back to a trailing system message.
+    """
+    if mode == "off":
+        return list(messages)
+    if mode == "user":
+        for index in range(len(messages) - 1, -1, -1):
+            if messages[index].get("role") == "user":
+                result = list(messages)
+                result[index] = _with_block(messages[index], block)
+                return result
+    return [*messages, {"role": "system", "content": block}]
+
+
+def _with_block(message: dict[str, Any], block: str) -> dict[str, Any]:
+    content = message.get("content")
+    updated = dict(message)
+    if isinstance(content, list):
+        # Non-text parts (images, audio) pass through untouched; the block is one more text part.
+        updated["content"] = [*copy.copy(content), {"type": "text", "text": block}]
+    elif content:
+        updated["content"] = f"{content}\n\n{block}"
+    else:
+        updated["content"] = block
+    return updated

@@ -1,0 +1,49 @@
+"""What the chat path, /iss and the console know about the station at one moment."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class IssState:
+    """The station's state at `at`, derived from data measured at `measured_at` by `source`."""
+
+    latitude: float
+    longitude: float
+    at: datetime
+    measured_at: datetime
+    source: str
+    accuracy: str
+    altitude_km: float | None = None
+    speed_kmh: float | None = None
+    sunlit: bool | None = None
+    ground_daylight: bool | None = None
+    over: str | None = None
+    nearest_city: str | None = None
+    nearest_city_km: float | None = None
+    nearest_city_direction: str | None = None
+    rough: bool = False
+
+    @property
+    def age_seconds(self) -> float:
+        return (self.at - self.measured_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["at"] = self.at.isoformat().replace("+00:00", "Z")
+        data["measured_at"] = self.measured_at.isoformat().replace("+00:00", "Z")
+        data["age_seconds"] = round(self.age_seconds, 1)
+        return data
+
+
+class Tracker(Protocol):
+    """The chat path's view of the ISS: never raises, never waits longer than its timeout."""
+
+    async def current(self) -> IssState | None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    async def close(self) -> None: ...
