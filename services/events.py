@@ -281,6 +281,8 @@ class EventHub:
     def publish(self, event: dict[str, Any]) -> None:
         """Record and fan out one event. Never blocks, never raises."""
         try:
+            if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+                return
             if event.get("type") == "request":
                 event = {
                     **event,
@@ -290,12 +292,19 @@ class EventHub:
                 event.pop("headers", None)
             self.published += 1
             self.log.record(event)
-            for subscriber in self._subscribers:
-                subscriber.offer(event)
         except Exception:  # the console must never break a chat stream
-            self._failures += 1
-            if self._failures <= 3:
-                log.exception("console event dropped: could not publish %r", event.get("type"))
+            self._failed()
+            return
+        for subscriber in self._subscribers:
+            try:
+                subscriber.offer(event)
+            except Exception:
+                self._failed()
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failures <= 3:
+            log.exception("console event dropped: could not publish it")
 
     def subscribe(self) -> Subscription:
         """A new subscriber queue; read the replay with snapshot() right after, in the same tick."""
