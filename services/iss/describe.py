@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from services.iss.accuracy import round_km
 from services.iss.state import IssState
 
 
-def describe_state(state: IssState) -> str:
-    """Position, units, the UTC time it describes, its source and accuracy."""
+def _where(state: IssState) -> str:
     lat = f"{abs(state.latitude):.2f}°{'N' if state.latitude >= 0 else 'S'}"
     lon = f"{abs(state.longitude):.2f}°{'E' if state.longitude >= 0 else 'W'}"
-    parts = [f"At {state.at.strftime('%Y-%m-%d %H:%M:%S')} UTC the ISS is at {lat}, {lon}"]
+    text = f"{lat}, {lon}"
     if state.over:
-        parts[0] += f", over {state.over}"
+        text += f", over {state.over}"
+    if state.nearest_city and state.nearest_city_km is not None:
+        if state.nearest_city_km < 25:
+            text += f", right above {state.nearest_city}"
+        else:
+            direction = f" {state.nearest_city_direction}" if state.nearest_city_direction else ""
+            text += f", about {round_km(state.nearest_city_km)}{direction} of {state.nearest_city}"
+    return text
+
+
+def _conditions(state: IssState) -> list[str]:
+    parts = []
     if state.altitude_km is not None:
         parts.append(f"altitude {state.altitude_km:.0f} km")
     if state.speed_kmh is not None:
         parts.append(f"speed {state.speed_kmh:,.0f} km/h")
-    text = ", ".join(parts) + "."
-    return f"{text} Source: {state.source}; {state.accuracy}."
+    if state.sunlit is not None:
+        parts.append("in sunlight" if state.sunlit else "in Earth's shadow")
+    if state.ground_daylight is not None:
+        parts.append("daytime on the ground below" if state.ground_daylight else "night on the ground below")
+    return parts
+
+
+def describe_state(state: IssState) -> str:
+    """Position, what it's over, units, the UTC time it describes, its source and accuracy."""
+    moment = state.at.strftime("%Y-%m-%d %H:%M:%S")
+    estimate = "is roughly estimated to be" if state.rough else "is"
+    first = f"At {moment} UTC the ISS {estimate} at {_where(state)}"
+    conditions = _conditions(state)
+    if conditions:
+        first += "; " + ", ".join(conditions)
+    return f"{first}. Source: {state.source}; {state.accuracy}."

@@ -26,6 +26,7 @@ class IssState:
     nearest_city_km: float | None = None
     nearest_city_direction: str | None = None
     rough: bool = False
+    accuracy_km: float | None = None
 
     @property
     def age_seconds(self) -> float:

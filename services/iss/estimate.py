@@ -1,0 +1,151 @@
+"""Turn what the tracker knows (elements, a live fix, the place below) into an IssState. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from services.iss.accuracy import ROUGH_AFTER_DAYS, age_words, elements_error_km, round_km
+from services.iss.anchor import Anchor
+from services.iss.geography import Place
+from services.iss.orbit import bearing_deg, ground_distance_km, ground_in_daylight, propagate
+from services.iss.sources import Fix
+from services.iss.state import IssState
+from services.iss.tle import Elements
+
+# A live fix keeps steering the orbit model for this long after the last successful poll.
+LIVE_HOLD = timedelta(minutes=30)
+# Above this, an estimate is flagged rough for the reader.
+ROUGH_KM = 100.0
+# Open Notify's whole-second timestamps and 4-decimal positions: about one second of travel.
+FIX_ERROR_KM = 8.0
+ORBITAL_SPEED_KM_S = 7.66
+
+_COMPASS = (
+    "north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest",
+)
+_ORIGIN_LABEL = {"celestrak": "CelesTrak", "bundled": "bundled"}
+
+
+@dataclass(frozen=True)
+class Located:
+    """A place looked up for the point (latitude, longitude)."""
+
+    latitude: float
+    longitude: float
+    place: Place
+
+
+def compass(bearing: float) -> str:
+    """Eight-point compass word for a bearing in degrees."""
+    return _COMPASS[int(((bearing % 360) + 22.5) // 45) % 8]
+
+
+def _elements_phrase(elements: Elements, when: datetime) -> str:
+    age = elements.age_days(when) * 86400
+    label = _ORIGIN_LABEL.get(elements.origin, elements.origin)
+    relation = "old" if age >= 0 else "before their epoch"
+    return f"{label} orbital elements {age_words(age)} {relation}"
+
+
+def _place_fields(lat: float, lon: float, located: Located | None) -> dict[str, object]:
+    if located is None:
+        return {}
+    # The lookup is refreshed about once a second; an older one for a far-away point is dropped.
+    if ground_distance_km(lat, lon, located.latitude, located.longitude) > 150.0:
+        return {}
+    place = located.place
+    fields: dict[str, object] = {"over": place.over}
+    if place.city and place.city_latitude is not None and place.city_longitude is not None:
+        fields["nearest_city"] = place.city
+        fields["nearest_city_km"] = round(
+            ground_distance_km(place.city_latitude, place.city_longitude, lat, lon), 1
+        )
+        fields["nearest_city_direction"] = compass(
+            bearing_deg(place.city_latitude, place.city_longitude, lat, lon)
+        )
+    return fields
+
+
+def anchored_state(when: datetime, anchor: Anchor, located: Located | None) -> IssState:
+    """The fix's source moved on to `when` along the orbit the elements describe."""
+    fix, elements = anchor.fix, anchor.elements
+    point = propagate(elements.satrec, when + timedelta(seconds=anchor.shift_s))
+    since_fix = (when - fix.measured_at).total_seconds()
+    age_days = elements.age_days(when)
+    # How fast the elements' own error grows, applied to the time since the fix anchored them.
+    drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
+    error = anchor.residual_km + FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix)
+    text = (
+        f"{fix.source} fix from {age_words(since_fix)} earlier, moved on along the orbit with SGP4 "
+        f"({_elements_phrase(elements, when)}); within about {round_km(error)}"
+    )
+    rough = error > ROUGH_KM
+    if rough:
+        text += "; a rough estimate, because the orbit model no longer lines up well with the fix"
+    return IssState(
+        latitude=point.latitude,
+        longitude=point.longitude,
+        at=when,
+        measured_at=fix.measured_at,
+        source=fix.source,
+        accuracy=text,
+        altitude_km=point.altitude_km,
+        speed_kmh=point.speed_kmh,
+        sunlit=point.sunlit,
+        ground_daylight=ground_in_daylight(point.latitude, point.longitude, when),
+        rough=rough,
+        accuracy_km=round(error, 1),
+        **_place_fields(point.latitude, point.longitude, located),  # type: ignore[arg-type]
+    )
+
+
+def elements_state(when: datetime, elements: Elements, located: Located | None) -> IssState:
+    """The elements propagated to `when`, labelled with their age and what that means."""
+    point = propagate(elements.satrec, when)
+    age_days = elements.age_days(when)
+    error = elements_error_km(age_days)
+    source = f"{elements.origin}-tle"
+    rough = abs(age_days) > ROUGH_AFTER_DAYS
+    text = f"SGP4 from {_elements_phrase(elements, when)}; "
+    if rough:
+        off = "thousands of km" if error >= 1000 else f"about {round_km(error)}"
+        text += (
+            f"a rough estimate: no live source answered, and elements this old can be off by {off} "
+            "along the orbit (drag and reboosts)"
+        )
+    else:
+        text += f"within about {round_km(error)}"
+    return IssState(
+        latitude=point.latitude,
+        longitude=point.longitude,
+        at=when,
+        measured_at=elements.epoch,
+        source=source,
+        accuracy=text,
+        altitude_km=point.altitude_km,
+        speed_kmh=point.speed_kmh,
+        sunlit=point.sunlit,
+        ground_daylight=ground_in_daylight(point.latitude, point.longitude, when),
+        rough=rough,
+        accuracy_km=round(error, 1),
+        **_place_fields(point.latitude, point.longitude, located),  # type: ignore[arg-type]
+    )
+
+
+def fix_state(fix: Fix, located: Located | None) -> IssState:
+    """A live fix as measured, when no orbit model is available to move it on."""
+    return IssState(
+        latitude=fix.latitude,
+        longitude=fix.longitude,
+        at=fix.measured_at,
+        measured_at=fix.measured_at,
+        source=fix.source,
+        accuracy=f"as measured by {fix.source}; no orbit model was available to move it on to now",
+        altitude_km=fix.altitude_km,
+        speed_kmh=fix.speed_kmh,
+        sunlit=None if fix.visibility is None else fix.visibility == "daylight",
+        ground_daylight=ground_in_daylight(fix.latitude, fix.longitude, fix.measured_at),
+        accuracy_km=FIX_ERROR_KM,
+        **_place_fields(fix.latitude, fix.longitude, located),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,142 @@
+"""SGP4 propagation to geodetic latitude, longitude, altitude and speed, plus the Sun's geometry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sgp4.api import Satrec
+
+_WGS84_A = 6378.137
+_WGS84_F = 1 / 298.257223563
+_WGS84_E2 = _WGS84_F * (2 - _WGS84_F)
+_EARTH_RADIUS_KM = 6371.0
+_EARTH_ROTATION = 7.292115146706979e-5  # rad/s
+_UNIX_JD = 2440587.5
+_DEG = math.pi / 180.0
+
+
+class PropagationError(RuntimeError):
+    """SGP4 could not propagate the elements to the requested time."""
+
+
+@dataclass(frozen=True)
+class OrbitPoint:
+    """Where the elements put the station at one moment."""
+
+    latitude: float
+    longitude: float
+    altitude_km: float
+    speed_kmh: float
+    sunlit: bool
+    teme_km: tuple[float, float, float]
+
+
+def julian(when: datetime) -> tuple[float, float]:
+    """The (whole, fraction) Julian date of an aware datetime, split for precision."""
+    seconds = when.timestamp()
+    days, remainder = divmod(seconds, 86400.0)
+    return _UNIX_JD + days, remainder / 86400.0
+
+
+def gmst(jd: float, fr: float) -> float:
+    """Greenwich mean sidereal time (IAU 1982) in radians, the angle TEME is rotated by."""
+    t = (jd - 2451545.0 + fr) / 36525.0
+    seconds = (
+        67310.54841
+        + (876600.0 * 3600.0 + 8640184.812866) * t
+        + 0.093104 * t * t
+        - 6.2e-6 * t * t * t
+    )
+    return (seconds % 86400.0) / 240.0 * _DEG
+
+
+def geodetic(x: float, y: float, z: float) -> tuple[float, float, float]:
+    """Earth-fixed km to WGS84 (latitude°, longitude°, height km)."""
+    lon = math.atan2(y, x)
+    p = math.hypot(x, y)
+    lat = math.atan2(z, p * (1 - _WGS84_E2))
+    height = 0.0
+    for _ in range(5):
+        sin_lat = math.sin(lat)
+        n = _WGS84_A / math.sqrt(1 - _WGS84_E2 * sin_lat * sin_lat)
+        height = p / math.cos(lat) - n
+        lat = math.atan2(z, p * (1 - _WGS84_E2 * n / (n + height)))
+    return lat / _DEG, lon / _DEG, height
+
+
+def sun_direction(jd: float, fr: float) -> tuple[float, float, float]:
+    """Unit vector to the Sun in the equatorial frame of date (Astronomical Almanac, ~0.01°)."""
+    n = jd - 2451545.0 + fr
+    mean_lon = (280.460 + 0.9856474 * n) % 360.0
+    anomaly = (357.528 + 0.9856003 * n) % 360.0 * _DEG
+    ecliptic_lon = (mean_lon + 1.915 * math.sin(anomaly) + 0.020 * math.sin(2 * anomaly)) * _DEG
+    obliquity = (23.439 - 0.0000004 * n) * _DEG
+    return (
+        math.cos(ecliptic_lon),
+        math.cos(obliquity) * math.sin(ecliptic_lon),
+        math.sin(obliquity) * math.sin(ecliptic_lon),
+    )
+
+
+def in_sunlight(r: tuple[float, float, float], sun: tuple[float, float, float]) -> bool:
+    """Cylindrical shadow model: sunlit unless behind Earth and within its radius of the axis."""
+    along = r[0] * sun[0] + r[1] * sun[1] + r[2] * sun[2]
+    if along >= 0:
+        return True
+    perp2 = r[0] ** 2 + r[1] ** 2 + r[2] ** 2 - along * along
+    return perp2 > _EARTH_RADIUS_KM**2
+
+
+def ground_in_daylight(latitude: float, longitude: float, when: datetime) -> bool:
+    """Whether the Sun is above the horizon (upper limb, with refraction) at that ground point."""
+    jd, fr = julian(when)
+    sx, sy, sz = sun_direction(jd, fr)
+    theta = gmst(jd, fr)
+    # The Sun's direction rotated into the Earth-fixed frame, then dotted with the local vertical.
+    ex = sx * math.cos(theta) + sy * math.sin(theta)
+    ey = -sx * math.sin(theta) + sy * math.cos(theta)
+    lat, lon = latitude * _DEG, longitude * _DEG
+    up = (math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat))
+    sin_elevation = ex * up[0] + ey * up[1] + sz * up[2]
+    return sin_elevation > math.sin(-0.833 * _DEG)
+
+
+def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
+    """The station's geodetic position, height, ground-frame speed and sunlight at `when`."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    jd, fr = julian(when)
+    error, r, v = satrec.sgp4(jd, fr)
+    if error:
+        raise PropagationError(f"sgp4 error {error}")
+    theta = gmst(jd, fr)
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    x = cos_t * r[0] + sin_t * r[1]
+    y = -sin_t * r[0] + cos_t * r[1]
+    z = r[2]
+    lat, lon, height = geodetic(x, y, z)
+    # Speed relative to the rotating Earth is what wheretheiss.at and most readers quote.
+    vx = cos_t * v[0] + sin_t * v[1] + _EARTH_ROTATION * y
+    vy = -sin_t * v[0] + cos_t * v[1] - _EARTH_ROTATION * x
+    speed_kmh = math.sqrt(vx * vx + vy * vy + v[2] * v[2]) * 3600.0
+    sunlit = in_sunlight(r, sun_direction(jd, fr))
+    return OrbitPoint(lat, lon, height, speed_kmh, sunlit, (r[0], r[1], r[2]))
+
+
+def ground_distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance on a spherical Earth (haversine)."""
+    p1, p2 = lat1 * _DEG, lat2 * _DEG
+    dp, dl = p2 - p1, (lon2 - lon1) * _DEG
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * _EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def bearing_deg(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Initial bearing from point 1 to point 2, degrees clockwise from north."""
+    p1, p2 = lat1 * _DEG, lat2 * _DEG
+    dl = (lon2 - lon1) * _DEG
+    y = math.sin(dl) * math.cos(p2)
+    x = math.cos(p1) * math.sin(p2) - math.sin(p1) * math.cos(p2) * math.cos(dl)
+    return (math.atan2(y, x) / _DEG) % 360.0

@@ -1,0 +1,312 @@
+"""The ISS data sources: Open Notify, wheretheiss.at and CelesTrak, each with its own health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from services.iss.tle import Elements, TleError, parse_tle
+
+log = logging.getLogger("iss_llm.iss")
+
+# A live fix older than this, or this far in the future, is not a fix of "now".
+MAX_FIX_AGE = timedelta(minutes=30)
+MAX_FIX_FUTURE = timedelta(seconds=120)
+_MAX_BODY = 64 * 1024
+
+
+class SourceError(Exception):
+    """A source answered with something unusable; the message is safe to log and show."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A measured position from a live source."""
+
+    source: str
+    latitude: float
+    longitude: float
+    measured_at: datetime
+    received_at: datetime
+    altitude_km: float | None = None
+    speed_kmh: float | None = None
+    visibility: str | None = None
+
+
+class SourceHealth:
+    """Counters and last outcome of one source, as health() reports them."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.attempts = 0
+        self.successes = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+        self.last_attempt: float | None = None
+        self.last_success: datetime | None = None
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+
+    def attempt(self) -> None:
+        self.attempts += 1
+        self.last_attempt = time.monotonic()
+
+    def ok(self) -> None:
+        self.successes += 1
+        self.consecutive_failures = 0
+        self.last_success = datetime.now(UTC)
+
+    def failed(self, message: str) -> None:
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.last_error = message
+        self.last_error_at = datetime.now(UTC)
+
+    def to_dict(self) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        failing = self.consecutive_failures > 0
+        return {
+            "state": "failing" if failing else "ok" if self.successes else "idle",
+            "attempts": self.attempts,
+            "successes": self.successes,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "last_success": _iso(self.last_success),
+            "last_success_age_seconds": _age(self.last_success, now),
+            "last_error": self.last_error,
+            "last_error_at": _iso(self.last_error_at),
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _age(value: datetime | None, now: datetime) -> float | None:
+    return round((now - value).total_seconds(), 1) if value else None
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, traceback-free, secret-free description of a fetch failure."""
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return f"connection failed ({type(exc).__name__})"
+    return f"unexpected error ({type(exc).__name__})"
+
+
+async def _get_text(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
+    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
+    async with session.get(url, timeout=client_timeout, allow_redirects=True) as response:
+        if response.status != 200:
+            raise SourceError(f"HTTP {response.status}")
+        body = await response.content.read(_MAX_BODY + 1)
+        if len(body) > _MAX_BODY:
+            raise SourceError("response too large")
+        return body.decode("utf-8", errors="replace")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    # Open Notify sends latitude and longitude as strings; wheretheiss.at sends numbers.
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SourceError(f"malformed body: {name} missing or not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise SourceError(f"malformed body: {name} is not a number") from None
+    if not math.isfinite(number) or not low <= number <= high:
+        raise SourceError(f"malformed body: {name} out of range")
+    return number
+
+
+def _timestamp(value: Any, received: datetime) -> datetime:
+    seconds = _number(value, "timestamp", 0, 1e11)
+    measured = datetime.fromtimestamp(seconds, UTC)
+    if measured - received > MAX_FIX_FUTURE:
+        raise SourceError("timestamp is in the future")
+    if received - measured > MAX_FIX_AGE:
+        raise SourceError("stale data (timestamp more than 30 minutes old)")
+    return measured
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise SourceError("malformed body: not JSON") from None
+    if not isinstance(data, dict):
+        raise SourceError("malformed body: not a JSON object")
+    return data
+
+
+def parse_open_notify(text: str, received: datetime) -> Fix:
+    """A Fix from Open Notify's iss-now.json body; raises SourceError."""
+    data = _json_object(text)
+    if data.get("message") != "success":
+        raise SourceError("malformed body: message is not 'success'")
+    position = data.get("iss_position")
+    if not isinstance(position, dict):
+        raise SourceError("malformed body: iss_position missing")
+    return Fix(
+        source="open-notify",
+        latitude=_number(position.get("latitude"), "latitude", -90, 90),
+        longitude=_number(position.get("longitude"), "longitude", -180, 180),
+        measured_at=_timestamp(data.get("timestamp"), received),
+        received_at=received,
+    )
+
+
+def parse_wheretheiss(text: str, received: datetime) -> Fix:
+    """A Fix from wheretheiss.at's /v1/satellites/25544 body; raises SourceError."""
+    data = _json_object(text)
+    if data.get("units", "kilometers") != "kilometers":
+        raise SourceError("malformed body: units are not kilometers")
+    visibility = data.get("visibility")
+    return Fix(
+        source="wheretheiss",
+        latitude=_number(data.get("latitude"), "latitude", -90, 90),
+        longitude=_number(data.get("longitude"), "longitude", -180, 180),
+        measured_at=_timestamp(data.get("timestamp"), received),
+        received_at=received,
+        altitude_km=_number(data.get("altitude"), "altitude", 100, 2000),
+        speed_kmh=_number(data.get("velocity"), "velocity", 10000, 40000),
+        visibility=visibility if visibility in {"daylight", "eclipsed"} else None,
+    )
+
+
+class LiveSource:
+    """A JSON position API polled no more often than `min_interval` seconds."""
+
+    def __init__(self, name: str, url: str, parser: Any, timeout: float, min_interval: float) -> None:
+        self.name = name
+        self.url = url
+        self.timeout = timeout
+        self.min_interval = min_interval
+        self.health = SourceHealth(name)
+        self._parse = parser
+
+    def due(self) -> bool:
+        """Whether a poll now respects the source's rate limit and failure back-off."""
+        last = self.health.last_attempt
+        if last is None:
+            return True
+        wait = self.min_interval
+        if self.health.consecutive_failures:
+            wait = min(self.min_interval * 2 ** min(self.health.consecutive_failures, 6), 300.0)
+        return time.monotonic() - last >= wait
+
+    async def fetch(self, session: aiohttp.ClientSession) -> Fix:
+        """One request; records health; raises on any failure (already described)."""
+        self.health.attempt()
+        try:
+            text = await asyncio.wait_for(_get_text(session, self.url, self.timeout), self.timeout)
+            fix = self._parse(text, datetime.now(UTC))
+        except asyncio.CancelledError:
+            self.health.failed("cancelled")
+            raise
+        except Exception as exc:
+            message = describe_error(exc)
+            self.health.failed(message)
+            log.warning("ISS source %s failed: %s", self.name, message)
+            raise SourceError(message) from None
+        self.health.ok()
+        return fix
+
+
+def open_notify(url: str, timeout: float) -> LiveSource:
+    """Open Notify asks for at most one poll every 5 s."""
+    return LiveSource("open-notify", url, parse_open_notify, timeout, 5.0)
+
+
+def wheretheiss(url: str, timeout: float) -> LiveSource:
+    """wheretheiss.at allows about one request a second."""
+    return LiveSource("wheretheiss", url, parse_wheretheiss, timeout, 1.0)
+
+
+class CelestrakSource:
+    """The current TLE from CelesTrak, cached on disk with its fetch time so restarts don't refetch."""
+
+    name = "celestrak"
+
+    def __init__(self, url: str, timeout: float, interval: float, cache_dir: Path) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.interval = interval
+        self.cache_path = cache_dir / "celestrak_25544.json"
+        self.health = SourceHealth(self.name)
+        self.elements: Elements | None = None
+        self._last_attempt_wall: float | None = None
+        self._load_cache()
+
+    def _load_cache(self) -> None:
+        try:
+            data = json.loads(self.cache_path.read_text(encoding="utf-8"))
+            self._last_attempt_wall = float(data["attempted_at"])
+            if data.get("text"):
+                fetched = datetime.fromtimestamp(float(data["fetched_at"]), UTC)
+                self.elements = parse_tle(data["text"], "celestrak", fetched)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, TleError) as exc:
+            log.warning("ignoring unreadable TLE cache %s: %s", self.cache_path.name, type(exc).__name__)
+
+    def _save_cache(self) -> None:
+        elements = self.elements
+        data = {
+            "attempted_at": self._last_attempt_wall,
+            "fetched_at": elements.fetched_at.timestamp() if elements and elements.fetched_at else None,
+            "text": elements.text() if elements else None,
+        }
+        try:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            os.replace(tmp, self.cache_path)
+        except OSError as exc:
+            log.warning("could not write the TLE cache: %s", type(exc).__name__)
+
+    def seconds_until_due(self) -> float:
+        """Seconds until CelesTrak may be asked again (0 when due); failures retry sooner."""
+        if self._last_attempt_wall is None:
+            return 0.0
+        wait = self.interval
+        if self.health.consecutive_failures or self.elements is None:
+            wait = min(self.interval, 600.0)
+        return max(0.0, self._last_attempt_wall + wait - time.time())
+
+    async def fetch(self, session: aiohttp.ClientSession) -> Elements:
+        """Download, verify and cache the TLE; the attempt time is persisted even on failure."""
+        self.health.attempt()
+        self._last_attempt_wall = time.time()
+        try:
+            text = await asyncio.wait_for(_get_text(session, self.url, self.timeout), self.timeout)
+            elements = parse_tle(text, "celestrak", datetime.now(UTC))
+            if elements.catalog_number != 25544:
+                raise SourceError(f"elements are for catalog number {elements.catalog_number}, not 25544")
+        except asyncio.CancelledError:
+            self.health.failed("cancelled")
+            raise
+        except Exception as exc:
+            message = f"bad TLE: {exc}" if isinstance(exc, TleError) else describe_error(exc)
+            self.health.failed(message)
+            log.warning("ISS source celestrak failed: %s", message)
+            self._save_cache()
+            raise SourceError(message) from None
+        self.elements = elements
+        self.health.ok()
+        self._save_cache()
+        return elements

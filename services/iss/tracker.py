@@ -1,0 +1,394 @@
+"""IssTracker: polls the ISS sources in the background and serves a state for any moment at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+
+from config import Settings
+from services.iss import estimate
+from services.iss.accuracy import elements_error_km
+from services.iss.anchor import Anchor, anchor
+from services.iss.estimate import LIVE_HOLD, Located
+from services.iss.geography import Geography
+from services.iss.sources import (
+    CelestrakSource,
+    Fix,
+    LiveSource,
+    SourceError,
+    describe_error,
+    open_notify,
+    wheretheiss,
+)
+from services.iss.state import IssState
+from services.iss.tle import Elements, TleError, load_tle_file
+
+log = logging.getLogger("iss_llm.iss")
+
+ENRICH_INTERVAL = 1.0
+MAX_TRACK_POINTS = 600
+# Fresh CelesTrak elements are already good to a few km: a cold caller need not wait for more.
+GOOD_ELEMENTS_KM = 10.0
+
+
+class IssTracker:
+    """The chat path's ISS: never raises, serves at once in steady state, waits at most iss_timeout cold."""
+
+    def __init__(self, settings: Settings, geography: Any | None = None) -> None:
+        self.settings = settings
+        self._live: list[LiveSource] = []
+        self._celestrak: CelestrakSource | None = None
+        for name in settings.iss_sources:
+            if name == "open-notify":
+                self._live.append(open_notify(settings.iss_api_url, settings.iss_timeout))
+            elif name == "wheretheiss":
+                self._live.append(wheretheiss(settings.wheretheiss_url, settings.iss_timeout))
+            elif name == "tle":
+                self._celestrak = CelestrakSource(
+                    settings.tle_url, settings.iss_timeout, settings.tle_refresh_interval,
+                    settings.iss_cache_dir,
+                )
+            else:
+                log.warning("ignoring unknown ISS source %r", name)
+        self._bundled = self._load_bundled()
+        self.geography = geography if geography is not None else Geography()
+        self._geography_error: str | None = None
+        self._fix: Fix | None = None
+        self._anchor: Anchor | None = None
+        self._located: Located | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._warmup: asyncio.Task[Any] | None = None
+        self._cold_deadline = 0.0
+        self._closed = False
+        self._live_first = asyncio.Event()
+        self._tle_first = asyncio.Event()
+        self._geo_first = asyncio.Event()
+        self.cycles = 0
+        self.tle_cycles = 0
+
+    def _load_bundled(self) -> Elements | None:
+        try:
+            return load_tle_file(self.settings.bundled_tle, "bundled")
+        except (OSError, TleError) as exc:
+            log.warning("bundled TLE unusable (%s): %s", self.settings.bundled_tle.name, describe_error(exc))
+            return None
+
+    # ---- what the chat path calls ----
+
+    async def current(self) -> IssState | None:
+        """The state now; cold callers share one warm-up bounded by iss_timeout; never raises."""
+        try:
+            if self._warmup is None and not self._closed:
+                self._start()
+            warmup = self._warmup
+            if warmup is not None and not warmup.done() and not self._good_enough():
+                remaining = self._cold_deadline - time.monotonic()
+                if remaining > 0:
+                    await asyncio.wait({warmup}, timeout=remaining)
+            return self._state(datetime.now(UTC))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("ISS state unavailable: %s", describe_error(exc))
+            return None
+
+    async def start(self) -> None:
+        """Optional: begin the background refresh now rather than on the first current()."""
+        if self._warmup is None and not self._closed:
+            self._start()
+
+    def state_at(self, when: datetime) -> IssState | None:
+        """The propagated state at `when` (for /iss?at=); None when no orbit model is known."""
+        try:
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return self._state(when, lookup=True)
+        except Exception as exc:
+            log.warning("ISS state at a time unavailable: %s", describe_error(exc))
+            return None
+
+    def track(self, start: datetime, end: datetime, step_s: float) -> list[dict[str, Any]]:
+        """Ground-track points (latitude, longitude, at) from start to end, at most 600 of them."""
+        elements, shift = self._model()
+        if elements is None or step_s <= 0 or end < start:
+            return []
+        count = min(MAX_TRACK_POINTS, int((end - start).total_seconds() // step_s) + 1)
+        points = []
+        for index in range(count):
+            when = start + timedelta(seconds=index * step_s)
+            point = estimate.propagate(elements.satrec, when + timedelta(seconds=shift))
+            points.append({
+                "latitude": round(point.latitude, 4),
+                "longitude": round(point.longitude, 4),
+                "at": when.isoformat().replace("+00:00", "Z"),
+            })
+        return points
+
+    def health(self) -> dict[str, Any]:
+        """Per-source health, the model in use and its age; JSON-able."""
+        now = datetime.now(UTC)
+        sources: dict[str, Any] = {source.name: source.health.to_dict() for source in self._live}
+        if self._celestrak is not None:
+            tle = self._celestrak.health.to_dict()
+            tle["next_fetch_in_seconds"] = round(self._celestrak.seconds_until_due(), 1)
+            sources["celestrak"] = tle
+        elements, _ = self._model()
+        fix = self._fix
+        state = None
+        try:
+            state = self._state(now)
+        except Exception as exc:
+            log.warning("ISS health estimate failed: %s", describe_error(exc))
+        return {
+            "status": self._status(now),
+            "started": self._warmup is not None,
+            "cycles": self.cycles,
+            "source": state.source if state else None,
+            "accuracy_km": state.accuracy_km if state else None,
+            "fix": None if fix is None else {
+                "source": fix.source,
+                "measured_at": fix.measured_at.isoformat().replace("+00:00", "Z"),
+                "age_seconds": round((now - fix.measured_at).total_seconds(), 1),
+            },
+            "elements": None if elements is None else {
+                "origin": elements.origin,
+                "epoch": elements.epoch.isoformat().replace("+00:00", "Z"),
+                "age_days": round(elements.age_days(now), 2),
+            },
+            "anchor": None if self._anchor is None else {
+                "shift_seconds": round(self._anchor.shift_s, 1),
+                "residual_km": round(self._anchor.residual_km, 1),
+                "agreement_km": round(self._anchor.agreement_km, 1),
+            },
+            "sources": sources,
+            "geography": {
+                "loaded": bool(getattr(self.geography, "loaded", False)),
+                "error": self._geography_error,
+            },
+        }
+
+    async def close(self) -> None:
+        """Cancel the background loops and close the HTTP session."""
+        self._closed = True
+        tasks = [*self._tasks, *([self._warmup] if self._warmup else [])]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- the model ----
+
+    def _elements(self) -> Elements | None:
+        if self._celestrak is not None and self._celestrak.elements is not None:
+            return self._celestrak.elements
+        return self._bundled
+
+    def _model(self) -> tuple[Elements | None, float]:
+        elements = self._elements()
+        anchor_ = self._anchor
+        if anchor_ is not None and anchor_.elements is elements:
+            return elements, anchor_.shift_s
+        return elements, 0.0
+
+    def _state(self, when: datetime, lookup: bool = False) -> IssState | None:
+        elements = self._elements()
+        located = self._located
+        if lookup:
+            located = None
+        fix, anchor_ = self._fix, self._anchor
+        live = fix is not None and abs(when - fix.measured_at) <= LIVE_HOLD
+        if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
+            state = estimate.anchored_state(when, anchor_, located)
+        elif elements is not None:
+            state = estimate.elements_state(when, elements, located)
+        elif live and fix is not None:
+            state = estimate.fix_state(fix, located)
+        else:
+            return None
+        if lookup:
+            state = self._with_place(state)
+        return state
+
+    def _with_place(self, state: IssState) -> IssState:
+        place = self._lookup(state.latitude, state.longitude)
+        if place is None:
+            return state
+        located = Located(state.latitude, state.longitude, place)
+        if state.source.endswith("-tle"):
+            elements = self._elements()
+            if elements is not None:
+                return estimate.elements_state(state.at, elements, located)
+        if self._anchor is not None and state.source == self._anchor.fix.source:
+            return estimate.anchored_state(state.at, self._anchor, located)
+        return state
+
+    def _lookup(self, latitude: float, longitude: float) -> Any:
+        if not getattr(self.geography, "loaded", False):
+            return None
+        return self.geography.lookup(latitude, longitude)
+
+    def _good_enough(self) -> bool:
+        elements = self._elements()
+        if elements is None or elements.origin != "celestrak":
+            return False
+        return elements_error_km(elements.age_days(datetime.now(UTC))) <= GOOD_ELEMENTS_KM
+
+    def _status(self, now: datetime) -> str:
+        fix = self._fix
+        if fix is not None and now - fix.measured_at <= LIVE_HOLD:
+            return "live"
+        if self._elements() is not None:
+            return "propagating"
+        return "unavailable"
+
+    def _accept_fix(self, fix: Fix) -> None:
+        self._fix = fix
+        self._reanchor()
+
+    def _reanchor(self) -> None:
+        fix, elements = self._fix, self._elements()
+        if fix is None or elements is None:
+            self._anchor = None
+            return
+        try:
+            self._anchor = anchor(elements, fix)
+        except Exception as exc:
+            log.warning("could not line the orbit up with the %s fix: %s", fix.source, describe_error(exc))
+            self._anchor = None
+
+    # ---- background work ----
+
+    def _start(self) -> None:
+        self._cold_deadline = time.monotonic() + self.settings.iss_timeout
+        self._tasks = [
+            self._spawn(self._run_live),
+            self._spawn(self._run_tle),
+            self._spawn(self._run_geography),
+        ]
+        self._warmup = asyncio.ensure_future(self._warm())
+
+    def _spawn(self, body: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
+        return asyncio.ensure_future(body())
+
+    async def _warm(self) -> None:
+        await asyncio.gather(self._live_first.wait(), self._tle_first.wait(), self._geo_first.wait())
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = self.settings.iss_timeout
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout),
+                headers={"User-Agent": "iss-llm/1.0 (ISS context for chat)"},
+            )
+        return self._session
+
+    async def _run_live(self) -> None:
+        while True:
+            try:
+                await self._live_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ISS refresh failed: %s", describe_error(exc))
+            finally:
+                self.cycles += 1
+                self._live_first.set()
+            await asyncio.sleep(self.settings.iss_refresh_interval)
+
+    async def _live_cycle(self) -> None:
+        """Try the live sources in order until one answers; a recent fix from a preferred one holds."""
+        for source in self._live:
+            if not source.due():
+                if self._fix is not None and self._fix.source == source.name and not source.health.consecutive_failures:
+                    return
+                continue
+            try:
+                fix = await source.fetch(self._http())
+            except SourceError:
+                continue
+            self._accept_fix(fix)
+            self._refresh_place()
+            return
+
+    async def _run_tle(self) -> None:
+        celestrak = self._celestrak
+        if celestrak is None:
+            self._tle_first.set()
+            return
+        while True:
+            wait = celestrak.seconds_until_due()
+            if wait > 0:
+                # Cached elements (or a recent failed attempt) mean the cold start needn't wait.
+                self._tle_first.set()
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await celestrak.fetch(self._http())
+                self._reanchor()
+                self._refresh_place()
+            except asyncio.CancelledError:
+                raise
+            except SourceError:
+                pass
+            except Exception as exc:
+                log.warning("TLE refresh failed: %s", describe_error(exc))
+            finally:
+                self.tle_cycles += 1
+                self._tle_first.set()
+
+    async def _run_geography(self) -> None:
+        try:
+            await asyncio.to_thread(self.geography.load)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._geography_error = describe_error(exc)
+            log.warning("geography data unavailable: %s", self._geography_error)
+            self._geo_first.set()
+            return
+        while True:
+            try:
+                await self._locate()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("geography lookup failed: %s", describe_error(exc))
+            finally:
+                self._geo_first.set()
+            await asyncio.sleep(ENRICH_INTERVAL)
+
+    def _refresh_place(self) -> None:
+        """Look up the place again at once when the model jumped (new fix or elements)."""
+        if getattr(self.geography, "loaded", False):
+            try:
+                self._locate_now()
+            except Exception as exc:
+                log.warning("geography lookup failed: %s", describe_error(exc))
+
+    def _locate_now(self) -> None:
+        state = self._state(datetime.now(UTC))
+        if state is not None:
+            place = self.geography.lookup(state.latitude, state.longitude)
+            if place is not None:
+                self._located = Located(state.latitude, state.longitude, place)
+
+    async def _locate(self) -> None:
+        # Look up where the station will be half an interval from now, so the cached place is
+        # centred on the window in which requests will use it.
+        state = self._state(datetime.now(UTC) + timedelta(seconds=ENRICH_INTERVAL / 2))
+        if state is None:
+            return
+        place = await asyncio.to_thread(self.geography.lookup, state.latitude, state.longitude)
+        if place is not None:
+            self._located = Located(state.latitude, state.longitude, place)

@@ -1,0 +1,220 @@
+"""IssTracker against fake sources on loopback: cold start, fallbacks, timeouts, the TLE cache."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.iss.describe import describe_state
+from services.iss.orbit import ground_distance_km
+from services.iss.tracker import IssTracker
+from tests.fakes.iss_sources import FakeIssSources, retimed_tle, tracker_settings, wait_until
+
+FAILURES = ["500", "hang", "drop", "malformed"]
+
+
+def _near_truth(fakes: FakeIssSources, state, km: float) -> float:
+    lat, lon = fakes.truth_at(state.at)
+    distance = ground_distance_km(lat, lon, state.latitude, state.longitude)
+    assert distance < km, f"{distance:.1f} km from the fake's position"
+    return distance
+
+
+async def test_cold_concurrent_callers_share_one_fetch(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            states = await asyncio.gather(*(tracker.current() for _ in range(25)))
+            assert fakes.requests["open-notify"] == 1
+            assert {state.source for state in states} == {"open-notify"}
+            for _ in range(200):
+                await tracker.current()
+            assert fakes.requests["open-notify"] == 1
+            assert fakes.requests["wheretheiss"] == 0
+        finally:
+            await tracker.close()
+
+
+async def test_live_fix_is_moved_on_to_the_request_time(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        # The real station is 20 minutes of orbit away from where the stale bundled TLE says.
+        fakes.truth_shift_s = 1200.0
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
+        try:
+            first = await tracker.current()
+            assert first.source == "open-notify"
+            _near_truth(fakes, first, 15.0)
+            # Later requests, with no new poll, are moved on along the orbit, not repeated.
+            await asyncio.sleep(1.2)
+            later = await tracker.current()
+            assert fakes.requests["open-notify"] == 1
+            assert later.at - first.at >= timedelta(seconds=1)
+            moved = ground_distance_km(first.latitude, first.longitude, later.latitude, later.longitude)
+            assert moved > 7.0
+            _near_truth(fakes, later, 15.0)
+            assert not later.rough
+        finally:
+            await tracker.close()
+
+
+@pytest.mark.parametrize("mode", FAILURES)
+async def test_open_notify_down_falls_back_to_wheretheiss(io_loop, tmp_path, mode):
+    async with FakeIssSources() as fakes:
+        fakes.fail("open-notify", mode)
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=0.5))
+        try:
+            started = time.monotonic()
+            state = await tracker.current()
+            assert time.monotonic() - started < 0.5 + 0.3
+            assert state is not None
+            await wait_until(lambda: tracker.health()["source"] == "wheretheiss", 5.0, "wheretheiss fix")
+            state = await tracker.current()
+            assert state.source == "wheretheiss"
+            _near_truth(fakes, state, 15.0)
+            assert fakes.requests["wheretheiss"] == 1
+            health = tracker.health()["sources"]
+            assert health["open-notify"]["state"] == "failing"
+            assert health["open-notify"]["last_error"]
+            assert health["wheretheiss"]["state"] == "ok"
+        finally:
+            await tracker.close()
+
+
+@pytest.mark.parametrize("mode", FAILURES)
+async def test_live_sources_down_uses_fresh_celestrak_elements(io_loop, tmp_path, mode):
+    async with FakeIssSources() as fakes:
+        now = datetime.now(UTC)
+        fakes.tle_text = retimed_tle(fakes.tle_text, now - timedelta(hours=6))
+        fakes.fail("open-notify", mode)
+        fakes.fail("wheretheiss", mode)
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=0.5))
+        try:
+            await tracker.current()
+            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            state = await tracker.current()
+            assert state.source == "celestrak-tle"
+            assert not state.rough
+            assert "CelesTrak orbital elements 6 h old" in state.accuracy
+            assert fakes.requests["celestrak"] == 1
+        finally:
+            await tracker.close()
+
+
+@pytest.mark.parametrize("mode", FAILURES)
+async def test_all_down_serves_the_bundled_tle_with_its_staleness(io_loop, tmp_path, mode):
+    async with FakeIssSources() as fakes:
+        fakes.fail_all(mode)
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=0.5))
+        try:
+            started = time.monotonic()
+            state = await tracker.current()
+            assert time.monotonic() - started < 0.5 + 0.3
+            assert state.source == "bundled-tle"
+            assert state.rough
+            days = round((state.at - state.measured_at).total_seconds() / 86400)
+            text = describe_state(state)
+            assert f"bundled orbital elements {days} days old" in text
+            assert "rough estimate" in text
+            assert "thousands of km" in text
+        finally:
+            await tracker.close()
+
+
+async def test_hanging_sources_never_hold_a_caller_past_the_timeout(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.fail_all("hang")
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=0.4))
+        try:
+            started = time.monotonic()
+            states = await asyncio.gather(*(tracker.current() for _ in range(10)))
+            assert time.monotonic() - started < 0.4 + 0.3
+            assert all(state is not None for state in states)
+            # After the cold start, nobody waits at all even though sources still hang.
+            started = time.monotonic()
+            await tracker.current()
+            assert time.monotonic() - started < 0.05
+        finally:
+            await tracker.close()
+
+
+async def test_celestrak_interval_holds_across_restarts(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.tle_text = retimed_tle(fakes.tle_text, datetime.now(UTC) - timedelta(hours=3))
+        fakes.fail("open-notify", "500")
+        fakes.fail("wheretheiss", "500")
+        settings = tracker_settings(fakes, tmp_path)
+        first = IssTracker(settings)
+        try:
+            await first.current()
+            await wait_until(lambda: first.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
+        finally:
+            await first.close()
+        assert fakes.requests["celestrak"] == 1
+
+        second = IssTracker(settings)
+        try:
+            state = await second.current()
+            await wait_until(lambda: second.cycles >= 1, 5.0, "a refresh cycle")
+            assert state.source == "celestrak-tle"
+            assert second.health()["sources"]["celestrak"]["next_fetch_in_seconds"] > 3600
+            assert fakes.requests["celestrak"] == 1
+        finally:
+            await second.close()
+
+        # A tracker with an empty cache does fetch: the count above is not held by accident.
+        third = IssTracker(tracker_settings(fakes, tmp_path / "other"))
+        try:
+            await third.current()
+            await wait_until(lambda: fakes.requests["celestrak"] == 2, 5.0, "a fetch with no cache")
+        finally:
+            await third.close()
+
+
+async def test_bad_tle_checksum_is_rejected(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        text = retimed_tle(fakes.tle_text, datetime.now(UTC) - timedelta(hours=3))
+        name, line1, line2 = text.splitlines()
+        broken = line1[:68] + str((int(line1[68]) + 1) % 10)
+        fakes.tle_text = f"{name}\n{broken}\n{line2}\n"
+        fakes.fail("open-notify", "500")
+        fakes.fail("wheretheiss", "500")
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            await tracker.current()
+            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            state = await tracker.current()
+            assert state.source == "bundled-tle"
+            assert "checksum" in tracker.health()["sources"]["celestrak"]["last_error"]
+        finally:
+            await tracker.close()
+
+
+async def test_nothing_known_returns_none(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.fail_all("500")
+        settings = tracker_settings(
+            fakes, tmp_path, iss_sources=("open-notify",), bundled_tle=tmp_path / "missing.tle"
+        )
+        tracker = IssTracker(settings)
+        try:
+            assert await tracker.current() is None
+            assert tracker.state_at(datetime.now(UTC)) is None
+            assert tracker.health()["status"] == "unavailable"
+        finally:
+            await tracker.close()
+
+
+async def test_close_cancels_the_background_loops(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        await tracker.current()
+        tasks = list(tracker._tasks)
+        assert tasks and not any(task.done() for task in tasks)
+        await tracker.close()
+        assert all(task.done() for task in tasks)
+        requests = sum(fakes.requests.values())
+        assert await tracker.current() is not None
+        assert sum(fakes.requests.values()) == requests
