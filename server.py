@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import tornado.web
-from services.llm.base import Backend
 from tornado.httpserver import HTTPServer
 
 from config import ConfigError, Settings, load_settings
@@ -20,16 +19,18 @@ from handlers import chat, console, health, iss, models
 from handlers.base import NotFoundHandler
 from services.events import EventHub
 from services.iss.state import Tracker
+from services.llm.base import Backend
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("iss_llm")
 
 
 class Inflight:
-    """Counts chat requests in progress, so shutdown can wait for them to finish."""
+    """Counts chat requests in progress (so shutdown can wait for them) and how they ended."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "error": 0}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -37,7 +38,9 @@ class Inflight:
         self.count += 1
         self._idle.clear()
 
-    def leave(self) -> None:
+    def leave(self, outcome: str | None = None) -> None:
+        if outcome:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         self.count -= 1
         if self.count <= 0:
             self.count = 0
@@ -177,8 +180,11 @@ async def serve(settings: Settings) -> int:
     server.stop()
     drained = await services.inflight.wait_idle(settings.drain_timeout)
     if not drained:
-        log.warning("drain timeout (%.0fs) reached with %d stream(s) still open", settings.drain_timeout, services.inflight.count)
-    await server.close_all_connections() if drained else None
+        log.warning(
+            "drain timeout (%.0fs) reached; closing %d stream(s) still open",
+            settings.drain_timeout, services.inflight.count,
+        )
+    await server.close_all_connections()
     await services.close()
     log.info("stopped")
     return 0

@@ -1,0 +1,136 @@
+"""The upstream LLM through the official openai package: one shared AsyncOpenAI client.
+
+The stream is read as raw SSE bytes (`with_streaming_response`) and each data payload is handed
+on unparsed: the caller gets the upstream's chunks byte for byte, tool calls and usage included,
+without a round trip through the client's models on every token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+
+from config import Settings
+from services.iss.state import IssState
+from services.llm.base import UpstreamError
+from services.openai_format import redact
+
+log = logging.getLogger("iss_llm.upstream")
+
+_MESSAGE_LIMIT = 500
+
+
+async def sse_payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The data payloads of an SSE byte stream, up to `[DONE]`; comments and other fields skipped."""
+    buffer = b""
+    data: list[bytes] = []
+    async for block in blocks:
+        buffer += block
+        if b"\n" not in block:
+            continue
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
+                    if payload == b"[DONE]":
+                        return
+                    yield payload
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+    if buffer.startswith(b"data:"):
+        data.append(buffer[5:].lstrip(b" "))
+    if data and data != [b"[DONE]"]:
+        yield b"\n".join(data)
+
+
+class OpenAIUpstream:
+    """Chat completions from any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp)."""
+
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        self._secrets = (settings.openai_api_key, settings.server_api_key)
+        self._client = openai.AsyncOpenAI(
+            # Local servers (vLLM, Ollama) take any key; the client insists on one.
+            api_key=settings.openai_api_key or "no-key",
+            base_url=settings.openai_base_url,
+            timeout=openai.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+            max_retries=settings.upstream_max_retries,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "base_url": str(self._client.base_url)}
+
+    def _create(self, params: dict[str, Any], stream: bool) -> Any:
+        rest = {key: value for key, value in params.items() if key not in {"model", "messages", "stream"}}
+        return self._client.chat.completions.with_streaming_response.create(
+            model=params["model"], messages=params["messages"], stream=stream, extra_body=rest or None
+        )
+
+    async def stream(self, params: dict[str, Any], iss: IssState | None) -> AsyncIterator[bytes]:
+        try:
+            async with self._create(params, stream=True) as response:
+                async for payload in sse_payloads(response.iter_bytes()):
+                    yield payload
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def complete(self, params: dict[str, Any], iss: IssState | None) -> bytes:
+        try:
+            async with self._create(params, stream=False) as response:
+                return await response.read()
+        except Exception as exc:
+            raise self._translate(exc) from None
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _clean(self, message: str) -> str:
+        message = redact(message, self._secrets)
+        return message if len(message) <= _MESSAGE_LIMIT else message[:_MESSAGE_LIMIT] + "…"
+
+    def _translate(self, exc: Exception) -> UpstreamError:
+        """The caller-facing error for an upstream failure; the detail goes to the log."""
+        if isinstance(exc, UpstreamError):
+            return exc
+        if isinstance(exc, openai.APIStatusError):
+            body = exc.body if isinstance(exc.body, dict) else {}
+            detail = self._clean(str(body.get("message") or exc.message))
+            status = exc.status_code
+            log.warning("upstream answered %d: %s", status, detail)
+            if status == 429:
+                return UpstreamError(
+                    429, f"The upstream LLM is rate limiting requests: {detail}",
+                    code="upstream_rate_limited", type="rate_limit_error",
+                )
+            if status in {400, 422}:
+                # The caller's own parameters, passed through unchanged, were refused.
+                return UpstreamError(
+                    400, f"The upstream LLM rejected the request: {detail}",
+                    code="upstream_rejected", type="invalid_request_error",
+                )
+            return UpstreamError(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")
+        if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+            log.warning("upstream timed out: %s", type(exc).__name__)
+            return UpstreamError(504, "The upstream LLM did not answer in time.", code="upstream_timeout")
+        if isinstance(exc, openai.APIConnectionError):
+            log.warning("upstream unreachable: %s", self._clean(str(exc.__cause__ or exc)))
+            return UpstreamError(
+                502, "The upstream LLM could not be reached.", code="upstream_unreachable"
+            )
+        if isinstance(exc, httpx2.HTTPError):
+            log.warning("upstream connection failed mid-stream: %s", type(exc).__name__)
+            return UpstreamError(
+                502, "The upstream LLM closed the connection before finishing.", code="upstream_dropped"
+            )
+        log.exception("unexpected upstream failure")
+        return UpstreamError(502, "The upstream LLM sent an answer this server could not read.",
+                             code="upstream_bad_response")

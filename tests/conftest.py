@@ -1,0 +1,117 @@
+"""Shared fixtures: fake outside services on loopback, the app under test, real clients."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from config import Settings  # noqa: E402
+from server import make_app  # noqa: E402
+from tests.fakes.openai_upstream import FakeUpstream  # noqa: E402
+
+# A copy of ../shared/fixtures, so the suite runs wherever the repository is cloned.
+FIXTURES = ROOT / "tests" / "data" / "fixtures"
+
+UPSTREAM_KEY = "sk-test-upstream-secret-0123456789"
+
+
+@pytest.fixture
+def upstream(io_loop) -> FakeUpstream:
+    """A fake OpenAI-compatible server on loopback."""
+    fake = FakeUpstream(tokens=5, api_key=UPSTREAM_KEY)
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+@pytest.fixture
+def open_notify(io_loop):
+    """A fake Open Notify on loopback."""
+    from tests.fakes.iss_sources import FakeIssSources
+
+    fake = FakeIssSources()
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    """Settings a test changes: parametrize `overrides` to set them."""
+    return {}
+
+
+@pytest.fixture
+def settings(upstream, open_notify, tmp_path, overrides) -> Settings:
+    base = Settings(
+        llm_backend="openai",
+        openai_api_key=UPSTREAM_KEY,
+        openai_base_url=upstream.base_url,
+        upstream_timeout=5.0,
+        keepalive_interval=5.0,
+        iss_sources=("open-notify",),
+        iss_api_url=open_notify.url("open-notify"),
+        iss_timeout=1.0,
+        iss_cache_dir=tmp_path / "cache",
+        console_token="test-console-token",
+    )
+    return base.with_overrides(**overrides)
+
+
+@pytest.fixture
+def app(settings, io_loop):
+    application = make_app(settings)
+    yield application
+    io_loop.run_sync(application.services.close)
+
+
+@pytest.fixture
+def base_url(http_server, http_server_port) -> str:
+    return f"http://127.0.0.1:{http_server_port[1]}"
+
+
+@pytest.fixture
+def client(base_url, io_loop) -> openai.AsyncOpenAI:
+    """The official openai client pointed at this server (base URL with /v1)."""
+    api = openai.AsyncOpenAI(api_key="caller-key", base_url=f"{base_url}/v1", max_retries=0, timeout=10)
+    yield api
+    io_loop.run_sync(api.close)
+
+
+async def post_json(
+    base_url: str, body: Any, path: str = "/v1/chat/completions", headers: dict[str, str] | None = None,
+    raw: bytes | None = None, method: str = "POST",
+) -> HTTPResponse:
+    """A plain HTTP request (tornado's client), returning the response whatever its status."""
+    payload = raw if raw is not None else orjson.dumps(body)
+    return await AsyncHTTPClient().fetch(
+        base_url + path, method=method, body=payload if method == "POST" else None,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        raise_error=False, request_timeout=15,
+    )
+
+
+def error_of(response: HTTPResponse) -> dict[str, Any]:
+    """The OpenAI error object of a response, checking its shape."""
+    body = orjson.loads(response.body)
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def sse_events(body: bytes) -> list[str]:
+    """The data payloads of an SSE body, parsed by sseclient-py."""
+    import sseclient
+
+    return [event.data for event in sseclient.SSEClient(iter([body])).events()]

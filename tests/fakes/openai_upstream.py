@@ -1,0 +1,227 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on loopback for tests and the benchmark.
+
+Behaviour is set per server (`FakeUpstream(...)` arguments, or attributes changed by a test) and
+may be overridden per request by an `x_fake` object in the request body, which this project
+passes upstream unchanged like every other field:
+
+    {"x_fake": {"fault": "status", "status": 503}}     answer 503 with an OpenAI error body
+    {"x_fake": {"fault": "stall"}}                      accept, then send nothing (until closed)
+    {"x_fake": {"fault": "drop", "after": 2}}           drop the connection after 2 chunks
+    {"x_fake": {"fault": "malformed", "after": 2}}      send a chunk that is not JSON
+    {"x_fake": {"fault": "error_event", "after": 2}}    send data: {"error": ...} mid-stream
+    {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
+
+It counts requests and open streams, and keeps the last bodies and headers it received, so a
+test can see what reached the upstream and that an abandoned stream was closed.
+
+Run alone: python -m tests.fakes.openai_upstream --port 9100 --tokens 20 --gap 0.005
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
+
+
+@dataclass
+class FakeUpstream:
+    tokens: int = 10
+    first_token_delay: float = 0.0
+    gap: float = 0.0
+    api_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    keep: int = 50
+    # When set, a stream pauses before chunk number `hold_at` until `release` is set.
+    hold_at: int | None = None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    requests: int = 0
+    open_streams: int = 0
+    completed_streams: int = 0
+    aborted_streams: int = 0
+    bodies: deque = field(default_factory=lambda: deque(maxlen=50))
+    headers: deque = field(default_factory=lambda: deque(maxlen=50))
+    _runner: web.AppRunner | None = None
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    async def start(self) -> FakeUpstream:
+        # handler_cancellation: the handler is cancelled the moment the client goes away, so
+        # open_streams counts what the upstream really still has open.
+        self._runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=2048)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def wait_streams_closed(self, timeout: float) -> bool:
+        """True once no stream is open, polling for at most `timeout` seconds."""
+        async def idle() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.open_streams == 0)
+
+        try:
+            await asyncio.wait_for(idle(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _set_open(self, delta: int) -> None:
+        async with self._changed:
+            self.open_streams += delta
+            self._changed.notify_all()
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+    def _error(self, status: int, message: str, type_: str = "server_error") -> web.Response:
+        body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+        return web.json_response(body, status=status)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        self.headers.append(dict(request.headers))
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
+        body = await request.json(loads=orjson.loads)
+        self.bodies.append(body)
+        fake = body.get("x_fake") or {}
+        fault = fake.get("fault")
+        if fault == "status":
+            status = int(fake.get("status", 500))
+            kind = "rate_limit_error" if status == 429 else "server_error"
+            return self._error(status, fake.get("message", f"fake upstream failure {status}"), kind)
+        tokens = int(fake.get("tokens", self.tokens))
+        gap = float(fake.get("gap", self.gap))
+        first_delay = float(fake.get("first_token_delay", self.first_token_delay))
+        model = body.get("model", "fake-model")
+        created = int(time.time())
+        cid = f"chatcmpl-fake{self.requests}"
+        wants_tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
+
+        if not body.get("stream"):
+            if first_delay:
+                await asyncio.sleep(first_delay)
+            return web.json_response(self._completion(cid, created, model, tokens, wants_tools))
+
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await self._set_open(+1)
+        finished = False
+        try:
+            await response.prepare(request)
+            if fault == "stall":
+                await asyncio.sleep(3600)
+            if first_delay:
+                await asyncio.sleep(first_delay)
+            after = int(fake.get("after", 1))
+            for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
+                if index == after and fault in {"drop", "malformed", "error_event"}:
+                    if fault == "drop":
+                        request.transport.close()  # type: ignore[union-attr]
+                        return response
+                    if fault == "malformed":
+                        await response.write(b"data: {not json\n\n")
+                    else:
+                        error = {"error": {"message": "fake mid-stream failure", "type": "server_error",
+                                           "param": None, "code": None}}
+                        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+                        await response.write(b"data: [DONE]\n\n")
+                    finished = True
+                    return response
+                if index and gap:
+                    await asyncio.sleep(gap)
+                if index == self.hold_at:
+                    await self.release.wait()
+                await response.write(payload)
+            await response.write(b"data: [DONE]\n\n")
+            finished = True
+            return response
+        finally:
+            await self._set_open(-1)
+            if finished:
+                self.completed_streams += 1
+            else:
+                self.aborted_streams += 1
+
+    def _chunks(self, cid: str, created: int, model: str, tokens: int, tools: bool, body: dict) -> Any:
+        def event(delta: dict, finish: str | None = None) -> bytes:
+            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        if tools:
+            name = body["tools"][0]["function"]["name"]
+            yield event({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
+                                         "function": {"name": name, "arguments": ""}}]})
+            yield event({"tool_calls": [{"index": 0, "function": {"arguments": '{"where": "iss"}'}}]})
+            yield event({}, "tool_calls")
+        else:
+            for index in range(tokens):
+                yield event({"content": WORDS[index % len(WORDS)]})
+            yield event({}, "stop")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 42, "completion_tokens": tokens, "total_tokens": 42 + tokens}
+            yield b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                            "model": model, "choices": [], "usage": usage}) + b"\n\n"
+
+    def _completion(self, cid: str, created: int, model: str, tokens: int, tools: bool) -> dict:
+        message: dict[str, Any] = {"role": "assistant",
+                                   "content": "".join(WORDS[i % len(WORDS)] for i in range(tokens))}
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 42, "completion_tokens": tokens, "total_tokens": 42 + tokens}}
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    upstream = FakeUpstream(tokens=args.tokens, first_token_delay=args.first_token_delay, gap=args.gap,
+                            host=args.host, port=args.port)
+    await upstream.start()
+    print(f"fake upstream on {upstream.base_url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await upstream.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--tokens", type=int, default=10)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--gap", type=float, default=0.0)
+    args = parser.parse_args()
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The ISS block in the chat path: where it goes, what it says, and that the sources never block chat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from services.context import BLOCK_END, BLOCK_START
+from tests.conftest import post_json
+
+MESSAGES = [
+    {"role": "system", "content": "You are Nova."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Where is the ISS?"},
+]
+
+
+def _block_of(text: str) -> str:
+    start = text.index(BLOCK_START)
+    return text[start:text.index(BLOCK_END, start) + len(BLOCK_END)]
+
+
+async def test_block_appended_to_last_user_message(base_url, upstream, open_notify):
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
+    assert response.code == 200
+    sent = upstream.bodies[-1]["messages"]
+    assert sent[:3] == MESSAGES[:3]
+    assert len(sent) == len(MESSAGES)
+    assert sent[3]["content"].startswith("Where is the ISS?\n\n" + BLOCK_START)
+    block = _block_of(sent[3]["content"])
+    assert "UTC" in block and "open-notify" in block.lower().replace(" ", "-")
+    assert open_notify.requests["open-notify"] >= 1
+
+
+async def test_injected_position_matches_the_source(base_url, upstream, open_notify):
+    await post_json(base_url, {"messages": MESSAGES})
+    block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
+    lat, lon = open_notify.truth_at(datetime.now(UTC))
+    lat_text = f"{abs(lat):.2f}°{'N' if lat >= 0 else 'S'}"
+    lon_text = f"{abs(lon):.2f}°{'E' if lon >= 0 else 'W'}"
+    # Within a few hundredths of a degree: the fake's truth moves on while the test reads it.
+    assert lat_text[:-4] in block or lat_text in block, (lat_text, block)
+    assert lon_text[:-4] in block or lon_text in block, (lon_text, block)
+
+
+@pytest.mark.parametrize("overrides", [{"iss_inject": "system"}])
+async def test_block_as_trailing_system_message(overrides, base_url, upstream):
+    await post_json(base_url, {"messages": MESSAGES})
+    sent = upstream.bodies[-1]["messages"]
+    assert sent[:4] == MESSAGES
+    assert sent[4]["role"] == "system"
+    assert sent[4]["content"].startswith(BLOCK_START) and sent[4]["content"].endswith(BLOCK_END)
+
+
+async def test_content_parts_pass_through_untouched(base_url, upstream):
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    parts = [{"type": "text", "text": "What is this?"}, image]
+    await post_json(base_url, {"messages": [{"role": "user", "content": parts}]})
+    sent = upstream.bodies[-1]["messages"][0]["content"]
+    assert sent[:2] == parts
+    assert sent[2]["type"] == "text" and sent[2]["text"].startswith(BLOCK_START)
+
+
+async def test_source_down_chat_still_answers_and_says_unavailable(base_url, upstream, open_notify):
+    open_notify.fail("open-notify", "500")
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
+    assert response.code == 200
+    assert response.body.endswith(b"data: [DONE]\n\n")
+    block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
+    assert "unavailable" in block
+
+
+@pytest.mark.parametrize("overrides", [{"iss_timeout": 0.5}])
+async def test_source_hanging_chat_answers_within_the_timeout(overrides, base_url, upstream, open_notify):
+    open_notify.fail("open-notify", "hang")
+    started = time.monotonic()
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
+    elapsed = time.monotonic() - started
+    assert response.code == 200
+    assert elapsed < 0.5 + 1.0, f"chat waited {elapsed:.2f}s on a hanging ISS source"
+    assert "unavailable" in _block_of(upstream.bodies[-1]["messages"][-1]["content"])
+
+
+async def test_concurrent_cold_requests_share_one_fetch(base_url, upstream, open_notify):
+    responses = await asyncio.gather(
+        *(post_json(base_url, {"messages": MESSAGES, "stream": True}) for _ in range(12))
+    )
+    assert all(r.code == 200 for r in responses)
+    assert open_notify.requests["open-notify"] == 1
+    # And the cached position serves the next requests too (Open Notify asks for 5 s between polls).
+    await post_json(base_url, {"messages": MESSAGES})
+    assert open_notify.requests["open-notify"] == 1
+
+
+@pytest.mark.parametrize("overrides", [{"iss_inject": "off"}])
+async def test_injection_can_be_turned_off(overrides, base_url, upstream):
+    await post_json(base_url, {"messages": MESSAGES})
+    assert upstream.bodies[-1]["messages"] == MESSAGES
