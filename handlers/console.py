@@ -1,9 +1,204 @@
-"""Placeholder: the console feature's handlers land here."""
+"""GET /console (the page) and /console/ws (its live feed), behind the console token."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import time
 from typing import Any
 
+import orjson
+import tornado.web
+import tornado.websocket
 
-def routes(services: Any) -> list[tuple]:
-    return []
+from services.events import EventHub, Subscription
+
+log = logging.getLogger("iss_llm.console")
+
+COOKIE = "iss_llm_console"
+COOKIE_PATH = "/console"
+ISS_INTERVAL = 5.0
+MAX_SOCKETS = 32
+
+
+class ConsoleAuth:
+    """Checks the console token and the session cookie derived from it, in constant time."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+        # The cookie holds a value derived from the token, not the token itself.
+        self.cookie_value = hmac.new(self._token, b"iss-llm console session", hashlib.sha256).hexdigest()
+
+    def token_ok(self, given: str | None) -> bool:
+        """Whether `given` is the console token."""
+        return bool(given) and hmac.compare_digest(given.encode(), self._token)  # type: ignore[union-attr]
+
+    def cookie_ok(self, handler: tornado.web.RequestHandler) -> bool:
+        """Whether the request carries a valid session cookie."""
+        value = handler.get_cookie(COOKIE)
+        return bool(value) and hmac.compare_digest(value.encode(), self.cookie_value.encode())  # type: ignore[union-attr]
+
+
+def _content_security_policy(host: str) -> str:
+    return "; ".join((
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        f"connect-src 'self' ws://{host} wss://{host}",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ))
+
+
+class ConsolePageHandler(tornado.web.RequestHandler):
+    """The console page: trades ?token= for a session cookie, then serves the page."""
+
+    def initialize(self, auth: ConsoleAuth, buffer_size: int) -> None:
+        self.auth = auth
+        self.buffer_size = buffer_size
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", _content_security_policy(self.request.host))
+
+    def get(self) -> None:
+        token = self.get_query_argument("token", None)
+        if token is not None:
+            if not self.auth.token_ok(token):
+                self._locked(403, "That console token is not valid.")
+                return
+            self.set_cookie(
+                COOKIE,
+                self.auth.cookie_value,
+                path=COOKIE_PATH,
+                httponly=True,
+                samesite="Strict",
+                secure=self.request.protocol == "https",
+            )
+            # Drop the token from the address bar and from the browser history.
+            self.redirect(COOKIE_PATH, status=303)
+            return
+        if not self.auth.cookie_ok(self):
+            self._locked(401, "Open the console URL printed when the server started (it carries the token).")
+            return
+        self.render("console.html", buffer_size=self.buffer_size, ws_path=f"{COOKIE_PATH}/ws")
+
+    def _locked(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.render("console_locked.html", message=message)
+
+
+class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
+    """Streams the hub's events to one page: a replay first, then live batches."""
+
+    def initialize(self, auth: ConsoleAuth, hub: EventHub, tracker: Any) -> None:
+        self.auth = auth
+        self.hub = hub
+        self.tracker = tracker
+        self.subscription: Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def ping_interval(self) -> float:
+        return 30.0
+
+    def prepare(self) -> None:
+        if not self.auth.cookie_ok(self):
+            raise tornado.web.HTTPError(403, "console session cookie missing or invalid")
+        if self.hub.subscribers >= MAX_SOCKETS:
+            raise tornado.web.HTTPError(503, "too many console connections")
+
+    def open(self) -> None:  # type: ignore[override]
+        subscription = self.hub.subscribe()
+        self.subscription = subscription
+        # Subscribed and snapshotted in the same tick: no event is both replayed and sent live.
+        hello = {
+            "type": "hello",
+            "server_time": time.time(),
+            "buffer": self.hub.buffer_size,
+            "batch_ms": round(subscription.policy.batch_interval * 1000),
+            "requests": self.hub.snapshot(),
+        }
+        self._tasks = [
+            asyncio.ensure_future(self._pump(hello, subscription)),
+            asyncio.ensure_future(self._feed_iss(subscription)),
+        ]
+
+    def on_message(self, message: str | bytes) -> None:
+        try:
+            op = json.loads(message).get("op")
+        except (ValueError, AttributeError):
+            return
+        if op == "resync" and self.subscription is not None:
+            self.subscription.resync()
+
+    def on_close(self) -> None:
+        if self.subscription is not None:
+            self.subscription.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _pump(self, first: dict[str, Any], subscription: Subscription) -> None:
+        """Send one frame at a time; while a frame is in flight, events wait in the bounded queue."""
+        policy = subscription.policy
+        frame: dict[str, Any] | None = first
+        try:
+            while frame is not None:
+                if not await self._send(frame, policy.stall_timeout):
+                    return
+                # The batch window: token events for the same request coalesce meanwhile.
+                await asyncio.sleep(policy.batch_interval)
+                frame = await subscription.next_frame()
+            self.close(1001, "console hub closed")  # the server is shutting down
+        finally:
+            subscription.close()
+
+    async def _send(self, frame: dict[str, Any], stall_timeout: float) -> bool:
+        try:
+            written = self.write_message(_dumps(frame))
+            await asyncio.wait_for(asyncio.shield(written), stall_timeout)
+        except tornado.websocket.WebSocketClosedError:
+            return False
+        except TimeoutError:
+            log.warning("console socket stuck for %.0fs: closing it", stall_timeout)
+            self.close(1013, "console too slow")
+            return False
+        return True
+
+    async def _feed_iss(self, subscription: Subscription) -> None:
+        """Push the station's position to this page every few seconds, when it changes."""
+        last_at = None
+        while not subscription.closed:
+            with contextlib.suppress(Exception):
+                state = await self.tracker.current()
+                if state is not None:
+                    data = state.to_dict()
+                    if data.get("at") != last_at:
+                        last_at = data.get("at")
+                        subscription.offer({"type": "iss_state", "id": "-", "t": time.time(), "state": data})
+            await asyncio.sleep(ISS_INTERVAL)
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(frame, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits in a caller's params
+        return json.dumps(frame, default=str)
+
+
+def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
+    """The console's handler table: the page and its WebSocket."""
+    auth = ConsoleAuth(services.console_token)
+    return [
+        (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": services.settings.console_buffer}),
+        (r"/console/ws", ConsoleSocketHandler, {"auth": auth, "hub": services.hub, "tracker": services.tracker}),
+    ]

@@ -172,6 +172,7 @@ class Subscription:
         self._bytes = 0
         self._tokens: dict[str, dict[str, Any]] = {}  # request id -> its queued tokens event
         self._needs_snapshot = False
+        self._snapshot_reason = "overflow"
         self._lost_since_snapshot = 0
         self._wakeup = asyncio.Event()
 
@@ -189,9 +190,9 @@ class Subscription:
             return
         if self._needs_snapshot:
             # The coming snapshot is taken from the ring buffer, which already holds this event.
-            self._lost_since_snapshot += 1
-            self.dropped += 1
-            self._wakeup.set()
+            if self._snapshot_reason == "overflow":
+                self._lost_since_snapshot += 1
+                self.dropped += 1
             return
         if event.get("type") == "tokens":
             queued = self._tokens.get(event.get("id"))  # type: ignore[arg-type]
@@ -213,12 +214,21 @@ class Subscription:
 
     def _overflow(self) -> None:
         lost = len(self._queue)
+        self._lost_since_snapshot += lost
+        self.dropped += lost
+        self._replace_with_snapshot("overflow")
+
+    def resync(self) -> None:
+        """Replace whatever is queued with a fresh snapshot (the page asked, e.g. after a pause)."""
+        if not self._needs_snapshot:
+            self._replace_with_snapshot("requested")
+
+    def _replace_with_snapshot(self, reason: str) -> None:
         self._queue.clear()
         self._tokens.clear()
         self._bytes = 0
         self._needs_snapshot = True
-        self._lost_since_snapshot += lost
-        self.dropped += lost
+        self._snapshot_reason = reason
         self._wakeup.set()
 
     def drain(self) -> dict[str, Any] | None:
@@ -228,7 +238,7 @@ class Subscription:
             lost, self._lost_since_snapshot = self._lost_since_snapshot, 0
             self.resyncs += 1
             requests = self.hub.snapshot()
-            return {"type": "snapshot", "reason": "overflow", "dropped": lost, "requests": requests}
+            return {"type": "snapshot", "reason": self._snapshot_reason, "dropped": lost, "requests": requests}
         if not self._queue:
             return None
         events = []
