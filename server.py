@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, settings.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The HTTP client logs every upstream request at INFO; our own request log already has them.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     return asyncio.run(serve(settings))
 
 

@@ -1,0 +1,60 @@
+"""Settings from the environment, a .env file and flags, checked at start."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import ConfigError, Settings, load_settings
+
+
+def test_defaults():
+    settings = load_settings([], environ={}, env_file=None)
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert settings.iss_inject == "user"
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.iss_timeout == 2.0 and settings.drain_timeout == 10.0
+    assert settings.use_openai is False  # no key: the built-in responder
+
+
+def test_env_file_flags_and_precedence(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=6000\nLLM_MODEL=from-dotenv\nISS_INJECT=system\nOPENAI_API_KEY=sk-dotenv\n")
+    settings = load_settings(["--host", "0.0.0.0"], environ={"LLM_MODEL": "from-env"}, env_file=env_file)
+    assert settings.port == 6000
+    assert settings.host == "0.0.0.0"
+    assert settings.llm_model == "from-env"  # the real environment wins over .env
+    assert settings.iss_inject == "system"
+    assert settings.use_openai is True
+    assert load_settings(["--port", "7001"], environ={"PORT": "1"}, env_file=env_file).port == 7001
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"ISS_INJECT": "sideways"}, "ISS_INJECT"),
+        ({"PORT": "http"}, "PORT"),
+        ({"MAX_BODY_BYTES": "-1"}, "MAX_BODY_BYTES"),
+        ({"CONSOLE_ENABLED": "maybe"}, "CONSOLE_ENABLED"),
+        ({"LLM_BACKEND": "gpt"}, "LLM_BACKEND"),
+    ],
+)
+def test_invalid_values_name_the_setting(env, names):
+    with pytest.raises(ConfigError, match=names):
+        load_settings([], environ=env, env_file=None)
+
+
+def test_backend_choice():
+    assert Settings(llm_backend="openai").use_openai is True
+    assert Settings(llm_backend="builtin", openai_api_key="sk-x").use_openai is False
+    assert Settings(openai_api_key="sk-x").use_openai is True
+
+
+def test_secrets_stay_out_of_repr():
+    text = repr(Settings(openai_api_key="sk-secret-1", server_api_key="srv-secret-2", console_token="tok-3"))
+    assert "sk-secret-1" not in text and "srv-secret-2" not in text and "tok-3" not in text
+
+
+def test_loopback_detection():
+    assert not Settings(host="127.0.0.1").listens_beyond_loopback
+    assert not Settings(host="::1").listens_beyond_loopback
+    assert Settings(host="0.0.0.0").listens_beyond_loopback

@@ -1,0 +1,188 @@
+"""The real server process: start-up, curl -N seeing events one by one, SIGTERM draining in-flight streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import ROOT, UPSTREAM_KEY
+from tests.fakes.openai_upstream import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python server.py` in a subprocess, its output collected as it runs."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.env = env
+        self.args = args
+        self.output: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "server.py"), *self.args,
+            cwd=str(ROOT), env=self.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.process and self.process.stdout
+        async for line in self.process.stdout:
+            self.output.append(line.decode(errors="replace"))
+
+    async def wait_for_line(self, needle: str, timeout: float = 15.0) -> str:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for line in self.output:
+                if needle in line:
+                    return line
+            if self.process and self.process.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{needle!r} not printed; output:\n{''.join(self.output)}")
+
+    async def stop(self) -> int:
+        assert self.process
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), 20)
+        if self._reader:
+            await asyncio.wait_for(self._reader, 5)
+        return code
+
+    def kill(self) -> None:
+        if self.process and self.process.returncode is None:
+            self.process.kill()
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONUNBUFFERED": "1",
+        "ISS_SOURCES": "tle",
+        "ISS_CACHE_DIR": str(tmp_path / "cache"),
+        "TLE_URL": "http://127.0.0.1:9/unreachable",
+        "CONSOLE_TOKEN": "process-console-token",
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def fake_upstream(io_loop):
+    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_upstream, tmp_path):
+    port = _free_port()
+    server = ServerProcess(
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY),
+        "--port", str(port),
+    )
+    await server.start()
+    try:
+        await server.wait_for_line("listening on")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = orjson.dumps({"messages": MESSAGES, "stream": True})
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        seen = b""
+        while b"data: " not in seen:
+            seen += await asyncio.wait_for(reader.read(4096), 10)
+        server.process.send_signal(signal.SIGTERM)
+        await server.wait_for_line("shutting down")
+        # No new connections once draining began.
+        with pytest.raises(OSError):
+            _, late = await asyncio.open_connection("127.0.0.1", port)
+            late.close()
+        while b"data: [DONE]" not in seen:
+            chunk = await asyncio.wait_for(reader.read(4096), 10)
+            assert chunk, "the in-flight stream was cut before [DONE]"
+            seen += chunk
+        writer.close()
+        assert seen.count(b'"content"') >= 20
+        assert await server.stop() == 0
+        assert fake_upstream.completed_streams == 1
+    finally:
+        server.kill()
+
+
+async def test_warns_loudly_beyond_loopback_without_a_key(io_loop, tmp_path):
+    server = ServerProcess(_env(tmp_path), "--host", "0.0.0.0", "--port", str(_free_port()))
+    await server.start()
+    try:
+        line = await server.wait_for_line("WITHOUT SERVER_API_KEY")
+        assert "WARNING" in line
+        console = await server.wait_for_line("/console?token=")
+        assert "process-console-token" in console
+    finally:
+        assert await server.stop() == 0
+
+
+async def test_no_warning_on_loopback_or_with_a_key(io_loop, tmp_path):
+    server = ServerProcess(_env(tmp_path, SERVER_API_KEY="k" * 32), "--host", "0.0.0.0", "--port", str(_free_port()))
+    await server.start()
+    try:
+        await server.wait_for_line("listening on")
+    finally:
+        assert await server.stop() == 0
+    assert not any("WITHOUT SERVER_API_KEY" in line for line in server.output)
+    assert not any("k" * 32 in line for line in server.output)
+
+
+async def test_bad_configuration_exits_with_a_clear_message(io_loop, tmp_path):
+    server = ServerProcess(_env(tmp_path, ISS_INJECT="sideways"), "--port", str(_free_port()))
+    await server.start()
+    code = await asyncio.wait_for(server.process.wait(), 15)
+    await asyncio.wait_for(server._reader, 5)
+    assert code == 2
+    text = "".join(server.output)
+    assert "ISS_INJECT" in text and "Traceback" not in text
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by .ci/run")
+async def test_curl_sees_each_event_as_it_is_sent(base_url, upstream):
+    # The upstream pauses before its fourth chunk: whatever curl has printed by then was flushed
+    # one event at a time, not buffered until the end.
+    upstream.hold_at = 3
+    body = orjson.dumps({"model": "m", "messages": MESSAGES, "stream": True}).decode()
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-sN", "--max-time", "20", "-H", "Content-Type: application/json", "-d", body,
+        f"{base_url}/v1/chat/completions", stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        seen: list[bytes] = []
+        while len(seen) < 3:
+            line = await asyncio.wait_for(curl.stdout.readline(), 10)
+            if line.startswith(b"data: "):
+                seen.append(line)
+        assert upstream.open_streams == 1 and not upstream.release.is_set()
+        assert b'"role":"assistant"' in seen[0]
+        upstream.release.set()
+        rest = await asyncio.wait_for(curl.stdout.read(), 10)
+        assert rest.rstrip().endswith(b"data: [DONE]")
+        assert await asyncio.wait_for(curl.wait(), 10) == 0
+    finally:
+        if curl.returncode is None:
+            curl.kill()
