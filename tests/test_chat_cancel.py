@@ -61,7 +61,7 @@ async def test_disconnect_mid_stream_closes_upstream_within_a_second(base_url, u
 
 
 async def test_disconnect_before_first_token_closes_upstream(base_url, upstream, app):
-    reader, writer = await _open_stream(base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"fault": "stall"}})
+    _reader, writer = await _open_stream(base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"fault": "stall"}})
     assert await _until(lambda: upstream.open_streams == 1, 5.0)
     writer.close()
     assert await upstream.wait_streams_closed(1.0)
