@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 from services.iss.accuracy import round_km
 from services.iss.state import IssState
+
+# Country names read with "the" in English ("over the United States", "over the Philippines").
+_THE = re.compile(
+    r"^(United |Democratic |Republic |Federated |Central African|Czech Republic|Dominican Republic)"
+    r"|(Islands|Lands|Netherlands|Philippines|Maldives|Bahamas|Gambia|Comoros|Seychelles|Emirates)$"
+)
+
+
+def over_phrase(name: str, water: bool | None) -> str:
+    """'the North Atlantic Ocean', 'the United States', 'France'."""
+    if water or _THE.search(name):
+        return f"the {name}"
+    return name
 
 
 def _where(state: IssState) -> str:
@@ -11,7 +26,7 @@ def _where(state: IssState) -> str:
     lon = f"{abs(state.longitude):.2f}°{'E' if state.longitude >= 0 else 'W'}"
     text = f"{lat}, {lon}"
     if state.over:
-        text += f", over {state.over}"
+        text += f", over {over_phrase(state.over, state.over_water)}"
     if state.nearest_city and state.nearest_city_km is not None:
         if state.nearest_city_km < 25:
             text += f", right above {state.nearest_city}"

@@ -55,7 +55,7 @@ def _place_fields(lat: float, lon: float, located: Located | None) -> dict[str, 
     if ground_distance_km(lat, lon, located.latitude, located.longitude) > 150.0:
         return {}
     place = located.place
-    fields: dict[str, object] = {"over": place.over}
+    fields: dict[str, object] = {"over": place.over, "over_water": place.water}
     if place.city and place.city_latitude is not None and place.city_longitude is not None:
         fields["nearest_city"] = place.city
         fields["nearest_city_km"] = round(

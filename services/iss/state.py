@@ -27,6 +27,7 @@ class IssState:
     nearest_city_direction: str | None = None
     rough: bool = False
     accuracy_km: float | None = None
+    over_water: bool | None = None
 
     @property
     def age_seconds(self) -> float:

@@ -359,7 +359,7 @@ class IssTracker:
             return
         while True:
             try:
-                await self._locate()
+                self._locate()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -372,23 +372,17 @@ class IssTracker:
         """Look up the place again at once when the model jumped (new fix or elements)."""
         if getattr(self.geography, "loaded", False):
             try:
-                self._locate_now()
+                self._locate()
             except Exception as exc:
                 log.warning("geography lookup failed: %s", describe_error(exc))
 
-    def _locate_now(self) -> None:
-        state = self._state(datetime.now(UTC))
-        if state is not None:
-            place = self.geography.lookup(state.latitude, state.longitude)
-            if place is not None:
-                self._located = Located(state.latitude, state.longitude, place)
-
-    async def _locate(self) -> None:
+    def _locate(self) -> None:
         # Look up where the station will be half an interval from now, so the cached place is
-        # centred on the window in which requests will use it.
+        # centred on the window in which requests will use it. A lookup takes well under a
+        # millisecond: inline is cheaper than a thread hand-off that would contend for the GIL.
         state = self._state(datetime.now(UTC) + timedelta(seconds=ENRICH_INTERVAL / 2))
         if state is None:
             return
-        place = await asyncio.to_thread(self.geography.lookup, state.latitude, state.longitude)
+        place = self.geography.lookup(state.latitude, state.longitude)
         if place is not None:
             self._located = Located(state.latitude, state.longitude, place)
