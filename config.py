@@ -67,6 +67,9 @@ class Settings:
     host: str = field(default="127.0.0.1", metadata={"env": "HOST", "parse": str})
     port: int = field(default=5000, metadata={"env": "PORT", "parse": int})
 
+    trust_proxy_headers: bool = field(
+        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": _bool}
+    )
     server_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
     )

@@ -140,7 +140,8 @@ def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     # cap only stops anything far larger from being buffered at all.
     return HTTPServer(
         app,
-        xheaders=False,
+        # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
+        xheaders=settings.trust_proxy_headers,
         max_body_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
         max_buffer_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
         body_timeout=30.0,

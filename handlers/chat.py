@@ -124,10 +124,23 @@ class ChatHandler(ApiHandler):
             await asyncio.wait({self._work})
             if self._work.cancelled():
                 exchange.cancelled()
-            else:
-                self._work.result()
+            elif self._work.exception() is not None:
+                await self._internal_error(exchange, self._work.exception())
         finally:
             self.inflight.leave(exchange.outcome)
+
+    async def _internal_error(self, exchange: Exchange, exc: BaseException) -> None:
+        """A bug, not the caller's or the upstream's fault: the log gets the traceback, the caller a clean error."""
+        log.error("request %s failed inside this server", exchange.id, exc_info=exc)
+        message = "The server had an error while processing your request."
+        exchange.failed(status=500, message=message, where="server", code="internal_error")
+        if self._finished:
+            return
+        if self._sse_started:
+            await self._send_quietly(sse_json(error_body(message, type="server_error", code="internal_error")))
+            await self._send_quietly(DONE_EVENT)
+            return
+        self.send_api_error(ApiError(500, message, type="server_error", code="internal_error"))
 
     def on_connection_close(self) -> None:
         # The caller went away: stop the upstream at once, so nothing more is generated or billed.
@@ -213,12 +226,15 @@ class ChatHandler(ApiHandler):
             if chunk.get("error") is not None and not chunk.get("choices"):
                 detail = redact(_error_message(chunk), (self.config.openai_api_key, self.server_api_key))
                 raise UpstreamError(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content or delta.get("tool_calls"):
-                    exchange.token(content or "")
-                finish_reason = choice.get("finish_reason") or finish_reason
+            try:
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content")
+                    if content or delta.get("tool_calls"):
+                        exchange.token(content if isinstance(content, str) else "")
+                    finish_reason = choice.get("finish_reason") or finish_reason
+            except (AttributeError, TypeError):
+                raise UpstreamError(502, "The upstream LLM sent a malformed chunk.", code="upstream_bad_chunk") from None
             if chunk.get("usage"):
                 usage = chunk["usage"]
             await self._send(sse_event(payload))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from handlers.base import ApiHandler
@@ -21,6 +22,8 @@ class HealthHandler(ApiHandler):
                 "backend": services.backend.describe(),
                 "iss": services.tracker.health(),
                 "chat": {"in_flight": services.inflight.count, **services.inflight.outcomes},
+                # For leak checks under load: tasks that outlive their request show up here.
+                "asyncio_tasks": len(asyncio.all_tasks()),
             }
         )
 

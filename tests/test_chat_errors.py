@@ -138,6 +138,7 @@ async def test_upstream_timeout_is_504(overrides, base_url):
     [
         ({"fault": "drop", "after": 2}, "upstream_dropped"),
         ({"fault": "malformed", "after": 2}, "upstream_bad_chunk"),
+        ({"fault": "misshapen", "after": 2}, "upstream_bad_chunk"),
         ({"fault": "error_event", "after": 2}, "upstream_error"),
     ],
 )

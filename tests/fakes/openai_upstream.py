@@ -8,6 +8,7 @@ passes upstream unchanged like every other field:
     {"x_fake": {"fault": "stall"}}                      accept, then send nothing (until closed)
     {"x_fake": {"fault": "drop", "after": 2}}           drop the connection after 2 chunks
     {"x_fake": {"fault": "malformed", "after": 2}}      send a chunk that is not JSON
+    {"x_fake": {"fault": "misshapen", "after": 2}}      send JSON that is not a chunk
     {"x_fake": {"fault": "error_event", "after": 2}}    send data: {"error": ...} mid-stream
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
 
@@ -140,12 +141,14 @@ class FakeUpstream:
                 await asyncio.sleep(first_delay)
             after = int(fake.get("after", 1))
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
-                if index == after and fault in {"drop", "malformed", "error_event"}:
+                if index == after and fault in {"drop", "malformed", "misshapen", "error_event"}:
                     if fault == "drop":
                         request.transport.close()  # type: ignore[union-attr]
                         return response
                     if fault == "malformed":
                         await response.write(b"data: {not json\n\n")
+                    elif fault == "misshapen":
+                        await response.write(b'data: {"choices": [42, "x"]}\n\n')
                     else:
                         error = {"error": {"message": "fake mid-stream failure", "type": "server_error",
                                            "param": None, "code": None}}
