@@ -65,6 +65,10 @@ class Services:
     console_token: str
     inflight: Inflight = field(default_factory=Inflight)
 
+    async def start(self) -> None:
+        """Begin background work (ISS refresh) now rather than on the first request."""
+        await self.tracker.start()
+
     async def close(self) -> None:
         await self.hub.close()
         await self.backend.close()
@@ -155,7 +159,13 @@ async def serve(settings: Settings) -> int:
     app = make_app(settings)
     services: Services = app.services  # type: ignore[attr-defined]
     server = make_server(app, settings)
-    server.listen(settings.port, settings.host)
+    await services.start()
+    try:
+        server.listen(settings.port, settings.host)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+        await services.close()
+        return 1
     port = next(iter(server._sockets.values())).getsockname()[1] if settings.port == 0 else settings.port
 
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
