@@ -1,9 +1,73 @@
-"""Placeholder: the iss feature's handlers land here."""
+"""GET /iss: the station's current enriched state, or its propagated state and ground track."""
 
 from __future__ import annotations
 
+import math
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from handlers.base import ApiHandler
+from services.iss.describe import describe_state
+from services.openai_format import ApiError
 
-def routes(services: Any) -> list[tuple]:
-    return []
+MAX_OFFSET = timedelta(days=1)
+MAX_TRACK_MINUTES = 24 * 60
+DEFAULT_STEP_S = 60.0
+MIN_STEP_S = 10.0
+MAX_TRACK_POINTS = 600
+
+
+def _parse_at(value: str, now: datetime) -> datetime:
+    try:
+        when = datetime.fromisoformat(value.strip().replace(" ", "+"))
+    except ValueError:
+        raise ApiError(400, "'at' must be an ISO 8601 time, e.g. 2026-11-26T12:00:00Z.", param="at") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if abs(when - now) > MAX_OFFSET:
+        raise ApiError(400, "'at' must be within one day of now.", param="at")
+    return when.astimezone(UTC)
+
+
+def _parse_number(value: str, param: str, low: float, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ApiError(400, f"'{param}' must be a number from {low:g} to {high:g}.", param=param)
+    return number
+
+
+class IssHandler(ApiHandler):
+    """Public, read-only: where the ISS is now, or at ?at=, with ?track=<minutes> of ground track."""
+
+    def initialize(self, services: Any) -> None:
+        self.tracker = services.tracker
+
+    async def get(self) -> None:
+        now = datetime.now(UTC)
+        at_arg = self.get_query_argument("at", None)
+        track_arg = self.get_query_argument("track", None)
+        step_arg = self.get_query_argument("step", None)
+        when = _parse_at(at_arg, now) if at_arg is not None else None
+        minutes = _parse_number(track_arg, "track", 1, MAX_TRACK_MINUTES) if track_arg is not None else None
+        step = _parse_number(step_arg, "step", MIN_STEP_S, 3600) if step_arg is not None else DEFAULT_STEP_S
+
+        state = self.tracker.state_at(when) if when is not None else await self.tracker.current()
+        if state is None:
+            raise ApiError(
+                503, "The ISS position is unavailable: no source answered and no orbital elements are known.",
+                type="server_error", code="iss_unavailable",
+            )
+        body = {**state.to_dict(), "description": describe_state(state)}
+        if minutes is not None:
+            span = timedelta(minutes=minutes)
+            # Widen the step rather than cut the track short when the span needs more points.
+            step = max(step, 2 * span.total_seconds() / (MAX_TRACK_POINTS - 1))
+            body["track"] = self.tracker.track(state.at - span, state.at + span, step)
+        self.write_json(body)
+
+
+def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
+    return [(r"/iss", IssHandler, {"services": services})]

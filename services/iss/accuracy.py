@@ -30,11 +30,11 @@ def age_words(seconds: float) -> str:
 
 
 def round_km(km: float) -> str:
-    """A distance rounded to what it's worth: '5 km', '40 km', '1,200 km'."""
+    """A distance rounded to what it's worth: '5 km', '40 km', '2,400 km'."""
     if km < 10:
         return f"{max(1, round(km))} km"
     if km < 100:
         return f"{round(km, -1):.0f} km"
-    if km < 1000:
+    if km < 10000:
         return f"{round(km, -2):,.0f} km"
     return f"{round(km, -3):,.0f} km"
