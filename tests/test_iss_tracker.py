@@ -218,3 +218,85 @@ async def test_close_cancels_the_background_loops(io_loop, tmp_path):
         requests = sum(fakes.requests.values())
         assert await tracker.current() is not None
         assert sum(fakes.requests.values()) == requests
+
+
+async def test_celestrak_down_alone_leaves_the_live_source_in_charge(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.fail("celestrak", "500")
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            state = await tracker.current()
+            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak attempt")
+            assert state.source == "open-notify"
+            health = tracker.health()
+            assert health["sources"]["celestrak"]["state"] == "failing"
+            assert health["sources"]["celestrak"]["last_error"] == "HTTP 500"
+            # A failure is retried after minutes, not at the next refresh.
+            assert health["sources"]["celestrak"]["next_fetch_in_seconds"] >= 590
+            assert health["elements"]["origin"] == "bundled"
+        finally:
+            await tracker.close()
+
+
+async def test_health_is_json_and_failures_log_no_traceback(io_loop, tmp_path, caplog):
+    import orjson
+
+    async with FakeIssSources() as fakes:
+        fakes.fail("open-notify", "drop")
+        fakes.fail("wheretheiss", "malformed")
+        fakes.fail("celestrak", "500")
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            with caplog.at_level("DEBUG"):
+                await tracker.current()
+                await wait_until(lambda: tracker.tle_cycles >= 1 and tracker.cycles >= 1, 5.0, "a cycle")
+            health = orjson.loads(orjson.dumps(tracker.health()))
+            assert health["status"] == "propagating"
+            assert set(health["sources"]) == {"open-notify", "wheretheiss", "celestrak"}
+            assert health["sources"]["wheretheiss"]["last_error"].startswith("malformed body")
+            assert health["sources"]["open-notify"]["last_error"].startswith("connection failed")
+            assert caplog.records
+            for record in caplog.records:
+                assert record.exc_info is None
+                assert "Traceback" not in record.getMessage()
+        finally:
+            await tracker.close()
+
+
+async def test_steady_state_current_is_a_fraction_of_a_millisecond(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        tracker = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            await tracker.current()
+            await wait_until(lambda: tracker.health()["geography"]["loaded"], 5.0, "geography")
+            started = time.perf_counter()
+            for _ in range(500):
+                state = await tracker.current()
+            mean = (time.perf_counter() - started) / 500
+            assert state.over is not None and state.nearest_city is not None
+            # Target 0.2 ms; the bound leaves room for a slow CI machine.
+            assert mean < 0.0005, f"{mean * 1e6:.0f} µs per call"
+        finally:
+            await tracker.close()
+
+
+async def test_state_at_and_track_follow_the_live_fix(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.truth_shift_s = -900.0
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
+        try:
+            await tracker.current()
+            await wait_until(lambda: tracker.health()["geography"]["loaded"], 5.0, "geography")
+            for minutes in (-60, 20, 90):
+                when = datetime.now(UTC) + timedelta(minutes=minutes)
+                state = tracker.state_at(when)
+                assert state.at == when
+                _near_truth(fakes, state, 30.0)
+                assert state.over is not None
+            start = datetime.now(UTC)
+            track = tracker.track(start, start + timedelta(minutes=10), 60)
+            assert len(track) == 11
+            lat, lon = fakes.truth_at(start + timedelta(minutes=10))
+            assert ground_distance_km(lat, lon, track[-1]["latitude"], track[-1]["longitude"]) < 30
+        finally:
+            await tracker.close()

@@ -33,21 +33,33 @@ def _distance_at(elements: Elements, fix: Fix, shift_s: float) -> float:
     return ground_distance_km(point.latitude, point.longitude, fix.latitude, fix.longitude)
 
 
-def anchor(elements: Elements, fix: Fix) -> Anchor:
-    """Find the time shift (within half an orbit) that puts the propagated track on the fix."""
+def anchor(elements: Elements, fix: Fix, hint_s: float | None = None) -> Anchor:
+    """Find the time shift (within half an orbit) that puts the propagated track on the fix.
+
+    `hint_s`, the shift found for the previous fix, narrows the search to a few minutes around
+    it; the full half-orbit search runs only when that does not line up.
+    """
     agreement = _distance_at(elements, fix, 0.0)
     recent = abs(elements.age_days(fix.measured_at)) <= TRUST_AGE_DAYS
     if recent and agreement <= TRUST_KM:
         return Anchor(fix, elements, 0.0, agreement, agreement)
+    if hint_s is not None:
+        found = _search(elements, fix, hint_s, 180, 30, agreement)
+        if found.residual_km <= TRUST_KM:
+            return found
+    return _search(elements, fix, 0.0, _HALF_ORBIT_S, _COARSE_STEP_S, agreement)
+
+
+def _search(elements: Elements, fix: Fix, centre: float, half: int, step: int, agreement: float) -> Anchor:
     # Along-track error dominates as elements age, so search time, not space: coarse, then fine.
     best_s, best_d = 0.0, agreement
-    for step in range(-_HALF_ORBIT_S, _HALF_ORBIT_S + 1, _COARSE_STEP_S):
-        distance = _distance_at(elements, fix, float(step))
+    for offset in range(-half, half + 1, step):
+        distance = _distance_at(elements, fix, centre + offset)
         if distance < best_d:
-            best_s, best_d = float(step), distance
-    low, high = best_s - _COARSE_STEP_S, best_s + _COARSE_STEP_S
+            best_s, best_d = centre + offset, distance
+    low, high = best_s - step, best_s + step
     ratio = 0.6180339887498949
-    for _ in range(30):
+    for _ in range(24):
         a = high - ratio * (high - low)
         b = low + ratio * (high - low)
         if _distance_at(elements, fix, a) < _distance_at(elements, fix, b):

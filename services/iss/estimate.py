@@ -76,8 +76,10 @@ def anchored_state(when: datetime, anchor: Anchor, located: Located | None) -> I
     # How fast the elements' own error grows, applied to the time since the fix anchored them.
     drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
     error = anchor.residual_km + FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix)
+    moved = "moved on" if since_fix >= 0 else "moved back"
+    relation = "earlier" if since_fix >= 0 else "later"
     text = (
-        f"{fix.source} fix from {age_words(since_fix)} earlier, moved on along the orbit with SGP4 "
+        f"{fix.source} fix from {age_words(since_fix)} {relation}, {moved} along the orbit with SGP4 "
         f"({_elements_phrase(elements, when)}); within about {round_km(error)}"
     )
     rough = error > ROUGH_KM

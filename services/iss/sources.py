@@ -280,12 +280,14 @@ class CelestrakSource:
             log.warning("could not write the TLE cache: %s", type(exc).__name__)
 
     def seconds_until_due(self) -> float:
-        """Seconds until CelesTrak may be asked again (0 when due); failures retry sooner."""
+        """Seconds until CelesTrak may be asked again (0 when due); failures retry sooner, backing off."""
         if self._last_attempt_wall is None:
             return 0.0
         wait = self.interval
         if self.health.consecutive_failures or self.elements is None:
-            wait = min(self.interval, 600.0)
+            # 10 min, 20, 40 ... up to the full interval: a client that hammers gets blocked.
+            doublings = max(0, min(self.health.consecutive_failures - 1, 8))
+            wait = min(self.interval, 600.0 * 2**doublings)
         return max(0.0, self._last_attempt_wall + wait - time.time())
 
     async def fetch(self, session: aiohttp.ClientSession) -> Elements:

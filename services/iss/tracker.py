@@ -207,7 +207,9 @@ class IssTracker:
         if lookup:
             located = None
         fix, anchor_ = self._fix, self._anchor
-        live = fix is not None and abs(when - fix.measured_at) <= LIVE_HOLD
+        # A fix that is recent now steers the model for any requested moment (?at= included);
+        # the accuracy grows with the distance in time from the fix.
+        live = fix is not None and datetime.now(UTC) - fix.measured_at <= LIVE_HOLD
         if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
             state = estimate.anchored_state(when, anchor_, located)
         elif elements is not None:
@@ -261,8 +263,10 @@ class IssTracker:
         if fix is None or elements is None:
             self._anchor = None
             return
+        previous = self._anchor
+        hint = previous.shift_s if previous is not None and previous.elements is elements else None
         try:
-            self._anchor = anchor(elements, fix)
+            self._anchor = anchor(elements, fix, hint)
         except Exception as exc:
             log.warning("could not line the orbit up with the %s fix: %s", fix.source, describe_error(exc))
             self._anchor = None
