@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import pickle
 import zlib
 from pathlib import Path
 
@@ -116,8 +115,8 @@ def build_raster() -> tuple[np.ndarray, list[dict]]:
 
 
 def _unit(lat: float, lon: float) -> tuple[float, float, float]:
-    p, l = math.radians(lat), math.radians(lon)
-    return math.cos(p) * math.cos(l), math.cos(p) * math.sin(l), math.sin(p)
+    p, lam = math.radians(lat), math.radians(lon)
+    return math.cos(p) * math.cos(lam), math.cos(p) * math.sin(lam), math.sin(p)
 
 
 def build_cities() -> list[tuple[str, str, float, float, int]]:

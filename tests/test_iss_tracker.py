@@ -300,3 +300,23 @@ async def test_state_at_and_track_follow_the_live_fix(io_loop, tmp_path):
             assert ground_distance_km(lat, lon, track[-1]["latitude"], track[-1]["longitude"]) < 30
         finally:
             await tracker.close()
+
+
+async def test_fresh_cached_elements_spare_a_cold_caller_the_wait(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        fakes.tle_text = retimed_tle(fakes.tle_text, datetime.now(UTC) - timedelta(hours=1))
+        first = IssTracker(tracker_settings(fakes, tmp_path))
+        try:
+            await first.current()
+            await wait_until(lambda: first.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
+        finally:
+            await first.close()
+        fakes.fail("open-notify", "hang")
+        second = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=1.0))
+        try:
+            started = time.monotonic()
+            state = await second.current()
+            assert time.monotonic() - started < 0.2
+            assert state.source == "celestrak-tle" and not state.rough
+        finally:
+            await second.close()

@@ -198,9 +198,14 @@ def tracker_settings(fakes: FakeIssSources, cache_dir: Path, **overrides: Any) -
 
 
 def fixture_path(name: str) -> Path:
-    """A file from the shared ISS fixtures, falling back to the bundled copy of the TLE."""
+    """A file from the ISS fixtures (the repo's copy, else ../shared), or the bundled TLE."""
     here = Path(__file__).resolve()
-    for root in (here.parents[3] / "shared" / "fixtures" / "iss", here.parents[2] / "data"):
+    roots = (
+        here.parents[1] / "data" / "fixtures" / "iss",
+        here.parents[3] / "shared" / "fixtures" / "iss",
+        here.parents[2] / "data",
+    )
+    for root in roots:
         if (root / name).is_file():
             return root / name
     raise FileNotFoundError(name)
