@@ -17,6 +17,7 @@ from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
 from services.iss.estimate import LIVE_HOLD, Located
 from services.iss.geography import Geography
+from services.iss.orbit import propagate
 from services.iss.sources import (
     CelestrakSource,
     Fix,
@@ -123,7 +124,7 @@ class IssTracker:
         points = []
         for index in range(count):
             when = start + timedelta(seconds=index * step_s)
-            point = estimate.propagate(elements.satrec, when + timedelta(seconds=shift))
+            point = propagate(elements.satrec, when + timedelta(seconds=shift))
             points.append({
                 "latitude": round(point.latitude, 4),
                 "longitude": round(point.longitude, 4),
