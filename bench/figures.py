@@ -1,0 +1,154 @@
+"""The benchmark's figures: cells per (concurrency, path), memory per layer, and the five targets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.loadgen import Batch
+from bench.stats import minus, ms, percentile, ratio
+
+PATHS = ("direct", "relay", "server")
+LAYERS = ("relay", "server")
+
+
+@dataclass
+class Cell:
+    """Everything measured for one path at one concurrency, pooled over the interleaved rounds."""
+
+    path: str
+    concurrency: int
+    ttft: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    requests: int = 0
+    failed: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    layer_cpu: float = 0.0
+    upstream_cpu: float = 0.0
+    tp_chunks: int = 0
+    tp_wall: float = 0.0
+    tp_failed: int = 0
+
+    def add_latency(self, batch: Batch, layer_cpu: float, upstream_cpu: float) -> None:
+        for sample in batch.samples:
+            self.requests += 1
+            if sample.ok:
+                self.ttft.append(sample.ttft or 0.0)
+                self.total.append(sample.total)
+            else:
+                self.failed += 1
+                self.errors[sample.error or "unknown"] += 1
+        self.layer_cpu += layer_cpu
+        self.upstream_cpu += upstream_cpu
+
+    def add_throughput(self, batch: Batch) -> None:
+        self.tp_chunks += sum(s.chunks for s in batch.ok)
+        self.tp_wall += batch.wall
+        self.tp_failed += batch.failed
+        for sample in batch.samples:
+            if not sample.ok:
+                self.errors[sample.error or "unknown"] += 1
+
+    def figures(self) -> dict[str, Any]:
+        """Milliseconds, chunks per second and CPU per request, as plain numbers."""
+        done = max(1, self.requests - self.failed)
+        return {
+            "path": self.path,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "failed": self.failed + self.tp_failed,
+            "errors": dict(self.errors),
+            "ttft_p50": ms(percentile(self.ttft, 50)),
+            "ttft_p95": ms(percentile(self.ttft, 95)),
+            "ttft_p99": ms(percentile(self.ttft, 99)),
+            "total_p50": ms(percentile(self.total, 50)),
+            "total_p99": ms(percentile(self.total, 99)),
+            "chunks_per_s": self.tp_chunks / self.tp_wall if self.tp_wall else None,
+            "cpu_ms_per_request": self.layer_cpu * 1000 / done if self.path != "direct" else None,
+            "upstream_cpu_ms_per_request": self.upstream_cpu * 1000 / done,
+        }
+
+
+def with_added(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row plus its added TTFT (this path's percentile minus the direct path's, same concurrency)."""
+    direct = {row["concurrency"]: row for row in rows if row["path"] == "direct"}
+    out = []
+    for row in rows:
+        base = direct.get(row["concurrency"], {})
+        extra = {f"added_{q}": minus(row[f"ttft_{q}"], base.get(f"ttft_{q}")) for q in ("p50", "p95", "p99")}
+        out.append({**row, **extra})
+    return out
+
+
+def find(rows: list[dict[str, Any]], path: str, concurrency: int) -> dict[str, Any]:
+    for row in rows:
+        if row["path"] == path and row["concurrency"] == concurrency:
+            return row
+    return {}
+
+
+@dataclass
+class Target:
+    """One goal from the issue, evaluated as a comparison with the relay in the same run."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured in this run
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def targets(rows: list[dict[str, Any]], memory: dict[str, dict[str, Any]], hold: int) -> list[Target]:
+    """The five targets of issue 5, server against relay."""
+    out: list[Target] = []
+
+    server, relay = find(rows, "server", 1), find(rows, "relay", 1)
+    diff = minus(server.get("added_p50"), relay.get("added_p50"))
+    out.append(Target(
+        "added TTFT p50, c=1", "within 1 ms of the relay's",
+        f"server {_fmt(server.get('added_p50'))} ms vs relay {_fmt(relay.get('added_p50'))} ms "
+        f"(difference {_fmt(diff)} ms)",
+        None if diff is None else diff <= 1.0,
+    ))
+
+    server, relay = find(rows, "server", 200), find(rows, "relay", 200)
+    # The relay's added p99 can be a fraction of a millisecond; a 1 ms floor keeps the ratio meaningful.
+    relay_p99 = relay.get("added_p99")
+    floor = None if relay_p99 is None else max(relay_p99, 1.0)
+    r = ratio(server.get("added_p99"), floor)
+    out.append(Target(
+        "added TTFT p99, c=200", "at most 2x the relay's",
+        f"server {_fmt(server.get('added_p99'))} ms vs relay {_fmt(relay_p99)} ms (x{_fmt(r)})",
+        None if r is None else r <= 2.0,
+    ))
+
+    r = ratio(server.get("chunks_per_s"), relay.get("chunks_per_s"))
+    out.append(Target(
+        "chunks/s, 200 streams, gap 0", "at least 80% of the relay's",
+        f"server {_fmt(server.get('chunks_per_s'), 0)} vs relay {_fmt(relay.get('chunks_per_s'), 0)} "
+        f"({_fmt(None if r is None else r * 100, 0)}%)",
+        None if r is None else r >= 0.8,
+    ))
+
+    r = ratio(server.get("cpu_ms_per_request"), relay.get("cpu_ms_per_request"))
+    out.append(Target(
+        "CPU per request, c=200", "at most 2x the relay's",
+        f"server {_fmt(server.get('cpu_ms_per_request'))} ms vs relay {_fmt(relay.get('cpu_ms_per_request'))} ms "
+        f"(x{_fmt(r)})",
+        None if r is None else r <= 2.0,
+    ))
+
+    mem = memory.get("server", {})
+    kb = mem.get("kb_per_stream")
+    relay_kb = memory.get("relay", {}).get("kb_per_stream")
+    complete = mem.get("opened", 0) >= hold
+    out.append(Target(
+        f"{hold} open streams in the server", "at most 50 KB each",
+        f"{_fmt(kb, 1)} KB per stream ({mem.get('opened', 0)} open; relay {_fmt(relay_kb, 1)} KB)",
+        None if kb is None else (kb <= 50.0 and complete),
+    ))
+    return out

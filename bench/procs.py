@@ -1,0 +1,200 @@
+"""Child processes for the benchmark and the soak: started on loopback, always cleaned up."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+_URL = re.compile(rb"http://127\.0\.0\.1:(\d+)")
+_PR_SET_PDEATHSIG = 1
+
+
+def raise_nofile(wanted: int = 16384) -> int:
+    """Raise this process's open-file limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM if the bench process dies, even by SIGKILL.
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """One started process, its log file and the loopback port it announced."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int = 0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def process(self) -> psutil.Process:
+        return psutil.Process(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Children:
+    """Starts processes and stops every one of them on exit, whatever ended the block."""
+
+    def __init__(self, log_dir: Path | None = None) -> None:
+        self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="iss-llm-bench-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.children: list[Child] = []
+
+    def __enter__(self) -> Children:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, ready_timeout: float = 20.0
+    ) -> Child:
+        """Start `argv` (which must print its http://127.0.0.1:PORT) and wait until it does."""
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal reaches only us; we stop it in order.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        child = Child(name, popen, log_path)
+        self.children.append(child)
+        child.port = self._wait_port(child, ready_timeout)
+        return child
+
+    @staticmethod
+    def _wait_port(child: Child, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}")
+            match = _URL.search(child.log_path.read_bytes())
+            if match:
+                return int(match.group(1))
+            time.sleep(0.05)
+        raise RuntimeError(f"{child.name} did not announce its port in {timeout}s:\n{child.log_tail()}")
+
+    def stop(self, child: Child, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        if child.alive():
+            with contextlib.suppress(ProcessLookupError):
+                child.popen.send_signal(signal.SIGTERM)
+            try:
+                child.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    child.popen.kill()
+                child.popen.wait(5)
+        return child.popen.returncode
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            with contextlib.suppress(Exception):
+                self.stop(child, timeout=5.0)
+
+
+def fake_upstream_argv(tokens: int = 20, gap: float = 0.0, first_token_delay: float = 0.0) -> list[str]:
+    """The fake OpenAI upstream (tests/fakes/openai_upstream.py) on a free loopback port."""
+    return [
+        PYTHON, "-m", "tests.fakes.openai_upstream", "--port", "0", "--tokens", str(tokens),
+        "--gap", str(gap), "--first-token-delay", str(first_token_delay),
+    ]
+
+
+def relay_argv(upstream_url: str) -> list[str]:
+    return [PYTHON, "-m", "bench.relay", "--port", "0", "--upstream", upstream_url]
+
+
+def server_argv() -> list[str]:
+    return [PYTHON, "server.py", "--host", "127.0.0.1", "--port", "0"]
+
+
+def server_env(upstream_url: str, cache_dir: Path, **extra: str) -> dict[str, str]:
+    """The server against the fake upstream, ISS sources offline (TLE fetch refused on loopback)."""
+    env = {
+        "LLM_BACKEND": "openai",
+        "OPENAI_BASE_URL": f"{upstream_url}/v1",
+        "OPENAI_API_KEY": "sk-bench-not-a-real-key",
+        "ISS_SOURCES": "tle",
+        "TLE_URL": "http://127.0.0.1:9/gp.php",
+        "ISS_CACHE_DIR": str(cache_dir),
+        "SERVER_API_KEY": "",
+        "FALLBACK_REPLY": "",
+    }
+    env.update(extra)
+    return env
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    """The process's peak resident set size (VmHWM) in bytes, 0 if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User plus system CPU time of a process so far."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so `finally` blocks (and child cleanup) run."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
