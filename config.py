@@ -60,6 +60,10 @@ def _optional(value: str) -> str | None:
     return value.strip() or None
 
 
+def _optional_path(value: str) -> Path | None:
+    return Path(value.strip()) if value.strip() else None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server can be configured with; field metadata names the env variable."""
@@ -134,7 +138,10 @@ class Settings:
     iss_cache_dir: Path = field(
         default=ROOT / "var" / "cache", metadata={"env": "ISS_CACHE_DIR", "parse": Path}
     )
-    bundled_tle: Path = field(default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": Path})
+    # The last-resort elements shipped with the project; empty turns the last resort off.
+    bundled_tle: Path | None = field(
+        default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": _optional_path}
+    )
 
     console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
     console_token: str | None = field(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -39,12 +40,14 @@ async def test_block_appended_to_last_user_message(base_url, upstream, open_noti
 async def test_injected_position_matches_the_source(base_url, upstream, open_notify):
     await post_json(base_url, {"messages": MESSAGES})
     block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
-    lat, lon = open_notify.truth_at(datetime.now(UTC))
-    lat_text = f"{abs(lat):.2f}°{'N' if lat >= 0 else 'S'}"
-    lon_text = f"{abs(lon):.2f}°{'E' if lon >= 0 else 'W'}"
-    # Within a few hundredths of a degree: the fake's truth moves on while the test reads it.
-    assert lat_text[:-4] in block or lat_text in block, (lat_text, block)
-    assert lon_text[:-4] in block or lon_text in block, (lon_text, block)
+    match = re.search(r"At (\S+ \S+) UTC .*? at (\d+\.\d+)°([NS]), (\d+\.\d+)°([EW])", block)
+    assert match, block
+    at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    lat = float(match[2]) * (1 if match[3] == "N" else -1)
+    lon = float(match[4]) * (1 if match[5] == "E" else -1)
+    # The block's time is printed to the second; the station covers about 0.07° a second.
+    truths = [open_notify.truth_at(at + timedelta(seconds=s)) for s in (0, 0.5, 1)]
+    assert any(abs(lat - t_lat) < 0.1 and abs((lon - t_lon + 180) % 360 - 180) < 0.1 for t_lat, t_lon in truths), (block, truths)
 
 
 @pytest.mark.parametrize("overrides", [{"iss_inject": "system"}])
@@ -65,7 +68,8 @@ async def test_content_parts_pass_through_untouched(base_url, upstream):
     assert sent[2]["type"] == "text" and sent[2]["text"].startswith(BLOCK_START)
 
 
-async def test_source_down_chat_still_answers_and_says_unavailable(base_url, upstream, open_notify):
+@pytest.mark.parametrize("overrides", [{"bundled_tle": None}])
+async def test_source_down_chat_still_answers_and_says_unavailable(overrides, base_url, upstream, open_notify):
     open_notify.fail("open-notify", "500")
     response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
     assert response.code == 200
@@ -74,7 +78,7 @@ async def test_source_down_chat_still_answers_and_says_unavailable(base_url, ups
     assert "unavailable" in block
 
 
-@pytest.mark.parametrize("overrides", [{"iss_timeout": 0.5}])
+@pytest.mark.parametrize("overrides", [{"iss_timeout": 0.5, "bundled_tle": None}])
 async def test_source_hanging_chat_answers_within_the_timeout(overrides, base_url, upstream, open_notify):
     open_notify.fail("open-notify", "hang")
     started = time.monotonic()
@@ -100,3 +104,11 @@ async def test_concurrent_cold_requests_share_one_fetch(base_url, upstream, open
 async def test_injection_can_be_turned_off(overrides, base_url, upstream):
     await post_json(base_url, {"messages": MESSAGES})
     assert upstream.bodies[-1]["messages"] == MESSAGES
+
+
+async def test_all_sources_down_falls_back_to_the_shipped_elements(base_url, upstream, open_notify):
+    open_notify.fail_all("500")
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
+    assert response.code == 200
+    block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
+    assert "bundled" in block and "rough estimate" in block and "days old" in block

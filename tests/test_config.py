@@ -43,6 +43,11 @@ def test_invalid_values_name_the_setting(env, names):
         load_settings([], environ=env, env_file=None)
 
 
+def test_bundled_elements_can_be_turned_off():
+    assert load_settings([], environ={}, env_file=None).bundled_tle.is_file()
+    assert load_settings([], environ={"BUNDLED_TLE": ""}, env_file=None).bundled_tle is None
+
+
 def test_backend_choice():
     assert Settings(llm_backend="openai").use_openai is True
     assert Settings(llm_backend="builtin", openai_api_key="sk-x").use_openai is False

@@ -75,6 +75,8 @@ class IssTracker:
         self.tle_cycles = 0
 
     def _load_bundled(self) -> Elements | None:
+        if self.settings.bundled_tle is None:
+            return None
         try:
             return load_tle_file(self.settings.bundled_tle, "bundled")
         except (OSError, TleError) as exc:
