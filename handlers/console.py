@@ -156,7 +156,7 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
                 if not await self._send(frame, policy.stall_timeout):
                     return
                 # The batch window: token events for the same request coalesce meanwhile.
-                await asyncio.sleep(policy.batch_interval)
+                await subscription.batch_window()
                 frame = await subscription.next_frame()
             self.close(1001, "console hub closed")  # the server is shutting down
         finally:

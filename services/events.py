@@ -11,6 +11,7 @@ Redis behind the same small interface (`publish`, `subscribe`, `snapshot`, `clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import OrderedDict, deque
@@ -175,6 +176,7 @@ class Subscription:
         self._snapshot_reason = "overflow"
         self._lost_since_snapshot = 0
         self._wakeup = asyncio.Event()
+        self._pressure = asyncio.Event()
 
     @property
     def queued(self) -> int:
@@ -210,6 +212,8 @@ class Subscription:
         self._bytes += size
         if len(self._queue) > self.policy.max_events or self._bytes > self.policy.max_bytes:
             self._overflow()
+        elif len(self._queue) * 2 > self.policy.max_events or self._bytes * 2 > self.policy.max_bytes:
+            self._pressure.set()  # half full: cut the batch window short
         self._wakeup.set()
 
     def _overflow(self) -> None:
@@ -252,6 +256,14 @@ class Subscription:
         self._bytes = 0
         return {"type": "events", "events": events}
 
+    async def batch_window(self) -> None:
+        """Wait out the batch interval, or less once the queue is half full."""
+        self._pressure.clear()
+        if self.closed:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pressure.wait(), self.policy.batch_interval)
+
     async def next_frame(self) -> dict[str, Any] | None:
         """Wait until there is something to send; None once the subscription is closed."""
         while not self.closed:
@@ -270,6 +282,7 @@ class Subscription:
         self._queue.clear()
         self._tokens.clear()
         self._wakeup.set()
+        self._pressure.set()
         self.hub._unsubscribe(self)
 
 
