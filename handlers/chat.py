@@ -218,23 +218,19 @@ class ChatHandler(ApiHandler):
         while True:
             try:
                 chunk = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(502, "The upstream LLM sent a malformed chunk.",
-                                    code="upstream_bad_chunk") from None
-            if not isinstance(chunk, dict):
-                raise UpstreamError(502, "The upstream LLM sent a malformed chunk.", code="upstream_bad_chunk")
-            if chunk.get("error") is not None and not chunk.get("choices"):
-                detail = redact(_error_message(chunk), (self.config.openai_api_key, self.server_api_key))
-                raise UpstreamError(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
-            try:
+                if chunk.get("error") is not None and not chunk.get("choices"):
+                    detail = redact(_error_message(chunk), (self.config.openai_api_key, self.server_api_key))
+                    raise UpstreamError(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}
                     content = delta.get("content")
                     if content or delta.get("tool_calls"):
                         exchange.token(content if isinstance(content, str) else "")
                     finish_reason = choice.get("finish_reason") or finish_reason
-            except (AttributeError, TypeError):
-                raise UpstreamError(502, "The upstream LLM sent a malformed chunk.", code="upstream_bad_chunk") from None
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                # Not JSON, or JSON that is not a chunk (a list, a number, choices of strings...).
+                message = "The upstream LLM sent a malformed chunk."
+                raise UpstreamError(502, message, code="upstream_bad_chunk") from None
             if chunk.get("usage"):
                 usage = chunk["usage"]
             await self._send(sse_event(payload))
