@@ -168,10 +168,12 @@
           this.track = points;
           this.trackSource = "iss";
           this.drawTrack();
+          if (this.onTrack) this.onTrack();
         })
         .catch(() => {
           this.trackSource = "history";
           this.drawTrack();
+          if (this.onTrack) this.onTrack();
         })
         .finally(() => {
           this.fetching = false;

@@ -326,7 +326,9 @@
     const limit = role === "system" ? FOLD_SYSTEM : FOLD_OTHER;
     if (text.length > limit || (role === "system" && text.split("\n").length > 2)) {
       const fold = el("details", "fold");
-      fold.appendChild(el("summary", null, oneLine(text, 110) + "  (" + text.length + " chars)"));
+      const summary = el("summary");
+      summary.append(el("span", "preview", oneLine(text, 110)), el("span", "size", text.length + " chars"));
+      fold.appendChild(summary);
       fold.appendChild(el("div", "content", text));
       row.appendChild(fold);
     } else {
@@ -466,10 +468,19 @@
     if (typeof state.sunlit === "boolean") kv(dl, "station", state.sunlit ? "in sunlight" : "in Earth's shadow");
     kv(dl, "at", state.at ? new Date(state.at).toLocaleTimeString() : null);
     $("iss-src").textContent = state.source ? "· " + state.source : "";
+    issHow = how;
+    describeIss();
+  }
+
+  let issHow = "";
+  function describeIss() {
+    const state = lastIssState;
+    if (!state) return;
     $("iss-note").textContent =
       (state.accuracy ? "Accuracy: " + state.accuracy + ". " : "") +
-      "Position " + how + "; track " + (map.trackSource === "iss" ? "from /iss, 45 min back (solid) and 90 min ahead (dashed)." : "from the positions seen so far.");
+      "Position " + issHow + "; track " + (map.trackSource === "iss" ? "from /iss, 45 min back (solid) and 90 min ahead (dashed)." : "from the positions seen so far.");
   }
+  map.onTrack = describeIss;
 
   function reset() {
     model.requests.clear();

@@ -1,0 +1,229 @@
+"""The console in a real browser: headless Chromium (Debian's package) driven by Playwright."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import post_json
+from tests.fakes.openai_upstream import WORDS
+from tests.test_console import TOKEN
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update"]
+XSS = "<img src=x onerror=alert(1)>"
+ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or "/tmp/iss-llm-artifacts")
+WAIT_MS = 10_000
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where screenshots go: outside the repository."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@contextlib.asynccontextmanager
+async def console_page(base_url: str) -> AsyncIterator:
+    """A fresh browser on the console page, opened the way a person does: the printed URL."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        context = await browser.new_context(viewport={"width": 1440, "height": 1000})
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.problems = []  # type: ignore[attr-defined]
+        page.on("dialog", lambda dialog: page.problems.append(f"dialog: {dialog.message}"))
+        page.on("pageerror", lambda error: page.problems.append(f"page error: {error}"))
+        page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+        await page.goto(f"{base_url}/console?token={TOKEN}")
+        await page.wait_for_selector(".pill-ok")
+        try:
+            yield page
+        finally:
+            await browser.close()
+
+
+async def _open_stream(base_url: str, body: dict, conversation: str) -> tuple:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = orjson.dumps(body)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"conversation-id: {conversation}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+    )
+    await writer.drain()
+    seen = b""
+    while seen.count(b"data: ") < 2:
+        seen += await asyncio.wait_for(reader.read(4096), 5)
+    return reader, writer
+
+
+def _streamed_text(body: bytes) -> str:
+    text = ""
+    for line in body.decode().splitlines():
+        if line.startswith("data: {"):
+            chunk = orjson.loads(line[6:])
+            for choice in chunk.get("choices") or ():
+                text += choice["delta"].get("content") or ""
+    return text
+
+
+async def test_console_shows_a_streaming_request_as_text_in_a_real_browser(http_server, base_url, app, artifacts):
+    async with console_page(base_url) as page:
+        assert page.url == f"{base_url}/console", "the token leaves the address bar"
+        assert await page.evaluate("document.cookie") == "", "the session cookie is HttpOnly"
+
+        body = {
+            "model": "nova-iss", "stream": True, "temperature": 0.4, "user": "<b>not bold</b>",
+            "messages": [
+                {"role": "system", "content": "You are Nova. " * 40},
+                {"role": "user", "content": XSS},
+            ],
+            "x_fake": {"tokens": 60, "gap": 0.03},
+        }
+        chat = asyncio.ensure_future(post_json(
+            base_url, body, headers={"conversation-id": "conv-browser", "Authorization": "Bearer caller-secret"}
+        ))
+        card = page.locator('.conv[data-key="c:conv-browser"] .req').first
+        output = card.locator("pre.output")
+        # The text grows while the request is still streaming...
+        await page.wait_for_function(
+            """() => { const o = document.querySelector('.conv[data-key="c:conv-browser"] pre.output');
+                       return o && o.textContent.length > 0 && o.classList.contains('streaming'); }"""
+        )
+        assert await card.get_attribute("data-status") == "streaming"
+        response = await chat
+        assert response.code == 200
+        # ...and ends as exactly what the caller received, with its timings.
+        await page.wait_for_selector('.conv[data-key="c:conv-browser"] .req[data-status="done"]')
+        answer = _streamed_text(response.body)
+        assert answer == "".join(WORDS[i % len(WORDS)] for i in range(60))
+        assert await output.text_content() == answer
+        outcome = await card.locator(".outcome").text_content()
+        assert "TTFT" in outcome and "tokens/s" in outcome and "stop" in outcome
+
+        # Everything from the request is text, never HTML.
+        user = card.locator(".msg.role-user .content")
+        assert await user.text_content() == XSS
+        assert await page.locator("#feed img").count() == 0
+        assert await page.locator("#feed b", has_text="not bold").count() == 0
+        assert "<b>not bold</b>" in await card.locator(".params").text_content()
+        # The long system prompt is folded, and opens on demand.
+        fold = card.locator(".msg.role-system details.fold")
+        assert await fold.get_attribute("open") is None
+        await fold.locator("summary").click()
+        assert await fold.get_attribute("open") == ""
+        # The ISS block that was added, and the station on the map.
+        assert "[ISS live data]" in await card.locator(".iss-block").text_content()
+        await page.wait_for_selector(".iss-marker:not(.hidden)", state="attached")
+        assert "caller-secret" not in await page.content()
+
+        await page.screenshot(path=str(artifacts / "console.png"))
+        await page.screenshot(path=str(artifacts / "console-full.png"), full_page=True)
+        assert not page.problems, page.problems
+
+
+async def test_a_speculative_burst_reads_as_one_turn_and_survives_a_reload(http_server, base_url, app, artifacts):
+    async with console_page(base_url) as page:
+        turn = {"model": "nova-iss", "stream": True, "x_fake": {"tokens": 200, "gap": 0.02}}
+        partials = ["Cool. So where", "Cool. So where is it", "Cool. So where is it right now?"]
+
+        def body(text: str, tokens: int = 200) -> dict:
+            return {**turn, "messages": [{"role": "user", "content": text}], "x_fake": {"tokens": tokens, "gap": 0.01}}
+
+        # Each partial transcript is abandoned once the next one is under way, as Tavus does.
+        first = await _open_stream(base_url, body(partials[0]), "conv-burst")
+        second = await _open_stream(base_url, body(partials[1]), "conv-burst")
+        first[1].close()
+        final = asyncio.ensure_future(
+            post_json(base_url, body(partials[2], tokens=8), headers={"conversation-id": "conv-burst"})
+        )
+        second[1].close()
+        assert (await final).code == 200
+
+        section = page.locator('.conv[data-key="c:conv-burst"]')
+        await page.wait_for_function(
+            """() => document.querySelectorAll('.conv[data-key="c:conv-burst"] .req[data-status="cancelled"]')
+                      .length === 2"""
+        )
+        await section.locator('.req[data-status="done"]').wait_for()
+        assert await section.locator(".turn").count() == 1
+        assert "speculative burst of 3 requests, 2 abandoned" in await section.locator(".turn-head").text_content()
+        assert "abandoned at" in await section.locator('.req[data-status="cancelled"] .sum-right').first.text_content()
+
+        await page.screenshot(path=str(artifacts / "console-burst.png"))
+        # A reload replays the buffer: the same turn, the same outcomes.
+        await page.reload()
+        await page.wait_for_selector(".pill-ok")
+        await section.locator('.req[data-status="done"]').wait_for()
+        assert await section.locator(".turn").count() == 1
+        assert await section.locator('.req[data-status="cancelled"]').count() == 2
+
+        # Filter by conversation.
+        await post_json(base_url, body("other", tokens=3), headers={"conversation-id": "conv-other"})
+        other = page.locator('.conv[data-key="c:conv-other"]')
+        await other.wait_for()
+        await page.select_option("#filter", "c:conv-burst")
+        assert await other.is_hidden() and await section.is_visible()
+        await page.select_option("#filter", "")
+        assert await other.is_visible()
+        assert not page.problems, page.problems
+
+
+async def test_pause_clear_and_copy_as_curl(http_server, base_url, app):
+    async with console_page(base_url) as page:
+        ask = {"model": "nova-iss", "stream": True, "messages": [{"role": "user", "content": "it's \"quoted\""}],
+               "x_fake": {"tokens": 4}}
+
+        # Paused: events are held, not shown; resuming shows them.
+        await page.click("#pause")
+        await post_json(base_url, ask, headers={"conversation-id": "conv-pause"})
+        await page.wait_for_function("() => /held/.test(document.querySelector('#pause').textContent)")
+        assert await page.locator('.conv[data-key="c:conv-pause"]').count() == 0
+        await page.click("#pause")
+        card = page.locator('.conv[data-key="c:conv-pause"] .req[data-status="done"]')
+        await card.wait_for()
+
+        # Copy as curl: a command that replays the request, with a placeholder for the key.
+        await card.locator("button", has_text="Copy as curl").click()
+        await page.wait_for_selector(".toast.show")
+        command = await page.evaluate("navigator.clipboard.readText()")
+        assert '"Authorization: Bearer $SERVER_API_KEY"' in command
+        sent = orjson.loads(re.search(r"<<'ISS_LLM_REQUEST'\n(.*)\nISS_LLM_REQUEST", command, re.S).group(1))
+        assert sent["messages"] == ask["messages"] and sent["stream"] is True
+        if shutil.which("bash") and shutil.which("curl"):
+            process = await asyncio.create_subprocess_exec(
+                "bash", "-c", command, env={**os.environ, "SERVER_API_KEY": "placeholder"},
+                stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await asyncio.wait_for(process.communicate(), 20)
+            assert process.returncode == 0
+            assert b"data: [DONE]" in out
+            await page.wait_for_function(
+                """() => document.querySelectorAll('.conv[data-key="c:conv-pause"] .req').length === 2"""
+            )
+
+        # Clear hides everything received so far, also across a reload of this tab.
+        await page.click("#clear")
+        assert await page.locator(".req").count() == 0
+        await page.reload()
+        await page.wait_for_selector(".pill-ok")
+        await page.wait_for_selector("#notice:not([hidden])")
+        assert await page.locator(".req").count() == 0
+        await page.click("#notice-action")
+        await page.locator('.conv[data-key="c:conv-pause"] .req').first.wait_for()
+        assert not page.problems, page.problems
