@@ -6,7 +6,7 @@
   const NS = "http://www.w3.org/2000/svg";
   const TRACK_BACK_MIN = 45;
   const TRACK_AHEAD_MIN = 90;
-  const TRACK_STEP_MIN = 3;
+  const TRACK_STEP_S = 60;
   const TRACK_REFRESH_MS = 5 * 60 * 1000;
   const HISTORY_MAX = 600;
 
@@ -138,45 +138,36 @@
       const now = Date.now();
       if (this.track && this.track.length) {
         this.past.setAttribute("d", trackPath(this.track.filter((p) => p.t <= now)));
-        this.ahead.setAttribute("d", trackPath(this.track.filter((p) => p.t >= now - TRACK_STEP_MIN * 60000)));
+        this.ahead.setAttribute("d", trackPath(this.track.filter((p) => p.t >= now - TRACK_STEP_S * 1000)));
       } else {
         this.past.setAttribute("d", trackPath(this.history));
         this.ahead.setAttribute("d", "");
       }
     }
 
-    // The ground track from /iss?at=<time>, when the server has it; else the positions seen so far.
+    // The ground track from /iss?track=<minutes> when the server has it; else the positions seen so far.
     maybeFetchTrack() {
       const now = Date.now();
-      if (this.trackSource === "history" || this.fetching || now - this.trackFetchedAt < TRACK_REFRESH_MS) return;
+      if (this.fetching || now - this.trackFetchedAt < TRACK_REFRESH_MS) return;
       this.fetching = true;
       this.trackFetchedAt = now;
-      const times = [];
-      for (let m = -TRACK_BACK_MIN; m <= TRACK_AHEAD_MIN; m += TRACK_STEP_MIN) times.push(now + m * 60000);
-      const fetchOne = (t) =>
-        fetch("/iss?at=" + encodeURIComponent(new Date(t).toISOString()), { credentials: "same-origin" })
-          .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-          .then((s) => ({ t: t, lat: Number(s.latitude), lon: Number(s.longitude) }));
-      fetchOne(now)
-        .then(async (first) => {
-          if (!Number.isFinite(first.lat)) throw new Error("no position");
-          const points = [];
-          for (let i = 0; i < times.length; i += 8) {
-            const batch = await Promise.all(times.slice(i, i + 8).map((t) => fetchOne(t).catch(() => null)));
-            for (const p of batch) if (p && Number.isFinite(p.lat) && Number.isFinite(p.lon)) points.push(p);
-          }
-          this.track = points;
+      fetch("/iss?track=" + TRACK_AHEAD_MIN + "&step=" + TRACK_STEP_S, { credentials: "same-origin" })
+        .then((r) => (r.ok ? r.json() : Promise.reject(new Error("HTTP " + r.status))))
+        .then((body) => {
+          if (!Array.isArray(body.track) || !body.track.length) throw new Error("no track");
+          this.track = body.track
+            .map((p) => ({ t: Date.parse(p.at), lat: Number(p.latitude), lon: Number(p.longitude) }))
+            .filter((p) => Number.isFinite(p.t) && Number.isFinite(p.lat) && Number.isFinite(p.lon))
+            .filter((p) => p.t >= now - TRACK_BACK_MIN * 60000);
           this.trackSource = "iss";
-          this.drawTrack();
-          if (this.onTrack) this.onTrack();
         })
         .catch(() => {
           this.trackSource = "history";
-          this.drawTrack();
-          if (this.onTrack) this.onTrack();
         })
         .finally(() => {
           this.fetching = false;
+          this.drawTrack();
+          if (this.onTrack) this.onTrack();
         });
     }
   }

@@ -130,6 +130,9 @@ async def test_console_shows_a_streaming_request_as_text_in_a_real_browser(http_
         # The ISS block that was added, and the station on the map.
         assert "[ISS live data]" in await card.locator(".iss-block").text_content()
         await page.wait_for_selector(".iss-marker:not(.hidden)", state="attached")
+        # The ground track ahead comes from /iss?track=, drawn as a path on the map.
+        await page.wait_for_function("() => document.querySelector('.track-ahead').getAttribute('d').length > 100")
+        assert "from /iss" in await page.locator("#iss-note").text_content()
         assert "caller-secret" not in await page.content()
 
         await page.screenshot(path=str(artifacts / "console.png"))

@@ -74,8 +74,10 @@ async def _chat_burst(base_url: str, label: str) -> list[float]:
     return ttfts
 
 
-def _server_socket() -> ConsoleSocketHandler:
-    handlers = [o for o in gc.get_objects() if isinstance(o, ConsoleSocketHandler) and o.ws_connection]
+def _server_socket(hub: EventHub) -> ConsoleSocketHandler:
+    handlers = [
+        o for o in gc.get_objects() if isinstance(o, ConsoleSocketHandler) and o.hub is hub and o.ws_connection
+    ]
     assert len(handlers) == 1
     return handlers[0]
 
@@ -88,7 +90,7 @@ async def test_a_socket_that_never_reads_loses_events_is_dropped_and_chat_goes_o
     assert (await read_frame(stuck))["type"] == "hello"
     # From here on the client never reads: its receive window fills and the server's writes stall.
     [subscription] = hub._subscribers
-    server_side = _server_socket()
+    server_side = _server_socket(hub)
     high_water = {"queued": 0, "queued_bytes": 0, "write_buffer": 0}
 
     async def watch() -> None:
