@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
+
 log = logging.getLogger("iss_llm.events")
 
 OUTCOMES = ("done", "cancelled", "error")
@@ -83,6 +85,12 @@ def _approx_size(event: dict[str, Any]) -> int:
             size += len(content)
         elif isinstance(content, list):
             size += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
+    params = event.get("params")
+    if params:
+        try:
+            size += len(orjson.dumps(params, default=str))
+        except TypeError:
+            size += 4096
     text = event.get("text")
     if isinstance(text, str):
         size += len(text)
@@ -154,11 +162,6 @@ class RequestLog:
             out.append({**record, "text": parts[0] if parts else ""})
         return out
 
-    def clear(self) -> None:
-        self._records.clear()
-        self._text.clear()
-        self._text_len.clear()
-
 
 class Subscription:
     """One subscriber's bounded queue; token events for the same request coalesce while queued."""
@@ -186,7 +189,7 @@ class Subscription:
     def queued_bytes(self) -> int:
         return self._bytes
 
-    def offer(self, event: dict[str, Any]) -> None:
+    def offer(self, event: dict[str, Any], size: int | None = None) -> None:
         """Queue one event without blocking; overflowing throws the queue away for a resync."""
         if self.closed:
             return
@@ -207,7 +210,8 @@ class Subscription:
                 return
             event = {**event, "_parts": [event.get("text") or ""]}
             self._tokens[event["id"]] = event
-        size = _approx_size(event)
+        if size is None:
+            size = _approx_size(event)
         self._queue.append(event)
         self._bytes += size
         if len(self._queue) > self.policy.max_events or self._bytes > self.policy.max_bytes:
@@ -318,9 +322,15 @@ class EventHub:
         except Exception:  # the console must never break a chat stream
             self._failed()
             return
+        if not self._subscribers:
+            return
+        try:
+            size = _approx_size(event)  # once for all subscribers
+        except Exception:
+            size = 4096
         for subscriber in self._subscribers:
             try:
-                subscriber.offer(event)
+                subscriber.offer(event, size)
             except Exception:
                 self._failed()
 
