@@ -85,14 +85,19 @@ class Children:
         self.stop_all()
 
     def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None, ready_timeout: float = 20.0
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 20.0,
+        cwd: Path = ROOT,
     ) -> Child:
         """Start `argv` (which must print its http://127.0.0.1:PORT) and wait until it does."""
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
                 list(argv),
-                cwd=ROOT,
+                cwd=cwd,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -51,6 +51,7 @@ class Config:
     request_timeout: float = 60.0
     console: bool = True
     log_level: str = "info"
+    baseline: str | None = None  # another checkout whose server runs as the extra path "baseline"
 
     def latency_requests(self, c: int) -> int:
         """Requests per round and path at concurrency c (enough for a p99 once pooled)."""
@@ -105,12 +106,21 @@ class Bench:
             "relay": self.relay.url + CHAT_PATH,
             "server": self.server.url + CHAT_PATH,
         }
+        self.paths: list[str] = list(PATHS)
+        self.children = [self.upstream, self.relay, self.server]
+        if cfg.baseline:
+            # Before/after a change in one run: the same workload through another checkout's server.
+            base = kids.start("baseline", procs.server_argv(), env=env, cwd=Path(cfg.baseline).resolve())
+            self.proc["baseline"] = base.process()
+            self.urls["baseline"] = base.url + CHAT_PATH
+            self.paths.append("baseline")
+            self.children.append(base)
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
     def check_alive(self) -> None:
-        for child in (self.upstream, self.relay, self.server):
+        for child in self.children:
             if not child.alive():
                 raise RuntimeError(f"{child.name} died (exit {child.popen.returncode}):\n{child.log_tail()}")
 
@@ -122,7 +132,7 @@ class Bench:
 
     async def batch(self, path: str, body: bytes, c: int, n: int) -> tuple[Batch, float, float]:
         """One closed-loop batch; returns it with the layer's and the upstream's CPU seconds."""
-        layer = self.proc.get(path) if path in LAYERS else None
+        layer = self.proc.get(path) if path != "direct" else None
         layer_before = procs.cpu_seconds(layer) if layer else 0.0
         up_before = procs.cpu_seconds(self.proc["upstream"])
         batch = await run_batch(
@@ -137,7 +147,7 @@ class Bench:
 
     async def warm_up(self) -> None:
         body = chat_body(self.cfg.tokens, self.cfg.gap, self.cfg.first_token_delay)
-        for path in PATHS:
+        for path in self.paths:
             self.progress.set_postfix_str(f"warm-up {path}")
             await self.batch(path, body, 4, 40)
 
@@ -187,9 +197,9 @@ class Bench:
                 await asyncio.sleep(0.2)
 
     def rotated(self, round_index: int) -> list[str]:
-        """The three paths in an order that changes each round, so drift hits each path alike."""
-        k = round_index % len(PATHS)
-        return [*PATHS[k:], *PATHS[:k]]
+        """The paths in an order that changes each round, so drift hits each path alike."""
+        k = round_index % len(self.paths)
+        return [*self.paths[k:], *self.paths[:k]]
 
     async def stage(self, c: int) -> None:
         cfg = self.cfg
@@ -226,14 +236,14 @@ class Bench:
     def planned(self) -> int:
         cfg = self.cfg
         per_round = sum(cfg.latency_requests(c) + cfg.throughput_requests(c) for c in cfg.concurrency)
-        return 3 * 40 + 2 * cfg.hold + len(PATHS) * cfg.rounds * per_round
+        return len(self.paths) * (40 + cfg.rounds * per_round) + 2 * cfg.hold
 
 
 def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> dict[str, Any]:
     """Everything the report and the chart need, as JSON-ready data."""
     rows = with_added([
         bench.cells[(path, c)].figures()
-        for c in bench.cfg.concurrency for path in PATHS if (path, c) in bench.cells
+        for c in bench.cfg.concurrency for path in bench.paths if (path, c) in bench.cells
     ])
     return {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -276,6 +286,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser.add_argument("--max-seconds", type=float, help="stop starting batches after this (default 1200)")
     parser.add_argument("--no-console", action="store_true", help="run the server with CONSOLE_ENABLED=false")
     parser.add_argument("--log-level", default="info", help="the server's LOG_LEVEL (default info)")
+    parser.add_argument("--baseline", help="another checkout: its server runs too, as the path 'baseline'")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default bench/results)")
     args = parser.parse_args(argv)
     cfg = Config()
@@ -287,6 +298,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     cfg.console = not args.no_console
+    cfg.baseline = args.baseline
     cfg.log_level = args.log_level
     return cfg, args.out
 
