@@ -55,6 +55,8 @@ class ChatHandler(ApiHandler):
         self._too_large = False
         self._work: asyncio.Future[None] | None = None
         self._sse_started = False
+        self._flush_soon = False
+        self._flushing: asyncio.Future[None] | None = None
 
     def prepare(self) -> None:
         if self.request.method != "POST":
@@ -160,10 +162,32 @@ class ChatHandler(ApiHandler):
 
     async def _send(self, data: bytes) -> None:
         self.write(data)
+        self._flush_soon = False  # this flush also sends whatever _write_soon buffered
         try:
             await self.flush()
         except StreamClosedError:
             raise _CallerGone from None
+
+    def _write_soon(self, data: bytes) -> None:
+        """Buffer an event and flush once this task waits: events that arrived together leave in one write."""
+        self.write(data)
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_buffered)
+
+    def _flush_buffered(self) -> None:
+        if self._flush_soon and not self._finished:
+            self._flush_soon = False
+            self._flushing = self.flush()
+
+    async def _flushed(self) -> None:
+        """Wait until the last buffered flush reached the socket: a slow caller slows the relay."""
+        flushing, self._flushing = self._flushing, None
+        if flushing is not None:
+            try:
+                await flushing
+            except StreamClosedError:
+                raise _CallerGone from None
 
     async def _first_payload(self, chunks: AsyncIterator[bytes]) -> bytes:
         """The first payload; until it comes, a keepalive comment every keepalive_interval."""
@@ -215,6 +239,7 @@ class ChatHandler(ApiHandler):
         """Forward every payload as it arrives, byte for byte; returns finish reason and usage."""
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
+        first = True
         while True:
             try:
                 chunk = orjson.loads(payload)
@@ -233,7 +258,13 @@ class ChatHandler(ApiHandler):
                 raise UpstreamError(502, message, code="upstream_bad_chunk") from None
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            await self._send(sse_event(payload))
+            if first:
+                await self._send(sse_event(payload))  # the first token leaves at once, with the headers
+                first = False
+            else:
+                # Per-chunk flushes were a third of the CPU under load: coalesce what is already here.
+                await self._flushed()
+                self._write_soon(sse_event(payload))
             try:
                 payload = await chunks.__anext__()
             except StopAsyncIteration:
