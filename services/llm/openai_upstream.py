@@ -7,6 +7,7 @@ without a round trip through the client's models on every token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import aiohttp
 import httpx2
 import openai
+import orjson
 
 from config import Settings
 from services.iss.state import IssState
@@ -73,16 +75,28 @@ class OpenAIUpstream:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "base_url": str(self._client.base_url)}
 
-    def _create(self, params: dict[str, Any], stream: bool) -> Any:
-        rest = {key: value for key, value in params.items() if key not in {"model", "messages", "stream"}}
-        return self._client.chat.completions.with_streaming_response.create(
-            model=params["model"], messages=params["messages"], stream=stream, extra_body=rest or None
+    @contextlib.asynccontextmanager
+    async def _create(self, params: dict[str, Any], stream: bool) -> AsyncIterator[httpx2.Response]:
+        """POST /chat/completions through the client (auth, retries, status errors), body unread."""
+        # The body is the caller's JSON, already validated: serialized once with orjson and sent as
+        # is. chat.completions.create() would walk it against the SDK's TypedDicts first (13% of
+        # the server's CPU per request in the profile) to produce the same bytes.
+        response = await self._client.post(
+            "/chat/completions",
+            cast_to=httpx2.Response,
+            content=orjson.dumps({**params, "stream": stream}),
+            options={"security": {"bearer_auth": True}},
+            stream=True,
         )
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     async def stream(self, params: dict[str, Any], iss: IssState | None) -> AsyncIterator[bytes]:
         try:
             async with self._create(params, stream=True) as response:
-                async for payload in sse_payloads(response.iter_bytes()):
+                async for payload in sse_payloads(response.aiter_bytes()):
                     yield payload
         except Exception as exc:
             raise self._translate(exc) from None
@@ -90,7 +104,7 @@ class OpenAIUpstream:
     async def complete(self, params: dict[str, Any], iss: IssState | None) -> bytes:
         try:
             async with self._create(params, stream=False) as response:
-                return await response.read()
+                return await response.aread()
         except Exception as exc:
             raise self._translate(exc) from None
 
