@@ -13,6 +13,7 @@ from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
 
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
@@ -26,24 +27,28 @@ log = logging.getLogger("iss_llm")
 
 
 class Inflight:
-    """Counts chat requests in progress (so shutdown can wait for them) and how they ended."""
+    """Chat requests in progress (so shutdown can drain, then end them) and how they ended."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "error": 0}
+        self.draining = False
+        self.active: set[Any] = set()
+        self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "error": 0, "shutdown": 0}
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> None:
-        self.count += 1
+    @property
+    def count(self) -> int:
+        return len(self.active)
+
+    def enter(self, request: Any) -> None:
+        self.active.add(request)
         self._idle.clear()
 
-    def leave(self, outcome: str | None = None) -> None:
+    def leave(self, request: Any, outcome: str | None = None) -> None:
         if outcome:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.count -= 1
-        if self.count <= 0:
-            self.count = 0
+        self.active.discard(request)
+        if not self.active:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:
@@ -52,6 +57,11 @@ class Inflight:
         except TimeoutError:
             return False
         return True
+
+    def end_all(self) -> None:
+        """Past the drain timeout: each request ends its answer with an error event."""
+        for request in list(self.active):
+            request.end_for_shutdown()
 
 
 @dataclass
@@ -140,14 +150,12 @@ def make_app(settings: Settings, services: Services | None = None, **debug: Any)
 
 
 def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
-    # The body limit is enforced by the chat handler (413 in the OpenAI shape); the server-level
-    # cap only stops anything far larger from being buffered at all.
+    """The HTTP server with its limits: body size (the chat handler answers 413 itself), headers, timeouts."""
     return HTTPServer(
         app,
         # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
         xheaders=settings.trust_proxy_headers,
-        max_body_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
-        max_buffer_size=max(settings.max_body_bytes * 4, 8 * 1024 * 1024),
+        max_body_size=settings.max_body_bytes,
         body_timeout=30.0,
         idle_connection_timeout=75.0,
         max_header_size=64 * 1024,
@@ -159,14 +167,15 @@ async def serve(settings: Settings) -> int:
     app = make_app(settings)
     services: Services = app.services  # type: ignore[attr-defined]
     server = make_server(app, settings)
-    await services.start()
     try:
-        server.listen(settings.port, settings.host)
+        sockets = bind_sockets(settings.port, settings.host)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         await services.close()
         return 1
-    port = next(iter(server._sockets.values())).getsockname()[1] if settings.port == 0 else settings.port
+    await services.start()
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
 
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
     base = f"http://{host_for_url}:{port}"
@@ -181,20 +190,32 @@ async def serve(settings: Settings) -> int:
         # Printed, never logged: the token opens a page that shows every conversation.
         print(f"Console: {base}/console?token={services.console_token}", flush=True)
 
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: ending the remaining streams now")
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
 
-    log.info("shutting down: no new connections, %d stream(s) in flight", services.inflight.count)
+    inflight = services.inflight
+    log.info("shutting down: no new connections, %d stream(s) in flight", inflight.count)
+    inflight.draining = True
     server.stop()
-    drained = await services.inflight.wait_idle(settings.drain_timeout)
-    if not drained:
-        log.warning(
-            "drain timeout (%.0fs) reached; closing %d stream(s) still open",
-            settings.drain_timeout, services.inflight.count,
-        )
+    idle = asyncio.ensure_future(inflight.wait_idle(settings.drain_timeout))
+    hurried = asyncio.ensure_future(hurry.wait())
+    await asyncio.wait({idle, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    hurried.cancel()
+    if not (idle.done() and idle.result()):
+        idle.cancel()
+        log.warning("drain ended with %d stream(s) still open: ending them with an error event", inflight.count)
+        inflight.end_all()
+        await inflight.wait_idle(2.0)
     await server.close_all_connections()
     await services.close()
     log.info("stopped")
@@ -213,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    return asyncio.run(serve(settings))
+    code = asyncio.run(serve(settings))
+    # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
+    # shutdown into death by signal.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
 
 if __name__ == "__main__":

@@ -53,9 +53,13 @@ class ApiHandler(tornado.web.RequestHandler):
         if not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
+    request_id: str | None = None
+
     def send_api_error(self, error: ApiError) -> None:
         self.clear()
         self.set_default_headers()
+        if self.request_id:
+            self.set_header("X-Request-Id", self.request_id)
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
         self.set_status(error.status)
@@ -79,17 +83,16 @@ class ApiHandler(tornado.web.RequestHandler):
         error_type = _TYPE_BY_STATUS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
         self.finish(orjson.dumps(error_body(message, type=error_type, code=phrase.lower().replace(" ", "_"))))
 
-    def _handle_request_exception(self, e: BaseException) -> None:
-        if isinstance(e, ApiError):
-            if self._finished:
-                return
-            if self._headers_written:
-                log.warning("error after headers were sent: %s", e.message)
-                self.finish()
-                return
-            self.send_api_error(e)
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """An ApiError is an answer, not a failure; anything else is logged by path, never by URI."""
+        if isinstance(value, ApiError):
             return
-        super()._handle_request_exception(e)
+        if isinstance(value, tornado.web.HTTPError):
+            log.warning("%d %s %s (%s)", value.status_code, self.request.method, self.request.path,
+                        self.request.remote_ip)
+            return
+        log.error("uncaught exception in %s %s (request %s)", self.request.method, self.request.path,
+                  self.request_id, exc_info=(typ, value, tb))
 
 
 class NotFoundHandler(ApiHandler):

@@ -40,6 +40,11 @@ class _CallerGone(Exception):
     """The caller closed the connection; nothing more can be written."""
 
 
+# An oversized body is read to its end and thrown away, so the caller gets its 413 rather than a
+# reset connection; past this much it is cut off instead.
+_DISCARD_LIMIT = 64 * 1024 * 1024
+
+
 @tornado.web.stream_request_body
 class ChatHandler(ApiHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
@@ -51,27 +56,38 @@ class ChatHandler(ApiHandler):
         self.hub = services.hub
         self.inflight = services.inflight
         self.server_api_key = services.settings.server_api_key
+        self._secrets = (services.settings.openai_api_key, services.settings.server_api_key)
         self._body = bytearray()
         self._too_large = False
         self._work: asyncio.Future[None] | None = None
+        self._gone = False
+        self._shutting_down = False
         self._sse_started = False
         self._flush_soon = False
         self._flushing: asyncio.Future[None] | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._last_sent = 0.0
 
     def prepare(self) -> None:
         if self.request.method != "POST":
             return
+        if self.inflight.draining:
+            raise ApiError(503, "This server is shutting down; send the request again.",
+                           type="server_error", code="server_shutting_down")
         self.check_bearer()
-        length = self.request.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.config.max_body_bytes:
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isdigit() else 0
+        expects_continue = self.request.headers.get("Expect", "").lower() == "100-continue"
+        if declared > self.config.max_body_bytes and (expects_continue or declared > _DISCARD_LIMIT):
+            # The caller has not sent the body yet (or it is absurdly large): refuse before reading it.
             raise self._too_large_error()
+        self.request.connection.set_max_body_size(max(_DISCARD_LIMIT, self.config.max_body_bytes))
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:
             return
         self._body += chunk
         if len(self._body) > self.config.max_body_bytes:
-            # Keep reading (so the 413 can be sent) but stop keeping what arrives.
             self._too_large = True
             self._body = bytearray()
 
@@ -87,12 +103,12 @@ class ChatHandler(ApiHandler):
             raise self._too_large_error()
         request = parse_chat_request(bytes(self._body))
         self._body = bytearray()
-        request_id = f"req_{uuid.uuid4().hex[:24]}"
-        self.set_header("X-Request-Id", request_id)
+        self.request_id = f"req_{uuid.uuid4().hex[:24]}"
+        self.set_header("X-Request-Id", self.request_id)
         conversation = self.request.headers.get("conversation-id")
         exchange = Exchange(
             self.hub,
-            request_id=request_id,
+            request_id=self.request_id,
             conversation_id=_CONVERSATION_ID.sub("", conversation)[:128] if conversation else None,
             remote_ip=self.request.remote_ip,
             path=self.request.path,
@@ -100,7 +116,7 @@ class ChatHandler(ApiHandler):
         model = self.config.llm_model or request.model or self.config.default_model
         log.info(
             "request %s conversation=%s model=%s stream=%s messages=%d",
-            request_id, exchange.conversation_id, model, request.stream, len(request.messages),
+            self.request_id, exchange.conversation_id, model, request.stream, len(request.messages),
         )
         exchange.request(
             model=model,
@@ -109,9 +125,12 @@ class ChatHandler(ApiHandler):
             params=request.params,
             upstream=self.backend.describe(),
         )
-        self.inflight.enter()
+        self.inflight.enter(self)
         try:
             state = await self.tracker.current()
+            if self._gone or self._shutting_down:
+                await self._ended_early(exchange)
+                return
             messages = request.messages
             if self.config.iss_inject != "off":
                 block = iss_block(state)
@@ -119,35 +138,64 @@ class ChatHandler(ApiHandler):
                 messages = inject(messages, block, self.config.iss_inject)
             params = {**request.params, "model": model, "messages": messages}
             if request.stream:
-                work: Awaitable[None] = self._stream(params, state, exchange)
+                work: Awaitable[None] = self._stream(params, state, exchange, request.include_usage)
             else:
                 work = self._complete(params, state, exchange)
             self._work = asyncio.ensure_future(work)
             await asyncio.wait({self._work})
             if self._work.cancelled():
-                exchange.cancelled()
+                await self._ended_early(exchange)
             elif self._work.exception() is not None:
                 await self._internal_error(exchange, self._work.exception())
         finally:
-            self.inflight.leave(exchange.outcome)
+            self._stop_keepalive()
+            self.inflight.leave(self, exchange.outcome)
+
+    def on_connection_close(self) -> None:
+        # Tornado's own handling ends the wait for a body the caller stopped sending.
+        super().on_connection_close()
+        # The caller went away: stop the upstream at once, so nothing more is generated or billed.
+        self._gone = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    def end_for_shutdown(self) -> None:
+        """The drain timeout passed: end this answer now, with an error the caller can see."""
+        self._shutting_down = True
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    async def _ended_early(self, exchange: Exchange) -> None:
+        """The work stopped before its end: the caller left, or the server is shutting down."""
+        if not self._shutting_down or self._gone:
+            exchange.cancelled()
+            return
+        error = UpstreamError(503, "This server is shutting down; the answer was cut short.",
+                              code="server_shutting_down", type="server_error")
+        exchange.failed(status=error.status, message=error.message, where="server shutdown", code=error.code,
+                        outcome="shutdown")
+        await self._send_error(error)
 
     async def _internal_error(self, exchange: Exchange, exc: BaseException) -> None:
         """A bug, not the caller's or the upstream's fault: the log gets the traceback, the caller a clean error."""
         log.error("request %s failed inside this server", exchange.id, exc_info=exc)
-        message = "The server had an error while processing your request."
-        exchange.failed(status=500, message=message, where="server", code="internal_error")
-        if self._finished:
+        error = UpstreamError(500, "The server had an error while processing your request.",
+                              code="internal_error", type="server_error")
+        exchange.failed(status=error.status, message=error.message, where="server", code=error.code)
+        await self._send_error(error)
+
+    async def _send_error(self, error: UpstreamError) -> None:
+        """The error as an HTTP status, or as an SSE error event and [DONE] once the stream began."""
+        if self._finished or self._gone:
             return
         if self._sse_started:
-            await self._send_quietly(sse_json(error_body(message, type="server_error", code="internal_error")))
-            await self._send_quietly(DONE_EVENT)
+            payload = sse_json(error_body(error.message, type=error.type, code=error.code))
+            try:
+                await self._send(payload + DONE_EVENT)
+            except _CallerGone:
+                pass
             return
-        self.send_api_error(ApiError(500, message, type="server_error", code="internal_error"))
-
-    def on_connection_close(self) -> None:
-        # The caller went away: stop the upstream at once, so nothing more is generated or billed.
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        self.send_api_error(ApiError(error.status, error.message, type=error.type, code=error.code))
 
     # --- streamed answers -------------------------------------------------------------------
 
@@ -161,8 +209,11 @@ class ChatHandler(ApiHandler):
         self.set_header("X-Accel-Buffering", "no")
 
     async def _send(self, data: bytes) -> None:
+        """Write and flush now; raises _CallerGone when the caller has left."""
+        await self._flushed()
         self.write(data)
         self._flush_soon = False  # this flush also sends whatever _write_soon buffered
+        self._last_sent = asyncio.get_running_loop().time()
         try:
             await self.flush()
         except StreamClosedError:
@@ -171,14 +222,18 @@ class ChatHandler(ApiHandler):
     def _write_soon(self, data: bytes) -> None:
         """Buffer an event and flush once this task waits: events that arrived together leave in one write."""
         self.write(data)
+        loop = asyncio.get_running_loop()
+        self._last_sent = loop.time()
         if not self._flush_soon:
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush_buffered)
+            loop.call_soon(self._flush_buffered)
 
     def _flush_buffered(self) -> None:
         if self._flush_soon and not self._finished:
             self._flush_soon = False
             self._flushing = self.flush()
+            # A closed stream is noticed by on_connection_close; this only keeps the failure quiet.
+            self._flushing.add_done_callback(_consume_exception)
 
     async def _flushed(self) -> None:
         """Wait until the last buffered flush reached the socket: a slow caller slows the relay."""
@@ -189,35 +244,49 @@ class ChatHandler(ApiHandler):
             except StreamClosedError:
                 raise _CallerGone from None
 
-    async def _first_payload(self, chunks: AsyncIterator[bytes]) -> bytes:
-        """The first payload; until it comes, a keepalive comment every keepalive_interval."""
-        pending = asyncio.ensure_future(chunks.__anext__())
-        try:
-            while True:
-                done, _ = await asyncio.wait({pending}, timeout=self.config.keepalive_interval)
-                if done:
-                    return pending.result()
-                self._start_sse()
-                await self._send(KEEPALIVE_EVENT)
-        finally:
-            if not pending.done():
-                pending.cancel()
-                await asyncio.wait({pending})
+    def _start_keepalive(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_sent = loop.time()
+        self._keepalive = loop.call_later(self.config.keepalive_interval, self._keepalive_tick)
 
-    async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> None:
+    def _keepalive_tick(self) -> None:
+        """Whenever nothing was sent for keepalive_interval (before the first token, or a model that
+        pauses to think), a comment keeps proxies and callers with read timeouts on the line."""
+        if self._finished or self._gone:
+            return
+        loop = asyncio.get_running_loop()
+        interval = self.config.keepalive_interval
+        idle = loop.time() - self._last_sent
+        if idle >= interval * 0.99:
+            self._start_sse()
+            self._write_soon(KEEPALIVE_EVENT)
+            idle = 0.0
+        self._keepalive = loop.call_later(interval - idle, self._keepalive_tick)
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            self._keepalive = None
+
+    async def _stream(
+        self, params: dict[str, Any], state: IssState | None, exchange: Exchange, include_usage: bool
+    ) -> None:
         chunks = self.backend.stream(params, state)
+        self._start_keepalive()
         try:
             try:
-                payload = await self._first_payload(chunks)
+                payload = await chunks.__anext__()
             except StopAsyncIteration:
-                await self._upstream_failed(
-                    UpstreamError(502, "The upstream LLM ended the stream without sending anything.",
-                                  code="upstream_empty"),
-                    params, exchange,
-                )
-                return
+                payload = None
             except UpstreamError as error:
-                await self._upstream_failed(error, params, exchange)
+                await self._failed_before_first_token(error, params, exchange, stream=True,
+                                                      include_usage=include_usage)
+                return
+            if payload is None:
+                empty = UpstreamError(502, "The upstream LLM ended the stream without sending anything.",
+                                      code="upstream_empty")
+                await self._failed_before_first_token(empty, params, exchange, stream=True,
+                                                      include_usage=include_usage)
                 return
             self._start_sse()
             finish_reason, usage = await self._relay(payload, chunks, exchange)
@@ -226,11 +295,11 @@ class ChatHandler(ApiHandler):
         except UpstreamError as error:
             exchange.failed(status=error.status, message=error.message, where="upstream, mid-stream",
                             code=error.code)
-            await self._send_quietly(sse_json(error_body(error.message, type=error.type, code=error.code)))
-            await self._send_quietly(DONE_EVENT)
+            await self._send_error(error)
         except _CallerGone:
             exchange.cancelled()
         finally:
+            self._stop_keepalive()
             await chunks.aclose()
 
     async def _relay(
@@ -244,7 +313,7 @@ class ChatHandler(ApiHandler):
             try:
                 chunk = orjson.loads(payload)
                 if chunk.get("error") is not None and not chunk.get("choices"):
-                    detail = redact(_error_message(chunk), (self.config.openai_api_key, self.server_api_key))
+                    detail = redact(_error_message(chunk), self._secrets)
                     raise UpstreamError(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}
@@ -258,6 +327,9 @@ class ChatHandler(ApiHandler):
                 raise UpstreamError(502, message, code="upstream_bad_chunk") from None
             if chunk.get("usage"):
                 usage = chunk["usage"]
+            if b"\n" in payload:
+                # A multi-line SSE data field: valid JSON may hold raw newlines between tokens only.
+                payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
             if first:
                 await self._send(sse_event(payload))  # the first token leaves at once, with the headers
                 first = False
@@ -270,14 +342,11 @@ class ChatHandler(ApiHandler):
             except StopAsyncIteration:
                 return finish_reason, usage
 
-    async def _send_quietly(self, data: bytes) -> None:
-        try:
-            await self._send(data)
-        except _CallerGone:
-            pass
-
-    async def _upstream_failed(self, error: UpstreamError, params: dict[str, Any], exchange: Exchange) -> None:
-        """Before the first token: the fallback reply, or an HTTP error (an SSE one once committed)."""
+    async def _failed_before_first_token(
+        self, error: UpstreamError, params: dict[str, Any], exchange: Exchange, *, stream: bool,
+        include_usage: bool = False,
+    ) -> None:
+        """The fallback reply when one is set; else the error (an HTTP status while one can be sent)."""
         fallback = self.config.fallback_reply
         exchange.failed(
             status=error.status,
@@ -285,53 +354,57 @@ class ChatHandler(ApiHandler):
             where="upstream, before the first token" + ("; fallback reply sent" if fallback else ""),
             code=error.code,
         )
-        if fallback:
-            self._start_sse()
-            include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
-            usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0} if include_usage else None
-            for item in text_chunks([fallback], params["model"], usage=usage):
-                await self._send(sse_json(item))
-            await self._send(DONE_EVENT)
+        if not fallback:
+            await self._send_error(error)
             return
-        if self._sse_started:
-            await self._send(sse_json(error_body(error.message, type=error.type, code=error.code)))
-            await self._send(DONE_EVENT)
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        items = list(text_chunks([fallback], params["model"], usage=usage if include_usage or not stream else None))
+        if not stream:
+            self.write_json(completion_from_chunks(items))
             return
-        self.send_api_error(ApiError(error.status, error.message, type=error.type, code=error.code))
+        self._start_sse()
+        try:
+            await self._send(b"".join(sse_json(item) for item in items) + DONE_EVENT)
+        except _CallerGone:
+            exchange.cancelled()
 
     # --- whole answers ----------------------------------------------------------------------
 
     async def _complete(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> None:
         try:
             body = await self.backend.complete(params, state)
-            try:
-                completion = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                completion = None
-            if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-                raise UpstreamError(502, "The upstream LLM sent an answer this server could not read.",
-                                    code="upstream_bad_response")
+            completion = _read_completion(body)
         except UpstreamError as error:
-            fallback = self.config.fallback_reply
-            exchange.failed(
-                status=error.status,
-                message=error.message,
-                where="upstream" + ("; fallback reply sent" if fallback else ""),
-                code=error.code,
-            )
-            if fallback:
-                self.write_json(completion_from_chunks(text_chunks([fallback], params["model"])))
-            else:
-                self.send_api_error(ApiError(error.status, error.message, type=error.type, code=error.code))
+            await self._failed_before_first_token(error, params, exchange, stream=False)
             return
         finish_reason = None
         for choice in completion["choices"]:
-            message = choice.get("message") or {} if isinstance(choice, dict) else {}
-            exchange.token(message.get("content") or "")
-            finish_reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            content = choice.get("message", {}).get("content")
+            exchange.token(content if isinstance(content, str) else "")
+            finish_reason = choice.get("finish_reason")
         exchange.done(finish_reason, completion.get("usage"))
         self.set_header("Content-Type", "application/json")
         self.finish(body)
+
+
+def _read_completion(body: bytes) -> dict[str, Any]:
+    """The upstream's chat.completion, checked to be one; UpstreamError(502) when it is not."""
+    try:
+        completion = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        completion = None
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or not all(
+        isinstance(choice, dict) and isinstance(choice.get("message", {}), dict) for choice in choices
+    ):
+        raise UpstreamError(502, "The upstream LLM sent an answer this server could not read.",
+                            code="upstream_bad_response")
+    return completion
+
+
+def _consume_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _error_message(chunk: dict[str, Any]) -> str:

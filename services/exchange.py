@@ -38,7 +38,6 @@ class Exchange:
         self.first_token_at: float | None = None
         self.chunks = 0
         self.outcome: str | None = None
-        self.model: str | None = None
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.hub.publish({"type": kind, "id": self.id, "t": time.time(), **fields})
@@ -61,7 +60,6 @@ class Exchange:
         params: dict[str, Any],
         upstream: dict[str, Any],
     ) -> None:
-        self.model = model
         self._emit(
             "request",
             conversation_id=self.conversation_id,
@@ -118,8 +116,10 @@ class Exchange:
             self.id, self.conversation_id, at_ms, self.chunks,
         )
 
-    def failed(self, *, status: int, message: str, where: str, code: str | None = None) -> None:
-        self.outcome = "error"
+    def failed(
+        self, *, status: int, message: str, where: str, code: str | None = None, outcome: str = "error"
+    ) -> None:
+        self.outcome = outcome
         at_ms = self._elapsed_ms()
         self._emit("error", status=status, message=message, where=where, code=code, at_ms=at_ms)
         log.warning(

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import Settings  # noqa: E402
-from server import make_app  # noqa: E402
+from server import make_app, make_server  # noqa: E402
 from tests.fakes.openai_upstream import FakeUpstream  # noqa: E402
 
 # A copy of ../shared/fixtures, so the suite runs wherever the repository is cloned.
@@ -73,6 +73,16 @@ def app(settings, io_loop):
     application = make_app(settings)
     yield application
     io_loop.run_sync(application.services.close)
+
+
+@pytest.fixture
+def http_server(app, settings, io_loop, http_server_port):
+    """The app behind the server `main()` runs (its limits and timeouts), on a loopback port."""
+    server = make_server(app, settings)
+    server.add_socket(http_server_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=10)
 
 
 @pytest.fixture

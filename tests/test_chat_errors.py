@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import openai
@@ -117,6 +118,7 @@ async def test_upstream_status_before_first_token(base_url, fault, status, code,
     assert error["code"] == code
     assert fault["message"] in error["message"]
     assert UPSTREAM_KEY not in response.body.decode()
+    assert response.headers["X-Request-Id"].startswith("req_")
 
 
 async def test_upstream_unreachable_is_502(base_url, upstream):
@@ -183,9 +185,71 @@ async def test_fallback_reply_turns_an_upstream_failure_into_an_answer(overrides
 
 async def test_no_traceback_or_key_reaches_caller_or_log(base_url, caplog):
     caplog.set_level(logging.DEBUG)
-    for fault in ({"fault": "status", "status": 401}, {"fault": "malformed", "after": 1}):
-        response = await post_json(base_url, {"messages": MESSAGES, "stream": True, "x_fake": fault})
+    echoed = {"fault": "status", "status": 401, "echo_key": True}
+    for stream in (True, False):
+        response = await post_json(base_url, {"messages": MESSAGES, "stream": stream, "x_fake": echoed})
         text = response.body.decode()
+        assert response.code == 502
+        assert "you sent Bearer ***" in error_of(response)["message"]
         assert "Traceback" not in text and UPSTREAM_KEY not in text
+    malformed = await post_json(base_url, {"messages": MESSAGES, "stream": True,
+                                           "x_fake": {"fault": "malformed", "after": 1}})
+    assert "Traceback" not in malformed.body.decode()
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert UPSTREAM_KEY not in logged
+    assert "Traceback" not in logged
+
+
+@pytest.mark.parametrize("size", [3 * 1024 * 1024, 9 * 1024 * 1024])
+async def test_big_bodies_get_a_413_not_a_reset(base_url, client, upstream, size):
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * size}])
+    assert caught.value.status_code == 413
+    assert caught.value.body["code"] == "request_too_large"
+    assert upstream.requests == 0
+
+
+async def test_big_body_from_curl_is_refused_before_it_is_sent(base_url, tmp_path):
+    body = tmp_path / "body.json"
+    body.write_bytes(orjson.dumps({"messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]}))
+    curl = await asyncio.create_subprocess_exec(
+        "curl", "-s", "--max-time", "20", "-H", "Content-Type: application/json", "--data-binary", f"@{body}",
+        "-w", "\n%{http_code}", f"{base_url}/v1/chat/completions", stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(curl.communicate(), 30)
+    payload, _, status = out.rpartition(b"\n")
+    assert status == b"413"
+    assert orjson.loads(payload)["error"]["code"] == "request_too_large"
+
+
+async def test_abandoned_uploads_leave_nothing_behind(base_url, app):
+    async def health() -> dict:
+        return orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+
+    baseline = (await health())["asyncio_tasks"]
+    host, port = base_url.removeprefix("http://").split(":")
+    for _ in range(10):
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 900000\r\n\r\n"
+                     + b"{" * 100_000)
+        await writer.drain()
+        writer.close()
+    for _ in range(100):  # up to about 5 s for the closed connections to be noticed
+        if (await health())["asyncio_tasks"] <= baseline:
+            break
+        await asyncio.sleep(0.05)
+    assert (await health())["asyncio_tasks"] <= baseline
+    assert app.services.inflight.count == 0
+
+
+async def test_empty_upstream_stream_is_502(base_url):
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"fault": "empty"}})
+    assert response.code == 502
+    assert error_of(response)["code"] == "upstream_empty"
+
+
+async def test_non_stream_answer_that_is_no_completion_is_502(base_url, caplog):
+    response = await post_json(base_url, {"messages": MESSAGES, "x_fake": {"fault": "odd_completion"}})
+    assert response.code == 502
+    assert error_of(response)["code"] == "upstream_bad_response"
+    assert not [r for r in caplog.records if r.exc_info], "a shape problem upstream is not a crash here"

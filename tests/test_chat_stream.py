@@ -114,6 +114,25 @@ async def test_keepalive_comments_until_first_token(overrides, base_url, upstrea
     assert text == EXPECTED
 
 
+@pytest.mark.parametrize("overrides", [{"keepalive_interval": 0.1}])
+async def test_keepalives_continue_while_a_model_pauses_after_the_role_chunk(overrides, base_url):
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "x_fake": {"pause_after_role": 0.45}}
+    response = await post_json(base_url, body)
+    frames = response.body.decode().split("\n\n")
+    assert frames[0].startswith("data: ") and '"role":"assistant"' in frames[0]
+    first_content = next(i for i, f in enumerate(frames) if '"content":"The"' in f)
+    assert frames[1:first_content].count(": keepalive") >= 2
+    assert frames[-2:] == ["data: [DONE]", ""]
+
+
+async def test_multi_line_data_fields_are_relayed_as_one_line(client):
+    stream = await client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_body={"x_fake": {"multiline": True}}
+    )
+    _, text = await _collect(stream)
+    assert text == EXPECTED
+
+
 @pytest.mark.parametrize(
     ("overrides", "requested", "expected"),
     [

@@ -10,6 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
+import openai
 import orjson
 import pytest
 
@@ -34,6 +35,7 @@ class ServerProcess:
         self.output: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
+        self.signalled = False
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
@@ -59,10 +61,16 @@ class ServerProcess:
             await asyncio.sleep(0.05)
         raise AssertionError(f"{needle!r} not printed; output:\n{''.join(self.output)}")
 
-    async def stop(self) -> int:
+    def terminate(self) -> None:
         assert self.process
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signal.SIGTERM)
+        self.signalled = True
+
+    async def stop(self) -> int:
+        """SIGTERM (once: a second one means "skip the drain") and the exit code."""
+        assert self.process
+        if self.process.returncode is None and not self.signalled:
+            self.terminate()
         code = await asyncio.wait_for(self.process.wait(), 20)
         if self._reader:
             await asyncio.wait_for(self._reader, 5)
@@ -110,7 +118,7 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
         seen = b""
         while b"data: " not in seen:
             seen += await asyncio.wait_for(reader.read(4096), 10)
-        server.process.send_signal(signal.SIGTERM)
+        server.terminate()
         await server.wait_for_line("shutting down")
         # No new connections once draining began.
         with pytest.raises(OSError):
@@ -124,6 +132,53 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
         assert seen.count(b'"content"') >= 20
         assert await server.stop() == 0
         assert fake_upstream.completed_streams == 1
+    finally:
+        server.kill()
+
+
+async def _start_stream(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    payload = orjson.dumps(body)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
+                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    seen = b""
+    while b"data: " not in seen:
+        seen += await asyncio.wait_for(reader.read(4096), 10)
+    return reader, writer, seen
+
+
+async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io_loop, fake_upstream, tmp_path):
+    port = _free_port()
+    server = ServerProcess(
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+             DRAIN_TIMEOUT="1"),
+        "--port", str(port),
+    )
+    await server.start()
+    try:
+        await server.wait_for_line("listening on")
+        long_stream = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 1000, "gap": 0.02}}
+        reader, writer, seen = await _start_stream(port, long_stream)
+        # A second, kept-alive connection that has already finished one request.
+        api = openai.AsyncOpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=10)
+        assert (await api.chat.completions.create(model="m", messages=MESSAGES)).choices
+        server.terminate()
+        await server.wait_for_line("shutting down")
+        with pytest.raises(openai.APIStatusError) as refused:
+            await api.chat.completions.create(model="m", messages=MESSAGES)
+        assert refused.value.status_code == 503
+        assert refused.value.body["code"] == "server_shutting_down"
+        await api.close()
+        while b"data: [DONE]" not in seen:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "the stream was cut without an error event"
+            seen += chunk
+        writer.close()
+        events = [e for e in seen.split(b"\r\n") if e.startswith(b"data: ")]
+        last_event = seen[seen.rindex(b"data: {"):]
+        assert b'"server_shutting_down"' in last_event, events[-3:]
+        assert await server.stop() == 0
+        assert await fake_upstream.wait_streams_closed(2.0)
     finally:
         server.kill()
 

@@ -55,7 +55,7 @@ async def test_speculative_burst_abandoned_requests_stop_upstream(base_url, upst
     host, port = base_url.removeprefix("http://").split(":")
     upstream.gap = 0.02
     upstream.tokens = 200
-    writers = []
+    previous = None
     for body in bodies[:-1]:
         reader, writer = await asyncio.open_connection(host, int(port))
         payload = orjson.dumps(body)
@@ -64,11 +64,15 @@ async def test_speculative_burst_abandoned_requests_stop_upstream(base_url, upst
         seen = b""
         while b"data: " not in seen:
             seen += await asyncio.wait_for(reader.read(4096), 5)
-        writers.append(writer)
-        writer.close()  # the next partial transcript arrived: this one is abandoned
+        if previous is not None:
+            # Both streams were open at once; the longer transcript arrived, the older one is dropped.
+            assert upstream.open_streams == 2
+            previous.close()
+        previous = writer
     upstream.tokens = 5
     upstream.gap = 0.0
     last = await post_json(base_url, bodies[-1], path="/chat/completions", headers={"conversation-id": "burst"})
+    previous.close()
     assert sse_events(last.body)[-1] == "[DONE]"
     assert await upstream.wait_streams_closed(1.0)
     assert upstream.aborted_streams == 2

@@ -10,6 +10,11 @@ passes upstream unchanged like every other field:
     {"x_fake": {"fault": "malformed", "after": 2}}      send a chunk that is not JSON
     {"x_fake": {"fault": "misshapen", "after": 2}}      send JSON that is not a chunk
     {"x_fake": {"fault": "error_event", "after": 2}}    send data: {"error": ...} mid-stream
+    {"x_fake": {"fault": "empty"}}                      a stream with no chunk, only [DONE]
+    {"x_fake": {"fault": "odd_completion"}}             a non-streamed answer that is not a completion
+    {"x_fake": {"fault": "status", "echo_key": true}}   an error message repeating the key it got
+    {"x_fake": {"pause_after_role": 2}}                 the role chunk at once, then a pause
+    {"x_fake": {"multiline": true}}                     each chunk's JSON over several data: lines
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
 
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
@@ -116,7 +121,12 @@ class FakeUpstream:
         if fault == "status":
             status = int(fake.get("status", 500))
             kind = "rate_limit_error" if status == 429 else "server_error"
-            return self._error(status, fake.get("message", f"fake upstream failure {status}"), kind)
+            message = fake.get("message", f"fake upstream failure {status}")
+            if fake.get("echo_key"):  # like a careless upstream that repeats the credentials it got
+                message += f" (you sent {request.headers.get('Authorization')})"
+            return self._error(status, message, kind)
+        if fault == "odd_completion":
+            return web.json_response({"choices": [{"message": "hello"}]})
         tokens = int(fake.get("tokens", self.tokens))
         gap = float(fake.get("gap", self.gap))
         first_delay = float(fake.get("first_token_delay", self.first_token_delay))
@@ -139,8 +149,19 @@ class FakeUpstream:
                 await asyncio.sleep(3600)
             if first_delay:
                 await asyncio.sleep(first_delay)
+            if fault == "empty":
+                await response.write(b"data: [DONE]\n\n")
+                finished = True
+                return response
             after = int(fake.get("after", 1))
+            pause_after_role = float(fake.get("pause_after_role", 0))
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
+                if index == 1 and pause_after_role:
+                    await asyncio.sleep(pause_after_role)
+                if fake.get("multiline"):
+                    # The same JSON spread over several data: lines, as SSE allows.
+                    pretty = orjson.dumps(orjson.loads(payload[6:]), option=orjson.OPT_INDENT_2)
+                    payload = b"".join(b"data: " + line + b"\n" for line in pretty.split(b"\n")) + b"\n"
                 if index == after and fault in {"drop", "malformed", "misshapen", "error_event"}:
                     if fault == "drop":
                         request.transport.close()  # type: ignore[union-attr]
