@@ -11,11 +11,10 @@ import logging
 import time
 from typing import Any
 
-import orjson
 import tornado.web
 import tornado.websocket
 
-from services.events import EventHub, Subscription
+from services.events import EventHub, Subscription, encode
 
 log = logging.getLogger("iss_llm.console")
 
@@ -121,15 +120,15 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         subscription = self.hub.subscribe()
         self.subscription = subscription
         # Subscribed and snapshotted in the same tick: no event is both replayed and sent live.
-        hello = {
+        hello = encode({
             "type": "hello",
             "server_time": time.time(),
             "buffer": self.hub.buffer_size,
             "batch_ms": round(subscription.policy.batch_interval * 1000),
             "requests": self.hub.snapshot(),
-        }
+        })
         self._tasks = [
-            asyncio.ensure_future(self._pump(hello, subscription)),
+            asyncio.ensure_future(self._pump([hello], subscription)),
             asyncio.ensure_future(self._feed_iss(subscription)),
         ]
 
@@ -147,24 +146,22 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         for task in self._tasks:
             task.cancel()
 
-    async def _pump(self, first: dict[str, Any], subscription: Subscription) -> None:
-        """Send one frame at a time; while a frame is in flight, events wait in the bounded queue."""
-        policy = subscription.policy
-        frame: dict[str, Any] | None = first
+    async def _pump(self, first: list[str], subscription: Subscription) -> None:
+        """Send what the hub has batched; the next batch is fetched only once this one is written."""
+        messages: list[str] | None = first
         try:
-            while frame is not None:
-                if not await self._send(frame, policy.stall_timeout):
+            while messages is not None:
+                if not await self._send(messages, subscription.policy.stall_timeout):
                     return
-                # The batch window: token events for the same request coalesce meanwhile.
-                await subscription.batch_window()
-                frame = await subscription.next_frame()
+                messages = await subscription.next_messages()
             self.close(1001, "console hub closed")  # the server is shutting down
         finally:
             subscription.close()
 
-    async def _send(self, frame: dict[str, Any], stall_timeout: float) -> bool:
+    async def _send(self, messages: list[str], stall_timeout: float) -> bool:
         try:
-            written = self.write_message(_dumps(frame))
+            for message in messages:
+                written = self.write_message(message)
             await asyncio.wait_for(asyncio.shield(written), stall_timeout)
         except tornado.websocket.WebSocketClosedError:
             return False
@@ -184,15 +181,8 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
                     data = state.to_dict()
                     if data.get("at") != last_at:
                         last_at = data.get("at")
-                        subscription.offer({"type": "iss_state", "id": "-", "t": time.time(), "state": data})
+                        subscription.push({"type": "iss_state", "id": "-", "t": time.time(), "state": data})
             await asyncio.sleep(ISS_INTERVAL)
-
-
-def _dumps(frame: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(frame, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    except TypeError:  # e.g. an integer beyond 64 bits in a caller's params
-        return json.dumps(frame, default=str)
 
 
 def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:

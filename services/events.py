@@ -1,22 +1,25 @@
-"""In-process publish/subscribe for console events: a ring buffer of recent requests and bounded queues.
+"""In-process publish/subscribe for console events: recent requests, and batches shared by every socket.
 
-The chat path calls `publish()` on its hot path, so publishing is O(subscribers), never awaits,
-never raises, and with no console connected it only updates the ring buffer. Each subscriber
-(one console socket) gets its own bounded queue; when a socket falls behind, its queue is thrown
-away and the socket is sent a fresh snapshot of the ring buffer instead, so it loses live events
-(and is told how many) but never blocks the publisher or grows without bound. A later step may put
-Redis behind the same small interface (`publish`, `subscribe`, `snapshot`, `close`).
+The chat path calls `publish()` on its hot path: it is O(1) whatever the number of consoles,
+never awaits and never raises. It folds the event into a ring buffer of the last N requests (the
+replay a page gets when it connects) and, only while a console is connected, appends it to a
+pending batch. Every `batch_interval` the batch is coalesced (token events of one request become
+one), encoded to JSON once and appended to a bounded backlog of frames that all sockets share;
+each socket only keeps a cursor into it. A socket that falls behind the backlog's start has lost
+events: it is sent a fresh snapshot of the ring buffer instead, with how many it missed. A later
+step may put Redis behind the same small interface (`publish`, `subscribe`, `snapshot`, `close`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import re
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -30,12 +33,14 @@ REDACTED = "[redacted]"
 
 @dataclass(frozen=True)
 class SubscriberPolicy:
-    """How much one console socket may fall behind before it is resynced or dropped."""
+    """How events are batched, and how far a console socket may fall behind before it is resynced."""
 
-    max_events: int = 2000
-    max_bytes: int = 8 * 1024 * 1024
     batch_interval: float = 0.05
-    stall_timeout: float = 10.0
+    max_frames: int = 400  # shared backlog: 20 s of batches at 20 a second
+    max_bytes: int = 16 * 1024 * 1024  # shared backlog, in encoded bytes
+    max_pending: int = 5000  # events waiting for the next batch before it is cut early
+    max_send_bytes: int = 1024 * 1024  # what one socket is handed at a time
+    stall_timeout: float = 10.0  # a socket whose write does not complete in this long is dropped
 
 
 class Hub(Protocol):
@@ -48,6 +53,14 @@ class Hub(Protocol):
     def snapshot(self) -> list[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
+
+
+def encode(frame: dict[str, Any]) -> str:
+    """A frame as JSON text; anything orjson cannot take (e.g. a huge integer) goes through json."""
+    try:
+        return orjson.dumps(frame, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(frame, default=str)
 
 
 def redact(value: Any) -> Any:
@@ -74,30 +87,6 @@ def _strip_userinfo(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _approx_size(event: dict[str, Any]) -> int:
-    """A cheap size estimate (string lengths of message contents), to bound queued bytes."""
-    size = 200
-    for message in event.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            size += len(content)
-        elif isinstance(content, list):
-            size += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, dict))
-    params = event.get("params")
-    if params:
-        try:
-            size += len(orjson.dumps(params, default=str))
-        except TypeError:
-            size += 4096
-    text = event.get("text")
-    if isinstance(text, str):
-        size += len(text)
-    block = event.get("block")
-    if isinstance(block, str):
-        size += len(block)
-    return size
 
 
 class RequestLog:
@@ -163,131 +152,120 @@ class RequestLog:
         return out
 
 
-class Subscription:
-    """One subscriber's bounded queue; token events for the same request coalesce while queued."""
-
-    def __init__(self, hub: EventHub, policy: SubscriberPolicy) -> None:
-        self.hub = hub
-        self.policy = policy
-        self.dropped = 0  # live events this subscriber lost to overflow, in total
-        self.resyncs = 0
-        self.closed = False
-        self._queue: deque[dict[str, Any]] = deque()
-        self._bytes = 0
-        self._tokens: dict[str, dict[str, Any]] = {}  # request id -> its queued tokens event
-        self._needs_snapshot = False
-        self._snapshot_reason = "overflow"
-        self._lost_since_snapshot = 0
-        self._wakeup = asyncio.Event()
-        self._pressure = asyncio.Event()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._bytes
-
-    def offer(self, event: dict[str, Any], size: int | None = None) -> None:
-        """Queue one event without blocking; overflowing throws the queue away for a resync."""
-        if self.closed:
-            return
-        if self._needs_snapshot:
-            # The coming snapshot is taken from the ring buffer, which already holds this event.
-            if self._snapshot_reason == "overflow":
-                self._lost_since_snapshot += 1
-                self.dropped += 1
-            return
+def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events with each request's token events merged into its first one, order kept otherwise."""
+    out: list[dict[str, Any]] = []
+    parts: dict[int, list[str]] = {}
+    first: dict[str, int] = {}
+    for event in events:
         if event.get("type") == "tokens":
-            queued = self._tokens.get(event.get("id"))  # type: ignore[arg-type]
-            if queued is not None:
-                text = event.get("text") or ""
-                queued["_parts"].append(text)
-                self._bytes += len(text)
-                if self._bytes > self.policy.max_bytes:
-                    self._overflow()
-                return
-            event = {**event, "_parts": [event.get("text") or ""]}
-            self._tokens[event["id"]] = event
-        if size is None:
-            size = _approx_size(event)
-        self._queue.append(event)
-        self._bytes += size
-        if len(self._queue) > self.policy.max_events or self._bytes > self.policy.max_bytes:
-            self._overflow()
-        elif len(self._queue) * 2 > self.policy.max_events or self._bytes * 2 > self.policy.max_bytes:
-            self._pressure.set()  # half full: cut the batch window short
-        self._wakeup.set()
+            index = first.get(event["id"])
+            if index is not None:
+                parts[index].append(event.get("text") or "")
+                continue
+            first[event["id"]] = len(out)
+            parts[len(out)] = [event.get("text") or ""]
+        out.append(event)
+    for index, texts in parts.items():
+        if len(texts) > 1:
+            out[index] = {**out[index], "text": "".join(texts)}
+    return out
 
-    def _overflow(self) -> None:
-        lost = len(self._queue)
-        self._lost_since_snapshot += lost
-        self.dropped += lost
-        self._replace_with_snapshot("overflow")
+
+class Frame(NamedTuple):
+    """One encoded batch in the shared backlog."""
+
+    seq: int
+    text: str
+    events_before: int  # events published into batches before this one
+    events: int
+
+
+class Subscription:
+    """One console socket's view of the hub: a cursor into the shared backlog, nothing queued."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+        self.policy = hub.policy
+        self.closed = False
+        self.dropped = 0  # live events this socket missed, in total
+        self.resyncs = 0
+        self._seq = hub._next_seq
+        self._events_seen = hub._events_framed
+        self._snapshot_reason: str | None = None
+        self._lost = 0
+        self._private: dict[str, Any] | None = None
+
+    @property
+    def behind(self) -> int:
+        """Frames published that this socket has not been handed yet."""
+        return self.hub._next_seq - self._seq
+
+    @property
+    def fell_behind(self) -> bool:
+        """Whether batches this socket was never sent have left the backlog (a resync is due)."""
+        frames = self.hub._frames
+        return bool(frames) and self._seq < frames[0].seq
+
+    def push(self, event: dict[str, Any]) -> None:
+        """An event for this socket alone (the latest one wins), e.g. the station's position."""
+        self._private = event
+        self.hub._wake()
 
     def resync(self) -> None:
-        """Replace whatever is queued with a fresh snapshot (the page asked, e.g. after a pause)."""
-        if not self._needs_snapshot:
-            self._replace_with_snapshot("requested")
+        """Send a fresh snapshot next (the page asked, e.g. after a long pause)."""
+        self._snapshot_reason = self._snapshot_reason or "requested"
+        self.hub._wake()
 
-    def _replace_with_snapshot(self, reason: str) -> None:
-        self._queue.clear()
-        self._tokens.clear()
-        self._bytes = 0
-        self._needs_snapshot = True
-        self._snapshot_reason = reason
-        self._wakeup.set()
-
-    def drain(self) -> dict[str, Any] | None:
-        """The next frame to send (a batch of events, or a snapshot after overflow), or None."""
-        if self._needs_snapshot:
-            self._needs_snapshot = False
-            lost, self._lost_since_snapshot = self._lost_since_snapshot, 0
+    def drain(self) -> list[str]:
+        """The messages to send now, encoded: a snapshot after a gap, else the batches not yet sent."""
+        hub = self.hub
+        hub.flush()
+        messages: list[str] = []
+        oldest = hub._frames[0] if hub._frames else None
+        if oldest is not None and self._seq < oldest.seq:
+            # The batches this socket had not been sent yet are gone from the backlog.
+            self._lost += oldest.events_before - self._events_seen
+            self._snapshot_reason = "overflow"
+        if self._snapshot_reason is not None:
+            self.dropped += self._lost
             self.resyncs += 1
-            requests = self.hub.snapshot()
-            return {"type": "snapshot", "reason": self._snapshot_reason, "dropped": lost, "requests": requests}
-        if not self._queue:
-            return None
-        events = []
-        for event in self._queue:
-            parts = event.pop("_parts", None)
-            if parts is not None:
-                event["text"] = "".join(parts)
-            events.append(event)
-        self._queue.clear()
-        self._tokens.clear()
-        self._bytes = 0
-        return {"type": "events", "events": events}
+            messages.append(encode({
+                "type": "snapshot", "reason": self._snapshot_reason, "dropped": self._lost,
+                "requests": hub.snapshot(),
+            }))
+            self._snapshot_reason = None
+            self._lost = 0
+            self._seq, self._events_seen = hub._next_seq, hub._events_framed
+        elif oldest is not None and self._seq < hub._next_seq:
+            size = 0
+            for frame in hub._frames_from(self._seq):
+                if messages and size + len(frame.text) > self.policy.max_send_bytes:
+                    break
+                messages.append(frame.text)
+                size += len(frame.text)
+                self._seq, self._events_seen = frame.seq + 1, frame.events_before + frame.events
+        if self._private is not None:
+            messages.append(encode({"type": "events", "events": [self._private]}))
+            self._private = None
+        return messages
 
-    async def batch_window(self) -> None:
-        """Wait out the batch interval, or less once the queue is half full."""
-        self._pressure.clear()
-        if self.closed:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pressure.wait(), self.policy.batch_interval)
-
-    async def next_frame(self) -> dict[str, Any] | None:
+    async def next_messages(self) -> list[str] | None:
         """Wait until there is something to send; None once the subscription is closed."""
         while not self.closed:
-            frame = self.drain()
-            if frame is not None:
-                return frame
-            self._wakeup.clear()
-            await self._wakeup.wait()
+            messages = self.drain()
+            if messages:
+                return messages
+            await self.hub._changed()
         return None
 
     def close(self) -> None:
-        """Stop receiving; a waiting next_frame() returns None."""
+        """Stop receiving; a waiting next_messages() returns None."""
         if self.closed:
             return
         self.closed = True
-        self._queue.clear()
-        self._tokens.clear()
-        self._wakeup.set()
-        self._pressure.set()
         self.hub._unsubscribe(self)
+        self.hub._wake()
 
 
 class EventHub:
@@ -297,16 +275,30 @@ class EventHub:
         self.buffer_size = buffer_size
         self.policy = policy or SubscriberPolicy()
         self.log = RequestLog(buffer_size)
-        self._subscribers: list[Subscription] = []
         self.published = 0
+        self._subscribers: list[Subscription] = []
+        self._pending: list[dict[str, Any]] = []
+        self._frames: deque[Frame] = deque()
+        self._frames_bytes = 0
+        self._next_seq = 0
+        self._events_framed = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_urgent = False
+        self._last_flush = 0.0
+        self._change: asyncio.Future[None] | None = None
         self._failures = 0
 
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Encoded bytes held for all sockets together."""
+        return self._frames_bytes
+
     def publish(self, event: dict[str, Any]) -> None:
-        """Record and fan out one event. Never blocks, never raises."""
+        """Record and queue one event for the consoles. O(1), never blocks, never raises."""
         try:
             if not isinstance(event, dict) or not isinstance(event.get("id"), str):
                 return
@@ -319,29 +311,73 @@ class EventHub:
                 event.pop("headers", None)
             self.published += 1
             self.log.record(event)
+            if self._subscribers:
+                self._pending.append(event)
+                self._schedule_flush()
         except Exception:  # the console must never break a chat stream
-            self._failed()
-            return
-        if not self._subscribers:
+            self._failures += 1
+            if self._failures <= 3:
+                log.exception("console event dropped: could not publish it")
+
+    def _schedule_flush(self) -> None:
+        urgent = len(self._pending) >= self.policy.max_pending
+        if self._flush_handle is not None and (self._flush_urgent or not urgent):
             return
         try:
-            size = _approx_size(event)  # once for all subscribers
-        except Exception:
-            size = 4096
-        for subscriber in self._subscribers:
-            try:
-                subscriber.offer(event, size)
-            except Exception:
-                self._failed()
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a synchronous caller): drain() flushes
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        # The first event after a quiet spell goes out at once, later ones wait for the batch
+        # window; too many waiting cut the batch at the next turn of the loop.
+        delay = 0.0 if urgent else max(0.0, self._last_flush + self.policy.batch_interval - loop.time())
+        self._flush_urgent = urgent
+        self._flush_handle = loop.call_later(delay, self.flush)
 
-    def _failed(self) -> None:
-        self._failures += 1
-        if self._failures <= 3:
-            log.exception("console event dropped: could not publish it")
+    def flush(self) -> None:
+        """Turn the pending events into one encoded batch in the shared backlog, and wake the sockets."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        with_loop = _loop_time()
+        if with_loop is not None:
+            self._last_flush = with_loop
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        events = coalesce(pending)
+        text = encode({"type": "events", "events": events})
+        self._frames.append(Frame(self._next_seq, text, self._events_framed, len(pending)))
+        self._next_seq += 1
+        self._events_framed += len(pending)
+        self._frames_bytes += len(text)
+        while len(self._frames) > 1 and (
+            len(self._frames) > self.policy.max_frames or self._frames_bytes > self.policy.max_bytes
+        ):
+            self._frames_bytes -= len(self._frames.popleft().text)
+        self._wake()
+
+    def _frames_from(self, seq: int) -> Iterator[Frame]:
+        start = seq - self._frames[0].seq
+        for index in range(max(0, start), len(self._frames)):
+            yield self._frames[index]
+
+    def _changed(self) -> asyncio.Future[None]:
+        if self._change is None or self._change.done():
+            self._change = asyncio.get_running_loop().create_future()
+        return self._change
+
+    def _wake(self) -> None:
+        if self._change is not None and not self._change.done():
+            self._change.set_result(None)
 
     def subscribe(self) -> Subscription:
-        """A new subscriber queue; read the replay with snapshot() right after, in the same tick."""
-        subscription = Subscription(self, self.policy)
+        """A new subscriber; read the replay with snapshot() right after, in the same tick."""
+        # Whatever is pending is already in the ring buffer, so it must not reach the new socket
+        # twice: batch it now, and start the new socket after it.
+        self.flush()
+        subscription = Subscription(self)
         self._subscribers.append(subscription)
         return subscription
 
@@ -354,9 +390,24 @@ class EventHub:
             self._subscribers.remove(subscription)
         except ValueError:
             pass
+        if not self._subscribers:
+            self._pending.clear()
+            self._frames.clear()
+            self._frames_bytes = 0
 
     async def close(self) -> None:
         """Stop background work and drop subscribers."""
         for subscription in list(self._subscribers):
             subscription.close()
         self._subscribers.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._wake()
+
+
+def _loop_time() -> float | None:
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return None

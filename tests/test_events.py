@@ -1,11 +1,13 @@
-"""The events hub: ring buffer aggregation, bounded per-subscriber queues, redaction."""
+"""The events hub: ring buffer aggregation, shared batches with per-socket cursors, redaction."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from services.events import EventHub, SubscriberPolicy
+import orjson
+
+from services.events import EventHub, SubscriberPolicy, coalesce
 
 
 def _request(rid: str, conversation: str = "c1", **extra) -> dict:
@@ -59,6 +61,14 @@ def test_buffer_caps_the_text_kept_per_request():
     assert record["text_truncated"] is True
 
 
+def _frames(sub) -> list[dict]:
+    return [orjson.loads(m) for m in sub.drain()]
+
+
+def _events(sub) -> list[dict]:
+    return [e for f in _frames(sub) if f["type"] == "events" for e in f["events"]]
+
+
 def test_credentials_never_reach_the_buffer_or_subscribers():
     hub = EventHub(3)
     sub = hub.subscribe()
@@ -68,8 +78,8 @@ def test_credentials_never_reach_the_buffer_or_subscribers():
         upstream={"backend": "openai", "base_url": "https://user:pw@api.example/v1", "api_key": "sk-up"},
         headers={"Authorization": "Bearer sk-h"},
     ))
-    frame = sub.drain()
-    for where in (repr(hub.snapshot()), repr(frame)):
+    sent = "".join(sub.drain())
+    for where in (repr(hub.snapshot()), sent):
         for secret in ("sk-secret", "sk-x", "sk-up", "sk-h", "pw@"):
             assert secret not in where
     [record] = hub.snapshot()
@@ -89,65 +99,116 @@ def test_publish_never_raises_on_malformed_events():
     hub.publish({"type": "request", "id": "r", "messages": "not a list", "params": object()})
 
 
-def test_token_events_coalesce_per_request_while_queued():
+def test_coalesce_merges_each_requests_tokens_and_keeps_the_order():
+    events = [
+        {"type": "request", "id": "a"}, {"type": "tokens", "id": "a", "text": "1"},
+        {"type": "tokens", "id": "b", "text": "x"}, {"type": "tokens", "id": "a", "text": "2"},
+        {"type": "tokens", "id": "b", "text": "y"}, {"type": "done", "id": "a"},
+    ]
+    merged = coalesce(events)
+    assert [(e["type"], e["id"], e.get("text")) for e in merged] == [
+        ("request", "a", None), ("tokens", "a", "12"), ("tokens", "b", "xy"), ("done", "a", None),
+    ]
+    assert events[1]["text"] == "1"  # the published events themselves are left alone
+
+
+def test_events_reach_every_subscriber_in_one_shared_batch():
     hub = EventHub(10)
-    sub = hub.subscribe()
+    one, two = hub.subscribe(), hub.subscribe()
     hub.publish(_request("a"))
-    hub.publish(_request("b"))
     for i in range(100):
         hub.publish(_tokens("a", f"{i},"))
-        hub.publish(_tokens("b", "x"))
-    assert sub.queued == 4
-    frame = sub.drain()
-    assert frame["type"] == "events"
-    kinds = [(e["type"], e["id"]) for e in frame["events"]]
-    assert kinds == [("request", "a"), ("request", "b"), ("tokens", "a"), ("tokens", "b")]
-    assert frame["events"][2]["text"] == "".join(f"{i}," for i in range(100))
-    assert frame["events"][3]["text"] == "x" * 100
-    assert "_parts" not in frame["events"][2]
-    assert sub.drain() is None
+    first, second = one.drain(), two.drain()
+    assert first == second and len(first) == 1
+    assert first[0] is second[0]  # encoded once, shared
+    events = orjson.loads(first[0])["events"]
+    assert [e["type"] for e in events] == ["request", "tokens"]
+    assert events[1]["text"] == "".join(f"{i}," for i in range(100))
+    assert one.drain() == []
+    assert hub.backlog_bytes == len(first[0])
 
 
-def test_an_overflowing_subscriber_is_resynced_from_the_buffer_and_told_what_it_lost():
-    hub = EventHub(5, SubscriberPolicy(max_events=10))
+def test_no_subscriber_means_no_batches_and_a_new_one_gets_nothing_twice():
+    hub = EventHub(10)
+    hub.publish(_request("a"))
+    hub.publish(_tokens("a", "before"))
+    assert hub.backlog_bytes == 0 and not hub._pending
+    early = hub.subscribe()
+    hub.publish(_tokens("a", "pending"))  # batched but not yet flushed...
+    late = hub.subscribe()  # ...so this one's replay (snapshot) already has it
+    assert hub.snapshot()[0]["text"] == "beforepending"
+    hub.publish(_tokens("a", "!"))
+    assert [e["text"] for e in _events(early)] == ["pending", "!"]
+    assert [e["text"] for e in _events(late)] == ["!"]
+
+
+def test_a_subscriber_that_falls_behind_the_backlog_is_resynced_and_told_what_it_lost():
+    hub = EventHub(5, SubscriberPolicy(max_frames=10))
     slow = hub.subscribe()
     fast = hub.subscribe()
     for i in range(30):
         hub.publish(_request(f"r{i}"))
-        fast.drain()
-    assert slow.queued <= 10
-    frame = slow.drain()
-    assert frame["type"] == "snapshot"
-    assert frame["dropped"] > 0
+        hub.flush()
+        assert len(fast.drain()) == 1
+    assert len(hub._frames) == 10
+    [frame] = _frames(slow)
+    assert frame["type"] == "snapshot" and frame["reason"] == "overflow"
+    assert frame["dropped"] == 20  # r0..r19 went before it was sent
     assert [r["id"] for r in frame["requests"]] == [f"r{i}" for i in range(25, 30)]
-    assert slow.dropped == frame["dropped"]
-    # After the resync the subscriber gets live events again.
+    assert slow.dropped == 20 and fast.dropped == 0
+    # After the resync it gets live events again, and nothing it already has.
     hub.publish(_tokens("r29", "more"))
-    assert slow.drain()["events"][0]["text"] == "more"
-    assert fast.dropped == 0
+    assert [e["text"] for e in _events(slow)] == ["more"]
 
 
-def test_queued_bytes_are_bounded_too():
-    hub = EventHub(5, SubscriberPolicy(max_events=10_000, max_bytes=50_000))
-    sub = hub.subscribe()
+def test_the_shared_backlog_is_bounded_in_bytes():
+    hub = EventHub(5, SubscriberPolicy(max_bytes=50_000))
+    hub.subscribe()
     hub.publish(_request("r1"))
     for _ in range(1000):
         hub.publish(_tokens("r1", "y" * 100))
-        assert sub.queued_bytes <= 50_000
-    assert sub.drain()["type"] == "snapshot"
+        hub.flush()
+        assert hub.backlog_bytes <= 50_000
 
 
-async def test_next_frame_wakes_on_publish_and_returns_none_after_close():
+def test_what_one_socket_is_handed_at_a_time_is_bounded():
+    hub = EventHub(5, SubscriberPolicy(max_send_bytes=1000))
+    sub = hub.subscribe()
+    for i in range(50):
+        hub.publish(_tokens("r1", "z" * 300) | {"id": f"r{i}"})
+        hub.flush()
+    sizes = []
+    while messages := sub.drain():
+        sizes.append(sum(len(m) for m in messages))
+    assert len(sizes) > 1 and max(sizes) <= 1000 + 400
+
+
+def test_resync_on_request_and_private_pushes():
     hub = EventHub(5)
     sub = hub.subscribe()
-    waiter = asyncio.ensure_future(sub.next_frame())
+    hub.publish(_request("r1"))
+    sub.resync()
+    sub.push({"type": "iss_state", "id": "-", "state": {"latitude": 1}})
+    sub.push({"type": "iss_state", "id": "-", "state": {"latitude": 2}})
+    frames = _frames(sub)
+    assert frames[0]["type"] == "snapshot" and frames[0]["reason"] == "requested" and frames[0]["dropped"] == 0
+    assert [r["id"] for r in frames[0]["requests"]] == ["r1"]
+    assert frames[1]["events"] == [{"type": "iss_state", "id": "-", "state": {"latitude": 2}}]
+    assert sub.drain() == []
+
+
+async def test_batches_are_cut_by_the_loop_and_wake_waiting_subscribers():
+    hub = EventHub(5, SubscriberPolicy(batch_interval=0.05))
+    sub = hub.subscribe()
+    waiter = asyncio.ensure_future(sub.next_messages())
     await asyncio.sleep(0)
     assert not waiter.done()
     hub.publish(_request("r1"))
-    frame = await asyncio.wait_for(waiter, 2)
-    assert frame["events"][0]["id"] == "r1"
+    hub.publish(_tokens("r1", "a"))
+    messages = await asyncio.wait_for(waiter, 2)
+    assert [e["type"] for e in orjson.loads(messages[0])["events"]] == ["request", "tokens"]
 
-    waiter = asyncio.ensure_future(sub.next_frame())
+    waiter = asyncio.ensure_future(sub.next_messages())
     await asyncio.sleep(0)
     await hub.close()
     assert await asyncio.wait_for(waiter, 2) is None
@@ -155,12 +216,19 @@ async def test_next_frame_wakes_on_publish_and_returns_none_after_close():
     hub.publish(_request("r2"))  # still fine with nobody listening
 
 
-def test_publish_with_no_subscriber_is_cheap():
-    hub = EventHub(100)
-    hub.publish(_request("r1"))
-    event = _tokens("r1", "x")
-    start = time.perf_counter()
-    for _ in range(100_000):
-        hub.publish(event)
-    per_event = (time.perf_counter() - start) / 100_000
-    assert per_event < 20e-6, f"{per_event * 1e6:.1f} µs per publish"
+def test_publish_costs_the_same_with_ten_subscribers_as_with_none():
+    def cost(hub: EventHub) -> float:
+        hub.publish(_request("r1"))
+        event = _tokens("r1", "x")
+        start = time.perf_counter()
+        for _ in range(50_000):
+            hub.publish(event)
+        return (time.perf_counter() - start) / 50_000
+
+    alone = EventHub(100)
+    crowded = EventHub(100)
+    for _ in range(10):
+        crowded.subscribe()
+    per_event_alone, per_event_crowded = cost(alone), cost(crowded)
+    assert per_event_alone < 20e-6, f"{per_event_alone * 1e6:.1f} µs per publish"
+    assert per_event_crowded < 3 * per_event_alone + 2e-6, (per_event_alone, per_event_crowded)
