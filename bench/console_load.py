@@ -107,6 +107,21 @@ async def result(process: asyncio.subprocess.Process, timeout: float) -> dict[st
     return orjson.loads(out.strip().splitlines()[-1])
 
 
+async def finish(reader: asyncio.subprocess.Process, hub: Any) -> dict[str, Any]:
+    """Publish the end marker until every socket has seen it (one may be lost to a resync)."""
+    outcome = asyncio.ensure_future(result(reader, 60))
+    deadline = time.monotonic() + 15
+    while not outcome.done() and time.monotonic() < deadline:
+        hub.publish({"type": "done", "id": END_ID, "t": time.time()})
+        await asyncio.wait({outcome}, timeout=0.5)
+    if not outcome.done():
+        reader.kill()
+        outcome.cancel()
+        return {"sockets": [{"end_at": None, "events": 0, "distinct": 0, "token_chars": 0, "frames": 0,
+                             "snapshots": 1, "dropped": None}]}
+    return outcome.result()
+
+
 async def wait_for(predicate, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -145,8 +160,7 @@ async def keeps_up(url: str, hub: Any, rate: int, mix: str, seconds: float = 3.0
     await wait_for(lambda: hub.subscribers == 1, 10)
     events, chars = await publish_at(hub, rate, seconds, mix)
     ended = time.time()
-    hub.publish({"type": "done", "id": END_ID, "t": ended})
-    stats = (await result(reader, 60))["sockets"][0]
+    stats = (await finish(reader, hub))["sockets"][0]
     lag = (stats["end_at"] or float("inf")) - ended
     received = stats["token_chars"] if mix == "tokens" else stats["distinct"]
     wanted = chars if mix == "tokens" else events
@@ -155,16 +169,20 @@ async def keeps_up(url: str, hub: Any, rate: int, mix: str, seconds: float = 3.0
             "frames": stats["frames"], "dropped": stats["dropped"]}
 
 
-async def ttft_phase(url: str, hub: Any, consoles: int, requests: int, concurrency: int) -> list[float]:
+async def ttft_phase(
+    url: str, hub: Any, consoles: int, requests: int, concurrency: int
+) -> tuple[list[float], float]:
+    """Chat TTFTs (ms) with `consoles` sockets open, and this server's CPU time per request (ms)."""
     readers = None
     if consoles:
         readers = await child("consoles", url, str(consoles))
         await wait_for(lambda: hub.subscribers == consoles, 10)
+    cpu = time.process_time()
     load = await result(await child("chat", url, str(requests), str(concurrency)), 300)
+    cpu_ms = (time.process_time() - cpu) * 1000 / requests
     if readers is not None:
-        hub.publish({"type": "done", "id": END_ID, "t": time.time()})
-        await result(readers, 60)
-    return load["ttft_ms"]
+        await finish(readers, hub)
+    return load["ttft_ms"], cpu_ms
 
 
 def summary(values: list[float]) -> str:
@@ -213,10 +231,14 @@ async def main(args: argparse.Namespace) -> None:
 
     print(f"Chat TTFT, {args.requests} requests x {args.concurrency} concurrent per phase, phases interleaved")
     runs: dict[int, list[float]] = {0: [], args.consoles: []}
+    cpu: dict[int, list[float]] = {0: [], args.consoles: []}
     for consoles in (0, args.consoles, 0, args.consoles):
-        runs[consoles] += await ttft_phase(url, hub, consoles, args.requests // 2, args.concurrency)
+        ttfts, cpu_ms = await ttft_phase(url, hub, consoles, args.requests // 2, args.concurrency)
+        runs[consoles] += ttfts
+        cpu[consoles].append(cpu_ms)
     for consoles, values in runs.items():
-        print(f"  {consoles:2d} consoles: {summary(values)}")
+        per_request = statistics.mean(cpu[consoles])
+        print(f"  {consoles:2d} consoles: {summary(values)}  server CPU {per_request:.2f} ms/request")
     server.stop()
     await app.services.close()  # type: ignore[attr-defined]
     if fake is not None:

@@ -220,7 +220,8 @@ class Subscription:
     def drain(self) -> list[str]:
         """The messages to send now, encoded: a snapshot after a gap, else the batches not yet sent."""
         hub = self.hub
-        hub.flush()
+        if hub._pending and hub._flush_handle is None:
+            hub.flush()  # no event loop to cut batches (a synchronous caller)
         messages: list[str] = []
         oldest = hub._frames[0] if hub._frames else None
         if oldest is not None and self._seq < oldest.seq:
@@ -228,6 +229,7 @@ class Subscription:
             self._lost += oldest.events_before - self._events_seen
             self._snapshot_reason = "overflow"
         if self._snapshot_reason is not None:
+            hub.flush()  # what is pending is in the snapshot: it must not come again after it
             self.dropped += self._lost
             self.resyncs += 1
             messages.append(encode({
@@ -340,11 +342,9 @@ class EventHub:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        with_loop = _loop_time()
-        if with_loop is not None:
-            self._last_flush = with_loop
         if not self._pending:
             return
+        self._last_flush = _loop_time() or 0.0
         pending, self._pending = self._pending, []
         events = coalesce(pending)
         text = encode({"type": "events", "events": events})
