@@ -85,14 +85,20 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """An ApiError is an answer, not a failure; anything else is logged by path, never by URI."""
-        if isinstance(value, ApiError):
-            return
-        if isinstance(value, tornado.web.HTTPError):
-            log.warning("%d %s %s (%s)", value.status_code, self.request.method, self.request.path,
-                        self.request.remote_ip)
-            return
-        log.error("uncaught exception in %s %s (request %s)", self.request.method, self.request.path,
-                  self.request_id, exc_info=(typ, value, tb))
+        if not isinstance(value, ApiError):
+            log_by_path(self, value, (typ, value, tb), self.request_id)
+
+
+def log_by_path(
+    handler: tornado.web.RequestHandler, value: BaseException | None, exc_info: Any, request_id: str | None = None
+) -> None:
+    """Tornado's log_exception without the query string, where a console token may travel."""
+    request = handler.request
+    if isinstance(value, tornado.web.HTTPError):
+        log.warning("%d %s %s (%s)", value.status_code, request.method, request.path, request.remote_ip)
+        return
+    log.error("uncaught exception in %s %s (request %s)", request.method, request.path, request_id,
+              exc_info=exc_info)
 
 
 class NotFoundHandler(ApiHandler):

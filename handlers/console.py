@@ -14,6 +14,7 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 
+from handlers.base import log_by_path
 from services.events import EventHub, Subscription, encode
 
 log = logging.getLogger("iss_llm.console")
@@ -91,6 +92,9 @@ class ConsolePageHandler(tornado.web.RequestHandler):
             return
         self.render("console.html", buffer_size=self.buffer_size, ws_path=f"{COOKIE_PATH}/ws")
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        log_by_path(self, value, (typ, value, tb))
+
     def _locked(self, status: int, message: str) -> None:
         self.set_status(status)
         self.render("console_locked.html", message=message)
@@ -105,6 +109,9 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         self.tracker = tracker
         self.subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        log_by_path(self, value, (typ, value, tb))
 
     @property
     def ping_interval(self) -> float:

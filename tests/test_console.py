@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -172,6 +173,21 @@ async def test_socket_without_the_cookie_is_refused(http_server, base_url, app):
         await connect(base_url, "iss_llm_console=" + "0" * 64)
     assert refused.value.code == 403
     assert app.services.hub.subscribers == 0
+
+
+async def test_a_token_in_a_refused_address_never_reaches_the_log(http_server, base_url, app, caplog):
+    caplog.set_level(logging.DEBUG)
+    secret = "guessed-console-token-1234"
+    for path in (f"/console/ws?token={secret}", f"/console?token={secret}"):
+        url = base_url.replace("http://", "ws://") if path.startswith("/console/ws") else base_url
+        with pytest.raises(HTTPClientError):
+            if "ws" in path:
+                await websocket_connect(HTTPRequest(url + path, request_timeout=5))
+            else:
+                await AsyncHTTPClient().fetch(url + path, request_timeout=5)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "/console" in logged
+    assert secret not in logged
 
 
 async def test_socket_from_a_foreign_origin_is_refused(http_server, base_url, app):
