@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -91,8 +92,9 @@ class Children:
         env: dict[str, str] | None = None,
         ready_timeout: float = 20.0,
         cwd: Path = ROOT,
+        port: int | None = None,
     ) -> Child:
-        """Start `argv` (which must print its http://127.0.0.1:PORT) and wait until it does."""
+        """Start `argv` and wait until it listens: on `port`, or on the http://127.0.0.1:PORT it prints."""
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
@@ -108,8 +110,23 @@ class Children:
             )
         child = Child(name, popen, log_path)
         self.children.append(child)
-        child.port = self._wait_port(child, ready_timeout)
+        if port is None:
+            child.port = self._wait_port(child, ready_timeout)
+        else:
+            child.port = port
+            self._wait_listening(child, ready_timeout)
         return child
+
+    @staticmethod
+    def _wait_listening(child: Child, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not child.alive():
+                raise RuntimeError(f"{child.name} exited with {child.popen.returncode}:\n{child.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", child.port), timeout=1.0):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{child.name} did not listen on {child.port} in {timeout}s:\n{child.log_tail()}")
 
     @staticmethod
     def _wait_port(child: Child, timeout: float) -> int:
@@ -154,8 +171,15 @@ def relay_argv(upstream_url: str) -> list[str]:
     return [PYTHON, "-m", "bench.relay", "--port", "0", "--upstream", upstream_url]
 
 
-def server_argv() -> list[str]:
-    return [PYTHON, "server.py", "--host", "127.0.0.1", "--port", "0"]
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a child that does not print its port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_argv(port: int) -> list[str]:
+    return [PYTHON, "server.py", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def server_env(upstream_url: str, cache_dir: Path, **extra: str) -> dict[str, str]:

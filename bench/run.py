@@ -97,7 +97,8 @@ class Bench:
             self.upstream.url, cache, CONSOLE_ENABLED=str(cfg.console).lower(), LOG_LEVEL=cfg.log_level,
             UPSTREAM_TIMEOUT=str(cfg.request_timeout),
         )
-        self.server = kids.start("server", procs.server_argv(), env=env)
+        port = procs.free_port()
+        self.server = kids.start("server", procs.server_argv(port), env=env, port=port)
         self.proc = {
             "upstream": self.upstream.process(), "relay": self.relay.process(), "server": self.server.process(),
         }
@@ -110,7 +111,8 @@ class Bench:
         self.children = [self.upstream, self.relay, self.server]
         if cfg.baseline:
             # Before/after a change in one run: the same workload through another checkout's server.
-            base = kids.start("baseline", procs.server_argv(), env=env, cwd=Path(cfg.baseline).resolve())
+            port = procs.free_port()
+            base = kids.start("baseline", procs.server_argv(port), env=env, cwd=Path(cfg.baseline).resolve(), port=port)
             self.proc["baseline"] = base.process()
             self.urls["baseline"] = base.url + CHAT_PATH
             self.paths.append("baseline")
