@@ -120,6 +120,7 @@ class ChatHandler(ApiHandler):
         )
         exchange.request(
             model=model,
+            requested_model=request.model,
             stream=request.stream,
             messages=request.messages,
             params=request.params,
@@ -318,8 +319,11 @@ class ChatHandler(ApiHandler):
                 for choice in chunk.get("choices") or ():
                     delta = choice.get("delta") or {}
                     content = delta.get("content")
-                    if content or delta.get("tool_calls"):
+                    tool_calls = delta.get("tool_calls")
+                    if content or tool_calls:
                         exchange.token(content if isinstance(content, str) else "")
+                    for call in tool_calls or ():
+                        exchange.tool_call(call)
                     finish_reason = choice.get("finish_reason") or finish_reason
             except (orjson.JSONDecodeError, AttributeError, TypeError):
                 # Not JSON, or JSON that is not a chunk (a list, a number, choices of strings...).
@@ -379,8 +383,11 @@ class ChatHandler(ApiHandler):
             return
         finish_reason = None
         for choice in completion["choices"]:
-            content = choice.get("message", {}).get("content")
+            message = choice.get("message", {})
+            content = message.get("content")
             exchange.token(content if isinstance(content, str) else "")
+            for index, call in enumerate(message.get("tool_calls") or ()):
+                exchange.tool_call({"index": index, **call} if isinstance(call, dict) else call)
             finish_reason = choice.get("finish_reason")
         exchange.done(finish_reason, completion.get("usage"))
         self.set_header("Content-Type", "application/json")

@@ -38,6 +38,7 @@ class Exchange:
         self.first_token_at: float | None = None
         self.chunks = 0
         self.outcome: str | None = None
+        self.tool_calls: dict[int, dict[str, str]] = {}
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.hub.publish({"type": kind, "id": self.id, "t": time.time(), **fields})
@@ -55,6 +56,7 @@ class Exchange:
         self,
         *,
         model: str,
+        requested_model: str | None,
         stream: bool,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
@@ -66,6 +68,7 @@ class Exchange:
             remote_ip=self.remote_ip,
             path=self.path,
             model=model,
+            requested_model=requested_model,
             stream=stream,
             messages=messages,
             params=params,
@@ -83,6 +86,17 @@ class Exchange:
         if text:
             self._emit("tokens", text=text)
 
+    def tool_call(self, delta: Any) -> None:
+        """Fold one streamed tool-call delta (or a whole call) into the calls shown when done."""
+        if not isinstance(delta, dict):
+            return
+        call = self.tool_calls.setdefault(delta.get("index", len(self.tool_calls)), {"name": "", "arguments": ""})
+        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
+        if isinstance(function.get("name"), str):
+            call["name"] += function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["arguments"] += function["arguments"]
+
     def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
         self.outcome = "done"
         total_ms = self._elapsed_ms()
@@ -99,6 +113,7 @@ class Exchange:
             total_ms=total_ms,
             chunks=self.chunks,
             tokens_per_second=tps,
+            tool_calls=[self.tool_calls[index] for index in sorted(self.tool_calls)] or None,
         )
         log.info(
             "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",

@@ -89,7 +89,10 @@
   }
 
   function curlFor(rec) {
-    const payload = Object.assign({ model: rec.model, messages: rec.messages }, rec.params || {});
+    const payload = Object.assign({ messages: rec.messages }, rec.params || {});
+    // Replay what the caller asked for; the server resolves the model again (LLM_MODEL, default).
+    const requested = "requested_model" in rec ? rec.requested_model : rec.model;
+    if (requested) payload.model = requested;
     if (rec.stream !== undefined) payload.stream = rec.stream;
     const url = location.origin + (rec.path || "/chat/completions");
     const lines = [
@@ -375,6 +378,7 @@
       kv(dl, "total", ms(o.total_ms));
       kv(dl, "tokens/s", o.tokens_per_second === null || o.tokens_per_second === undefined ? "–" : o.tokens_per_second);
       kv(dl, "chunks", o.chunks);
+      for (const call of o.tool_calls || []) kv(dl, "tool call", call.name + "(" + call.arguments + ")");
       if (o.usage) kv(dl, "usage", "prompt " + (usage.prompt_tokens ?? "?") + " · completion " + (usage.completion_tokens ?? "?") + " · total " + (usage.total_tokens ?? "?"));
       else kv(dl, "usage", "not reported");
     } else if (status === "cancelled") {

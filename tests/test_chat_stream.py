@@ -53,7 +53,7 @@ async def test_usage_chunk_passes_through_with_empty_choices(base_url):
     assert last["usage"] == {"prompt_tokens": 42, "completion_tokens": 5, "total_tokens": 47}
 
 
-async def test_tool_call_deltas_pass_through(client, upstream):
+async def test_tool_call_deltas_pass_through(client, upstream, app):
     tools = [{"type": "function", "function": {"name": "locate", "parameters": {"type": "object"}}}]
     stream = await client.chat.completions.create(
         model="m", messages=MESSAGES, stream=True, tools=tools, tool_choice="auto"
@@ -65,6 +65,10 @@ async def test_tool_call_deltas_pass_through(client, upstream):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert upstream.bodies[-1]["tools"] == tools
     assert upstream.bodies[-1]["tool_choice"] == "auto"
+    # The console's record of the request shows the call the model made.
+    record = app.services.hub.snapshot()[-1]
+    assert record["outcome"]["tool_calls"] == [{"name": "locate", "arguments": '{"where": "iss"}'}]
+    assert record["requested_model"] == "m"
 
 
 async def test_every_other_field_reaches_upstream_unchanged(base_url, upstream):
