@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,23 @@ def sse_events(body: bytes) -> list[str]:
     import sseclient
 
     return [event.data for event in sseclient.SSEClient(iter([body])).events()]
+
+
+async def open_stream(
+    base_url: str, body: Any, path: str = "/v1/chat/completions", headers: dict[str, str] | None = None,
+    events: int = 1,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """A chat request over a raw socket (so a test can drop it at will), read until `events` data events."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    payload = orjson.dumps(body)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{extra}"
+                 f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    await writer.drain()
+    seen = b""
+    while seen.count(b"data: ") < events:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, f"connection closed after {seen!r}"
+        seen += chunk
+    return reader, writer, seen

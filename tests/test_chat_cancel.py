@@ -5,30 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import orjson
 import pytest
 
+from tests.conftest import open_stream
+
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
-
-
-async def _open_stream(base_url: str, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    payload = orjson.dumps(body)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        b"conversation-id: conv-cancel\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
-    )
-    await writer.drain()
-    return reader, writer
-
-
-async def _read_events(reader: asyncio.StreamReader, count: int) -> bytes:
-    seen = b""
-    while seen.count(b"data: ") < count:
-        seen += await asyncio.wait_for(reader.read(4096), 5)
-    return seen
 
 
 async def _until(predicate, timeout: float) -> bool:
@@ -42,10 +23,10 @@ async def _until(predicate, timeout: float) -> bool:
 
 async def test_disconnect_mid_stream_closes_upstream_within_a_second(base_url, upstream, app, caplog):
     caplog.set_level(logging.INFO)
-    reader, writer = await _open_stream(
-        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.02}}
+    _reader, writer, _ = await open_stream(
+        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.02}},
+        headers={"conversation-id": "conv-cancel"}, events=3,
     )
-    await _read_events(reader, 3)
     assert upstream.open_streams == 1
     writer.close()
     started = asyncio.get_running_loop().time()
@@ -61,7 +42,9 @@ async def test_disconnect_mid_stream_closes_upstream_within_a_second(base_url, u
 
 
 async def test_disconnect_before_first_token_closes_upstream(base_url, upstream, app):
-    _reader, writer = await _open_stream(base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"fault": "stall"}})
+    _reader, writer, _ = await open_stream(
+        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"fault": "stall"}}, events=0
+    )
     assert await _until(lambda: upstream.open_streams == 1, 5.0)
     writer.close()
     assert await upstream.wait_streams_closed(1.0)
@@ -87,10 +70,9 @@ async def test_openai_client_closing_a_stream_stops_upstream(client, upstream):
 async def test_server_keeps_serving_after_many_abandoned_streams(overrides, base_url, upstream, client):
     writers = []
     for _ in range(20):
-        reader, writer = await _open_stream(
-            base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.01}}
+        _reader, writer, _ = await open_stream(
+            base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.01}}, events=2
         )
-        await _read_events(reader, 2)
         writers.append(writer)
     for writer in writers:
         writer.close()

@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import ROOT, UPSTREAM_KEY
+from tests.conftest import ROOT, UPSTREAM_KEY, open_stream
 from tests.fakes.openai_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
@@ -111,13 +111,9 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
     await server.start()
     try:
         await server.wait_for_line("listening on")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        payload = orjson.dumps({"messages": MESSAGES, "stream": True})
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        seen = b""
-        while b"data: " not in seen:
-            seen += await asyncio.wait_for(reader.read(4096), 10)
+        reader, writer, seen = await open_stream(
+            f"http://127.0.0.1:{port}", {"messages": MESSAGES, "stream": True}
+        )
         server.terminate()
         await server.wait_for_line("shutting down")
         # No new connections once draining began.
@@ -136,17 +132,6 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
         server.kill()
 
 
-async def _start_stream(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    payload = orjson.dumps(body)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n"
-                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-    seen = b""
-    while b"data: " not in seen:
-        seen += await asyncio.wait_for(reader.read(4096), 10)
-    return reader, writer, seen
-
-
 async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io_loop, fake_upstream, tmp_path):
     port = _free_port()
     server = ServerProcess(
@@ -158,7 +143,7 @@ async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io
     try:
         await server.wait_for_line("listening on")
         long_stream = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 1000, "gap": 0.02}}
-        reader, writer, seen = await _start_stream(port, long_stream)
+        reader, writer, seen = await open_stream(f"http://127.0.0.1:{port}", long_stream)
         # A second, kept-alive connection that has already finished one request.
         api = openai.AsyncOpenAI(api_key="k", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, timeout=10)
         assert (await api.chat.completions.create(model="m", messages=MESSAGES)).choices

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import orjson
 import pytest
 
 from services.context import BLOCK_START
-from tests.conftest import FIXTURES, post_json, sse_events
+from tests.conftest import FIXTURES, open_stream, post_json, sse_events
 
 TAVUS = FIXTURES / "tavus"
 KEY = "tavus-persona-key"
@@ -52,18 +51,12 @@ async def test_connectivity_probe(overrides, base_url, caplog):
 
 async def test_speculative_burst_abandoned_requests_stop_upstream(base_url, upstream):
     bodies = [orjson.loads(line) for line in (TAVUS / "speculative_burst.jsonl").read_text().splitlines() if line]
-    host, port = base_url.removeprefix("http://").split(":")
     upstream.gap = 0.02
     upstream.tokens = 200
     previous = None
     for body in bodies[:-1]:
-        reader, writer = await asyncio.open_connection(host, int(port))
-        payload = orjson.dumps(body)
-        writer.write(b"POST /chat/completions HTTP/1.1\r\nHost: t\r\nconversation-id: burst\r\n"
-                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        seen = b""
-        while b"data: " not in seen:
-            seen += await asyncio.wait_for(reader.read(4096), 5)
+        _reader, writer, _ = await open_stream(base_url, body, path="/chat/completions",
+                                               headers={"conversation-id": "burst"})
         if previous is not None:
             # Both streams were open at once; the longer transcript arrived, the older one is dropped.
             assert upstream.open_streams == 2
