@@ -8,6 +8,7 @@ without a round trip through the client's models on every token.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,6 +55,18 @@ async def sse_payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield b"\n".join(data)
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    """The body as JSON: orjson, or the json module past orjson's 255 levels of nesting."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        except RecursionError:
+            raise UpstreamError(400, "The request is nested too deeply to forward.", code="invalid_request",
+                                type="invalid_request_error") from None
+
+
 class OpenAIUpstream:
     """Chat completions from any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp)."""
 
@@ -84,7 +97,7 @@ class OpenAIUpstream:
         response = await self._client.post(
             "/chat/completions",
             cast_to=httpx2.Response,
-            content=orjson.dumps({**params, "stream": stream}),
+            content=_encode({**params, "stream": stream}),
             options={"security": {"bearer_auth": True}},
             stream=True,
         )
