@@ -186,15 +186,16 @@ def text_chunks(
 
 def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Fold a chunk stream into one chat.completion object (non-streamed answer)."""
-    completion: dict[str, Any] = {"object": "chat.completion", "usage": None}
+    completion: dict[str, Any] = {}
+    usage = None
     content: list[str] = []
     finish_reason = None
     for item in chunks:
-        completion.setdefault("id", item.get("id"))
-        completion.setdefault("created", item.get("created"))
-        completion.setdefault("model", item.get("model"))
+        if not completion:
+            completion = {"id": item.get("id"), "object": "chat.completion", "created": item.get("created"),
+                          "model": item.get("model")}
         if item.get("usage"):
-            completion["usage"] = item["usage"]
+            usage = item["usage"]
         for choice in item.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -207,6 +208,7 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
             "finish_reason": finish_reason,
         }
     ]
+    completion["usage"] = usage
     return completion
 
 

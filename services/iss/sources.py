@@ -221,8 +221,13 @@ class LiveSource:
         except Exception as exc:
             message = describe_error(exc)
             self.health.failed(message)
-            log.warning("ISS source %s failed: %s", self.name, message)
+            # Once when a source starts failing; an outage of hours is not a warning every poll.
+            failures = self.health.consecutive_failures
+            log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                    "ISS source %s failed (%d in a row): %s", self.name, failures, message)
             raise SourceError(message) from None
+        if self.health.consecutive_failures:
+            log.info("ISS source %s answers again after %d failures", self.name, self.health.consecutive_failures)
         self.health.ok()
         return fix
 
