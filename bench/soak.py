@@ -1,0 +1,371 @@
+"""The soak: a speculative-inference storm with upstream faults, flapping ISS sources and hostile input.
+
+    python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about a minute)
+    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (about 20 seconds)
+
+The server runs in its own process; the fake upstream and the fake ISS sources run in this one,
+so their counters (open upstream streams) are read directly. Loopback only, bounded in time.
+Exits 1 when a request was lost, a bad input got a 5xx or hung, or anything leaked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+from tqdm import tqdm
+
+from bench import badinput, procs, storm
+from tests.fakes.iss_sources import SOURCES, FakeIssSources
+from tests.fakes.openai_upstream import FakeUpstream
+
+
+@dataclass
+class SoakConfig:
+    """The full soak by default; `quick()` is the version the test suite runs."""
+
+    requests: int = 2000
+    concurrency: int = 100
+    abandon_share: float = 0.8
+    abandon_window: float = 0.5
+    fault_share: float = 0.1
+    upstream_timeout: float = 2.0
+    hypothesis_examples: int = 300
+    drip_callers: int = 5
+    drip_pause: float = 0.03
+    iss_flap_every: float = 0.4
+    memory_tolerance: float = 0.10
+    warmup_share: float = 0.5  # the warm-up pass's size, as a share of the measured one
+    max_seconds: float = 240.0
+    seed: int = 5
+    progress: bool = True
+
+    @classmethod
+    def quick(cls) -> SoakConfig:
+        return cls(requests=600, concurrency=60, hypothesis_examples=40, drip_callers=1, drip_pause=0.01,
+                   warmup_share=1.0, max_seconds=60.0)
+
+    @property
+    def request_timeout(self) -> float:
+        """No caller waits longer than this; anything slower counts as a hang."""
+        return self.upstream_timeout + 6.0
+
+
+@dataclass
+class Snapshot:
+    """What the server holds at one moment: streams in flight, tasks, memory, descriptors, callers."""
+
+    in_flight: int
+    tasks: int
+    rss: int
+    fds: int
+    callers: int
+
+
+@dataclass
+class SoakReport:
+    """Everything the soak saw; `problems()` is empty when nothing was lost or leaked."""
+
+    seconds: float = 0.0
+    storm: storm.StormResult = field(default_factory=storm.StormResult)
+    bad: badinput.Probe = field(default_factory=badinput.Probe)
+    iss_switches: Counter[str] = field(default_factory=Counter)
+    health_checks: int = 0
+    health_failures: int = 0
+    health_slowest: float = 0.0
+    before: Snapshot | None = None
+    after: Snapshot | None = None
+    upstream_open: int = 0
+    upstream_aborted: int = 0
+    server_exit: int | None = None
+    leaks: list[str] = field(default_factory=list)
+    warmup_problems: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = [f"lost {n}: {kind}" for kind, n in sorted(self.storm.lost.items())]
+        out += [f"bad input answered badly: {failure}" for failure in self.bad.failures[:20]]
+        if self.health_failures:
+            out.append(f"/healthz failed {self.health_failures} times (server stuck or down)")
+        if self.health_slowest > 2.0:
+            out.append(f"/healthz took {self.health_slowest:.1f} s at worst (a stuck worker)")
+        if self.server_exit not in (0, None):
+            out.append(f"server exited with {self.server_exit} on SIGTERM")
+        out += [f"warm-up pass: {problem}" for problem in self.warmup_problems]
+        return out + self.leaks
+
+    def text(self) -> str:
+        s, bad = self.storm, self.bad
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "none"
+        lost = ", ".join(f"{k} {v}" for k, v in sorted(s.lost.items())) or "none"
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(bad.kinds.items()))
+        lines = [
+            f"soak: {s.requests} requests in {self.seconds:.1f} s",
+            f"  completed {s.completed}, abandoned {s.abandoned}, errors {sum(s.errors.values())}, "
+            f"lost {sum(s.lost.values())}; slowest answer {s.slowest:.2f} s",
+            f"  errors by kind: {errors}",
+            f"  lost by kind: {lost}",
+            f"  bad input: {sum(bad.kinds.values())} cases: {kinds}",
+            f"  ISS sources switched {sum(self.iss_switches.values())} times "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.iss_switches.items()))})",
+            f"  /healthz: {self.health_checks} checks, {self.health_failures} failed, "
+            f"slowest {self.health_slowest:.2f} s",
+        ]
+        if self.before and self.after:
+            b, a = self.before, self.after
+            lines.append(
+                f"  server before -> after: in flight {b.in_flight} -> {a.in_flight}, asyncio tasks {b.tasks} -> "
+                f"{a.tasks}, RSS {b.rss / 2**20:.1f} -> {a.rss / 2**20:.1f} MB, fds {b.fds} -> {a.fds}, "
+                f"caller connections {b.callers} -> {a.callers}"
+            )
+        lines.append(f"  upstream streams still open: {self.upstream_open} (aborted by the server: "
+                     f"{self.upstream_aborted})")
+        lines.append(f"  leaks found: {len(self.leaks)}" + (": " + "; ".join(self.leaks) if self.leaks else ""))
+        problems = self.problems()
+        lines.append("result: OK" if not problems else "result: FAILED\n  " + "\n  ".join(problems))
+        return "\n".join(lines)
+
+
+class Soak:
+    """One soak run: the fakes here, the server in a child process, the traffic, the checks."""
+
+    def __init__(self, cfg: SoakConfig, kids: procs.Children) -> None:
+        self.cfg = cfg
+        self.kids = kids
+        self.report = SoakReport()
+        self.upstream = FakeUpstream(tokens=5)
+        self.iss = FakeIssSources()
+        self.rng = random.Random(cfg.seed)
+        self.server: procs.Child | None = None
+        self.progress: tqdm | None = None
+
+    @property
+    def base(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    async def start(self) -> None:
+        await self.upstream.start()
+        await self.iss.start()
+        port = procs.free_port()
+        env = procs.server_env(
+            f"http://127.0.0.1:{self.upstream.port}", self.kids.log_dir / "iss-cache",
+            ISS_SOURCES="open-notify,wheretheiss,tle",
+            ISS_API_URL=self.iss.url("open-notify"),
+            WHERETHEISS_URL=self.iss.url("wheretheiss"),
+            TLE_URL=self.iss.url("celestrak"),
+            ISS_TIMEOUT="0.5",
+            ISS_REFRESH_INTERVAL="0.5",
+            UPSTREAM_TIMEOUT=str(self.cfg.upstream_timeout),
+            KEEPALIVE_INTERVAL="1",
+            LOG_LEVEL="warning",
+        )
+        # Off the event loop: the fakes here must answer the server while it starts.
+        self.server = await asyncio.to_thread(self.kids.start, "server", procs.server_argv(port), env, 30.0,
+                                              procs.ROOT, port)
+
+    async def close(self) -> None:
+        self.iss.fail_all("ok")
+        await self.iss.close()
+        await self.upstream.close()
+
+    async def health(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        async with session.get(self.base + "/healthz", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return await response.json()
+
+    async def snapshot(self, session: aiohttp.ClientSession) -> Snapshot:
+        assert self.server is not None
+        health = await self.health(session)
+        process = self.server.process()
+        port = self.server.port
+        callers = sum(
+            1 for c in process.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        )
+        return Snapshot(
+            in_flight=health["chat"]["in_flight"],
+            tasks=health.get("asyncio_tasks", -1),
+            rss=process.memory_info().rss,
+            fds=process.num_fds(),
+            callers=callers,
+        )
+
+    async def monitor(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Ping /healthz every 250 ms: a stuck worker shows up as a slow or failed answer."""
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self.health(session)
+                except (aiohttp.ClientError, TimeoutError, OSError):
+                    report.health_failures += 1
+                report.health_checks += 1
+                report.health_slowest = max(report.health_slowest, time.monotonic() - started)
+                await asyncio.sleep(0.25)
+
+    async def flap_iss(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Break and heal the ISS sources at random while the storm runs."""
+        modes = ("500", "hang", "drop", "malformed", "ok", "ok")
+        while not stop.is_set():
+            source, mode = self.rng.choice(SOURCES), self.rng.choice(modes)
+            self.iss.fail(source, mode)
+            report.iss_switches[mode] += 1
+            await asyncio.sleep(self.cfg.iss_flap_every)
+        self.iss.fail_all("ok")
+
+    def tick(self, *_: object) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+
+    async def traffic(self, report: SoakReport, requests: int, examples: int, seed: int, deadline: float) -> None:
+        """The storm, the ISS flapping, the corpus and drips, and hypothesis, all at once."""
+        cfg = self.cfg
+        assert self.server is not None
+        port = self.server.port
+        items = storm.plan(requests, cfg.abandon_share, cfg.abandon_window, cfg.fault_share, seed)
+        stop = asyncio.Event()
+        stop_thread = threading.Event()
+        background = [asyncio.create_task(self.monitor(report, stop)), asyncio.create_task(self.flap_iss(report, stop))]
+        hostile = badinput.corpus() + badinput.drips(cfg.drip_callers, cfg.drip_pause)
+        thread = asyncio.create_task(asyncio.to_thread(
+            badinput.run_hypothesis, port, examples, seed, 10.0, stop_thread, report.bad, self.tick,
+        ))
+        try:
+            storm_task = asyncio.create_task(storm.run_storm(
+                self.base + "/v1/chat/completions", items, cfg.concurrency, cfg.request_timeout, deadline, self.tick))
+            await badinput.run_corpus(port, hostile, 15.0, report.bad, on_done=self.tick)
+            report.storm = await storm_task
+            try:
+                await asyncio.wait_for(asyncio.shield(thread), max(1.0, deadline - time.monotonic()))
+            except TimeoutError:
+                stop_thread.set()
+                await thread
+        finally:
+            stop_thread.set()
+            stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
+        self.iss.fail_all("ok")
+
+    async def refill_ring(self) -> None:
+        """Small quick requests through the console's ring buffer (the last 100 requests, kept by
+        design), so the memory compared is not held by one multi-megabyte corpus request."""
+        items = [storm.Planned(i, 3, 0.0, 0.0, None, None) for i in range(120)]
+        await storm.run_storm(self.base + "/v1/chat/completions", items, 10, self.cfg.request_timeout,
+                              time.monotonic() + 30.0)
+
+    async def settle(self, session: aiohttp.ClientSession, before: Snapshot) -> Snapshot:
+        """Wait (at most 20 s) for the server to let go of everything the traffic made it hold."""
+        await self.upstream.wait_streams_closed(10.0)
+        await self.refill_ring()
+        deadline = time.monotonic() + 20.0
+        after = await self.snapshot(session)
+        while time.monotonic() < deadline:
+            if (after.in_flight == 0 and after.tasks <= before.tasks and after.callers <= before.callers
+                    and after.rss <= before.rss * (1 + self.cfg.memory_tolerance)):
+                break
+            await asyncio.sleep(0.5)
+            after = await self.snapshot(session)
+        return after
+
+    def check_leaks(self, before: Snapshot, after: Snapshot) -> None:
+        leaks = self.report.leaks
+        self.report.upstream_open = self.upstream.open_streams
+        self.report.upstream_aborted = self.upstream.aborted_streams
+        if self.upstream.open_streams:
+            leaks.append(f"{self.upstream.open_streams} upstream stream(s) still open")
+        if after.in_flight:
+            leaks.append(f"{after.in_flight} chat request(s) still in flight")
+        if after.tasks > before.tasks:
+            leaks.append(f"asyncio tasks {before.tasks} -> {after.tasks}")
+        if after.callers > before.callers:  # the snapshot's own /healthz connection is one of them
+            leaks.append(f"caller connections {before.callers} -> {after.callers}")
+        if after.rss > before.rss * (1 + self.cfg.memory_tolerance):
+            leaks.append(f"RSS {before.rss / 2**20:.1f} -> {after.rss / 2**20:.1f} MB "
+                         f"(over {self.cfg.memory_tolerance:.0%})")
+
+    async def run(self) -> SoakReport:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        deadline = t0 + cfg.max_seconds
+        await self.start()
+        assert self.server is not None
+        async with aiohttp.ClientSession() as session:
+            # Warm-up: a pass of the same traffic, so the baseline already has the server's pools and
+            # the allocator's high-water mark; a leak then shows as growth over the measured pass.
+            warm = SoakReport()
+            await self.traffic(warm, max(150, int(cfg.requests * cfg.warmup_share)),
+                               max(20, int(cfg.hypothesis_examples * cfg.warmup_share)), cfg.seed + 1, deadline)
+            self.report.warmup_problems = warm.problems()
+            await self.upstream.wait_streams_closed(10.0)
+            await self.refill_ring()
+            await asyncio.sleep(1.0)
+            before = await self.snapshot(session)
+            total = cfg.requests + cfg.hypothesis_examples + len(badinput.corpus()) + 4 * cfg.drip_callers
+            with tqdm(total=total, unit="req", disable=not cfg.progress, file=sys.stderr, mininterval=0.5) as bar:
+                self.progress = bar
+                await self.traffic(self.report, cfg.requests, cfg.hypothesis_examples, cfg.seed, deadline - 30.0)
+            self.progress = None
+            after = await self.settle(session, before)
+        self.report.before, self.report.after = before, after
+        self.check_leaks(before, after)
+        assert self.server is not None
+        self.report.server_exit = await asyncio.to_thread(self.kids.stop, self.server, 15.0)
+        self.report.seconds = time.monotonic() - t0
+        return self.report
+
+
+async def _run(cfg: SoakConfig, kids: procs.Children) -> SoakReport:
+    soak = Soak(cfg, kids)
+    try:
+        return await soak.run()
+    finally:
+        await soak.close()
+
+
+def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> SoakReport:
+    """Run one soak to the end (or its time limit) and return what it saw; children always stopped."""
+    procs.raise_nofile(8192)
+    # The fake upstream (here, in aiohttp) logs a traceback each time the server abandons a request
+    # before its headers are out: that is the abandonment working, not a failure.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
+    with procs.Children(log_dir or Path(tempfile.mkdtemp(prefix="iss-llm-soak-"))) as kids:
+        return asyncio.run(_run(cfg, kids))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="soak: storm, faults, flapping ISS sources, bad input")
+    parser.add_argument("--quick", action="store_true", help="600 requests, 40 generated bad inputs")
+    parser.add_argument("--requests", type=int, help="storm size (default 2000)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight at once (default 100)")
+    parser.add_argument("--examples", type=int, help="hypothesis-generated bad inputs (default 300)")
+    parser.add_argument("--seed", type=int, help="seed for the plan and hypothesis (default 5)")
+    parser.add_argument("--max-seconds", type=float, help="hard time limit (default 240)")
+    args = parser.parse_args(argv)
+    cfg = SoakConfig.quick() if args.quick else SoakConfig()
+    for name, attr in (("requests", "requests"), ("concurrency", "concurrency"), ("examples", "hypothesis_examples"),
+                       ("seed", "seed"), ("max_seconds", "max_seconds")):
+        if getattr(args, name) is not None:
+            setattr(cfg, attr, getattr(args, name))
+    with procs.sigterm_as_interrupt():
+        try:
+            report = run_soak(cfg)
+        except KeyboardInterrupt:
+            print("\ninterrupted: the server and the fakes are stopped", file=sys.stderr)
+            return 130
+    print(report.text())
+    return 0 if not report.problems() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
