@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 _FORWARDED = ("Content-Type", "Authorization")
+_SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 def make_relay(upstream: str) -> web.Application:
@@ -24,17 +25,17 @@ def make_relay(upstream: str) -> web.Application:
     upstream = upstream.rstrip("/")
 
     async def open_session(app: web.Application) -> None:
-        app["session"] = aiohttp.ClientSession(
+        app[_SESSION] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None, sock_read=60)
         )
 
     async def close_session(app: web.Application) -> None:
-        await app["session"].close()
+        await app[_SESSION].close()
 
     async def relay(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         headers = {name: request.headers[name] for name in _FORWARDED if name in request.headers}
-        async with app["session"].post(upstream + request.path, data=body, headers=headers) as answer:
+        async with app[_SESSION].post(upstream + request.path, data=body, headers=headers) as answer:
             response = web.StreamResponse(status=answer.status)
             response.content_type = answer.content_type
             await response.prepare(request)

@@ -1,0 +1,191 @@
+"""The benchmark's parts behave: the floor relay copies bytes, the load generator counts right,
+the targets are judged as stated, the report and chart are written, children are always stopped.
+Figures come from `python -m bench.run`, never from a test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import orjson
+import psutil
+import pytest
+from aiohttp import web
+
+from bench import badinput, procs, storm
+from bench.figures import targets, with_added
+from bench.loadgen import chat_body, run_batch, stream_once
+from bench.relay import make_relay
+from bench.report import chart, markdown
+from bench.stats import percentile
+from tests.fakes.openai_upstream import FakeUpstream
+
+# An SSE answer cut at awkward places: inside "data: ", inside a payload, between events.
+PIECES = [b"da", b"ta: {\"a\":1}\n", b"\ndata: {\"b\"", b":2}\n\ndata:", b" [DONE]\n\n"]
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+
+def _pieces_app() -> web.Application:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in PIECES:
+            await response.write(piece)
+            await asyncio.sleep(0.01)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    return app
+
+
+async def test_relay_forwards_the_bytes_unchanged_and_the_load_generator_counts_them():
+    origin, origin_url = await _serve(_pieces_app())
+    relay, relay_url = await _serve(make_relay(origin_url))
+    try:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(relay_url + "/v1/chat/completions", data=b"{}") as response:
+                assert response.headers["Content-Type"].startswith("text/event-stream")
+                assert await response.read() == b"".join(PIECES)
+            sample = await stream_once(session, relay_url + "/v1/chat/completions", b"{}", 5.0)
+        assert sample.ok and sample.done and sample.chunks == 2
+        assert sample.ttft is not None and 0 < sample.ttft <= sample.total
+    finally:
+        await relay.cleanup()
+        await origin.cleanup()
+
+
+async def test_relay_stops_the_upstream_stream_when_the_caller_leaves():
+    upstream = await FakeUpstream(tokens=500, gap=0.02).start()
+    relay, relay_url = await _serve(make_relay(f"http://127.0.0.1:{upstream.port}"))
+    try:
+        batch = await run_batch(relay_url + "/v1/chat/completions", chat_body(500, 0.02, 0.0), 3, 3,
+                                time_budget=5.0, request_timeout=0.3)
+        assert [s.error for s in batch.samples] == ["timeout"] * 3  # the callers gave up mid-stream
+        assert await upstream.wait_streams_closed(2.0)
+        assert upstream.aborted_streams == 3
+    finally:
+        await relay.cleanup()
+        await upstream.close()
+
+
+async def test_load_generator_reports_failures_instead_of_raising():
+    batch = await run_batch(f"http://127.0.0.1:{procs.free_port()}/v1/chat/completions", b"{}", 2, 4,
+                            time_budget=5.0, request_timeout=1.0)
+    assert len(batch.samples) == 4 and batch.failed == 4 and not batch.ok
+
+
+def test_percentile_interpolates():
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(range(101)), 99) == 99
+
+
+def _row(path: str, c: int, ttft: float, cps: float | None = None, cpu: float | None = None) -> dict:
+    return {"path": path, "concurrency": c, "requests": 10, "failed": 0, "errors": {},
+            "ttft_p50": ttft, "ttft_p95": ttft, "ttft_p99": ttft * 2, "total_p50": ttft * 3, "total_p99": ttft * 4,
+            "chunks_per_s": cps, "cpu_ms_per_request": cpu, "upstream_cpu_ms_per_request": 1.0}
+
+
+def _result(server_ttft: float, server_cps: float, kb: float) -> dict:
+    rows = with_added([
+        _row("direct", 1, 20.0, 1000.0), _row("relay", 1, 21.0, 900.0, 1.0), _row("server", 1, server_ttft, 800.0, 1.5),
+        _row("direct", 200, 50.0, 30000.0), _row("relay", 200, 60.0, 25000.0, 1.0),
+        _row("server", 200, 70.0, server_cps, 1.9),
+    ])
+    held = {"rss_before": 2**20, "rss_open": 2**21, "opened": 1000, "peak_rss": 2**22}
+    memory = {"relay": {**held, "kb_per_stream": 20.0}, "server": {**held, "kb_per_stream": kb}}
+    return {"rows": rows, "memory": memory}
+
+
+def test_targets_are_judged_against_the_relay_in_the_same_run():
+    good = _result(server_ttft=21.5, server_cps=24000.0, kb=40.0)
+    met = {t.name: t.met for t in targets(good["rows"], good["memory"], 1000)}
+    assert all(met.values()), met
+    bad = _result(server_ttft=25.0, server_cps=10000.0, kb=80.0)
+    met = {t.name: t.met for t in targets(bad["rows"], bad["memory"], 1000)}
+    assert met["added TTFT p50, c=1"] is False  # 5 ms added vs the relay's 1 ms
+    assert met["chunks/s, 200 streams, gap 0"] is False  # 40% of the relay's
+    assert met["1000 open streams in the server"] is False
+    assert met["CPU per request, c=200"] is True  # 1.9 vs 1.0: within 2x
+    assert met["added TTFT p99, c=200"] is True  # 40 ms vs the relay's 20 ms
+
+
+def test_report_and_chart_are_written(tmp_path):
+    result = _result(server_ttft=22.0, server_cps=20000.0, kb=45.0)
+    result.update(
+        started="now", elapsed_s=1.0, command="python -m bench.run", skipped=[],
+        machine={"cpus": 2, "cpu_model": "test CPU", "python": "3.11", "platform": "Linux"},
+        config={"concurrency": [1, 200], "tokens": 20, "gap": 0.002, "first_token_delay": 0.02, "tp_tokens": 100,
+                "rounds": 3, "hold": 1000},
+        targets=[t.__dict__ for t in targets(result["rows"], result["memory"], 1000)],
+    )
+    text = markdown(result)
+    assert "| 200 | server |" in text and "## Targets" in text and "test CPU" in text
+    png = chart(result, tmp_path / "chart.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_soak_classifies_answers():
+    done = b'data: {"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    assert storm.classify(200, done, "text/event-stream").kind == "completed"
+    assert storm.classify(200, done[:-14], "text/event-stream").detail == "no_done"
+    error = b'{"error":{"message":"m","type":"t","param":null,"code":"upstream_dropped"}}'
+    error_event = b"data: " + error + b"\n\ndata: [DONE]\n\n"
+    assert storm.classify(200, error_event, "text/event-stream").detail == "upstream_dropped"
+    error_body = orjson.dumps({"error": {"message": "m", "type": "t", "param": None, "code": "upstream_timeout"}})
+    assert storm.classify(504, error_body, "application/json").kind == "error"
+    assert storm.classify(500, error_body, "application/json").kind == "lost"
+    assert storm.classify(502, b"<html>", "text/html").kind == "lost"
+
+
+def test_bad_input_answers_are_judged():
+    error = orjson.dumps({"error": {"message": "m", "type": "t", "param": None, "code": None}})
+    assert badinput.judge(400, error, closed=True) == "4xx_json"
+    assert badinput.judge(400, b"", closed=True) == "closed"  # tornado's bare 400 for garbage HTTP
+    assert badinput.judge(404, b"not json", closed=True) == "4xx_not_json"
+    assert badinput.judge(500, error, closed=True) == "5xx"
+    assert badinput.judge(None, b"", closed=True) == "closed"
+    chunked = b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    assert badinput._split(chunked) == (400, b"abcde")
+
+
+def test_children_are_stopped_when_the_block_fails(tmp_path):
+    script = "import time; print('up on http://127.0.0.1:1234', flush=True); time.sleep(60)"
+    with pytest.raises(RuntimeError, match="boom"), procs.Children(tmp_path) as kids:
+        child = kids.start("sleeper", [sys.executable, "-c", script])
+        assert child.port == 1234 and child.alive()
+        raise RuntimeError("boom")
+    assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
+    """One tiny run of the real command: three processes, every path, the outputs and their paths."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--concurrency", "1,4", "--rounds", "1", "--scale", "0.2",
+         "--hold", "20", "--max-seconds", "60", "--out", str(tmp_path)],
+        cwd=procs.ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"table: {tmp_path}" in out.stdout and f"chart: {tmp_path}" in out.stdout
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert {(r["path"], r["concurrency"]) for r in data["rows"]} == {
+        (p, c) for p in ("direct", "relay", "server") for c in (1, 4)
+    }
+    assert all(r["failed"] == 0 for r in data["rows"]), data["rows"]
+    assert data["memory"]["server"]["opened"] == 20
+    assert (tmp_path / "latest.png").stat().st_size > 10_000
+    assert "## Targets" in (tmp_path / "latest.md").read_text()
