@@ -1,8 +1,9 @@
 """The upstream LLM through the official openai package: one shared AsyncOpenAI client.
 
-The stream is read as raw SSE bytes (`with_streaming_response`) and each data payload is handed
-on unparsed: the caller gets the upstream's chunks byte for byte, tool calls and usage included,
-without a round trip through the client's models on every token.
+The request goes out through the client's own `post()` (its auth, base URL, timeouts, retries and
+error types) with the caller's JSON serialized once; the answer is read as raw SSE bytes and each
+data payload is handed on unparsed: the caller gets the upstream's chunks byte for byte, tool calls
+and usage included, without a round trip through the client's models on every token.
 """
 
 from __future__ import annotations
