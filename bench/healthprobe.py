@@ -1,0 +1,62 @@
+"""Polls GET /healthz from its own process (so the soak's busy process cannot slow the figures down).
+
+    python -m bench.healthprobe http://127.0.0.1:PORT --every 0.25 --seconds 120
+
+Stops on SIGTERM or after --seconds, then prints one JSON line: checks, failures, slowest (s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import signal
+import sys
+import time
+from urllib.parse import urlsplit
+
+
+def probe(url: str, every: float, seconds: float) -> dict[str, float]:
+    """Ping /healthz every `every` seconds for at most `seconds`, or until SIGTERM."""
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    parts = urlsplit(url)
+    checks = failures = 0
+    slowest = 0.0
+    deadline = time.monotonic() + seconds
+    while not stop and time.monotonic() < deadline:
+        started = time.monotonic()
+        connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=10)
+        try:
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                failures += 1
+        except (OSError, http.client.HTTPException):
+            failures += 1
+        finally:
+            connection.close()
+        checks += 1
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(max(0.0, every - (time.monotonic() - started)))
+    return {"checks": checks, "failures": failures, "slowest": round(slowest, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("--every", type=float, default=0.25)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    args = parser.parse_args()
+    print(json.dumps(probe(args.url, args.every, args.seconds)), flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
