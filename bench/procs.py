@@ -35,8 +35,8 @@ def raise_nofile(wanted: int = 16384) -> int:
     return soft
 
 
-def _die_with_parent() -> None:
-    # Linux: the child gets SIGTERM if the bench process dies, even by SIGKILL.
+def die_with_parent() -> None:
+    """In a child, before exec (Linux): SIGTERM when the bench process dies, even by SIGKILL."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -106,7 +106,7 @@ class Children:
                 stderr=subprocess.STDOUT,
                 # Its own session: a Ctrl-C in the terminal reaches only us; we stop it in order.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         child = Child(name, popen, log_path)
         self.children.append(child)
@@ -152,6 +152,13 @@ class Children:
                     child.popen.kill()
                 child.popen.wait(5)
         return child.popen.returncode
+
+    def terminate_now(self) -> None:
+        """SIGTERM to every child still running, without waiting (safe in a signal handler)."""
+        for child in self.children:
+            if child.popen.returncode is None:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    child.popen.send_signal(signal.SIGTERM)
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
@@ -216,14 +223,20 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C so `finally` blocks (and child cleanup) run."""
+def stop_on_signals(kids: Children) -> Iterator[None]:
+    """On SIGINT (Ctrl-C) or SIGTERM: signal every child to stop at once, then interrupt the run.
+
+    Our own handler rather than asyncio's: asyncio turns Ctrl-C into a task cancellation, which
+    code in the middle of a wait can swallow; a KeyboardInterrupt cannot be.
+    """
 
     def interrupt(signum: int, frame: object) -> None:
+        kids.terminate_now()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

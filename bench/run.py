@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started, t0 = datetime.now(UTC), time.monotonic()
     command = "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv)
-    with procs.sigterm_as_interrupt(), procs.Children() as kids:
+    with procs.Children() as kids, procs.stop_on_signals(kids):
         try:
             progress = tqdm(total=0, unit="req", dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
             with progress:

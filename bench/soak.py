@@ -211,6 +211,7 @@ class Soak:
         probe = await asyncio.create_subprocess_exec(
             procs.PYTHON, "-m", "bench.healthprobe", self.base, "--seconds", str(self.cfg.max_seconds),
             cwd=procs.ROOT, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            preexec_fn=procs.die_with_parent,
         )
         try:
             await stop.wait()
@@ -342,14 +343,17 @@ async def _run(cfg: SoakConfig, kids: procs.Children) -> SoakReport:
         await soak.close()
 
 
-def run_soak(cfg: SoakConfig, log_dir: Path | None = None) -> SoakReport:
+def run_soak(cfg: SoakConfig, log_dir: Path | None = None, handle_signals: bool = False) -> SoakReport:
     """Run one soak to the end (or its time limit) and return what it saw; children always stopped."""
     procs.raise_nofile(8192)
     # The fake upstream (here, in aiohttp) logs a traceback each time the server abandons a request
     # before its headers are out: that is the abandonment working, not a failure.
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
     with procs.Children(log_dir or Path(tempfile.mkdtemp(prefix="iss-llm-soak-"))) as kids:
-        return asyncio.run(_run(cfg, kids))
+        if not handle_signals:
+            return asyncio.run(_run(cfg, kids))
+        with procs.stop_on_signals(kids):
+            return asyncio.run(_run(cfg, kids))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,12 +370,11 @@ def main(argv: list[str] | None = None) -> int:
                        ("seed", "seed"), ("max_seconds", "max_seconds")):
         if getattr(args, name) is not None:
             setattr(cfg, attr, getattr(args, name))
-    with procs.sigterm_as_interrupt():
-        try:
-            report = run_soak(cfg)
-        except KeyboardInterrupt:
-            print("\ninterrupted: the server and the fakes are stopped", file=sys.stderr)
-            return 130
+    try:
+        report = run_soak(cfg, handle_signals=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the server and the fakes are stopped", file=sys.stderr)
+        return 130
     print(report.text())
     return 0 if not report.problems() else 1
 
