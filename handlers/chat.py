@@ -114,7 +114,9 @@ class ChatHandler(ApiHandler):
             path=self.request.path,
         )
         model = self.config.llm_model or request.model or self.config.default_model
-        log.info(
+        # The outcome line (done, cancelled, error) carries the conversation id at INFO; this one is
+        # for following a request step by step.
+        log.debug(
             "request %s conversation=%s model=%s stream=%s messages=%d",
             self.request_id, exchange.conversation_id, model, request.stream, len(request.messages),
         )
