@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from services.iss.accuracy import ROUGH_AFTER_DAYS, age_words, elements_error_km, round_km
 from services.iss.anchor import Anchor
 from services.iss.geography import Place
-from services.iss.orbit import bearing_deg, ground_distance_km, ground_in_daylight, propagate
+from services.iss.orbit import OrbitPoint, bearing_deg, ground_distance_km, ground_in_daylight, propagate
 from services.iss.sources import Fix
 from services.iss.state import IssState
 from services.iss.tle import Elements
@@ -85,21 +85,7 @@ def anchored_state(when: datetime, anchor: Anchor, located: Located | None) -> I
     rough = error > ROUGH_KM
     if rough:
         text += "; a rough estimate, because the orbit model no longer lines up well with the fix"
-    return IssState(
-        latitude=point.latitude,
-        longitude=point.longitude,
-        at=when,
-        measured_at=fix.measured_at,
-        source=fix.source,
-        accuracy=text,
-        altitude_km=point.altitude_km,
-        speed_kmh=point.speed_kmh,
-        sunlit=point.sunlit,
-        ground_daylight=ground_in_daylight(point.latitude, point.longitude, when),
-        rough=rough,
-        accuracy_km=round(error, 1),
-        **_place_fields(point.latitude, point.longitude, located),  # type: ignore[arg-type]
-    )
+    return _state(point, when, fix.measured_at, fix.source, text, rough, error, located)
 
 
 def elements_state(when: datetime, elements: Elements, located: Located | None) -> IssState:
@@ -118,19 +104,27 @@ def elements_state(when: datetime, elements: Elements, located: Located | None) 
         )
     else:
         text += f"within about {round_km(error)}"
+    return _state(point, when, elements.epoch, source, text, rough, error, located)
+
+
+def _state(
+    point: OrbitPoint, when: datetime, measured_at: datetime, source: str, accuracy: str, rough: bool,
+    error_km: float, located: Located | None,
+) -> IssState:
+    """A propagated point as the IssState the chat path, /iss and the console read."""
     return IssState(
         latitude=point.latitude,
         longitude=point.longitude,
         at=when,
-        measured_at=elements.epoch,
+        measured_at=measured_at,
         source=source,
-        accuracy=text,
+        accuracy=accuracy,
         altitude_km=point.altitude_km,
         speed_kmh=point.speed_kmh,
         sunlit=point.sunlit,
         ground_daylight=ground_in_daylight(point.latitude, point.longitude, when),
         rough=rough,
-        accuracy_km=round(error, 1),
+        accuracy_km=round(error_km, 1),
         **_place_fields(point.latitude, point.longitude, located),  # type: ignore[arg-type]
     )
 
