@@ -276,6 +276,18 @@ def _send_blocking(port: int, case: dict[str, Any], timeout: float) -> str:
         connection.close()
 
 
+def warm_hypothesis() -> None:
+    """Build hypothesis's one-off Unicode table now: on a fresh checkout that takes about 3 s of
+    CPU holding the GIL, which, mid-storm, starves the fakes in this process past the timeouts."""
+    import warnings
+
+    from hypothesis import strategies as st
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        st.text().example()
+
+
 def run_hypothesis(port: int, examples: int, seed: int, timeout: float, stop: threading.Event, probe: Probe,
                    on_done: Callable[[], None] | None = None) -> None:
     """`examples` generated requests, one at a time (blocking; run it in a thread)."""

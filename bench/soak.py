@@ -160,6 +160,7 @@ class Soak:
         return self.server.url
 
     async def start(self) -> None:
+        badinput.warm_hypothesis()  # before any fake has to answer
         await self.upstream.start()
         await self.iss.start()
         port = procs.free_port()
