@@ -60,7 +60,52 @@ def encode(frame: dict[str, Any]) -> str:
     try:
         return orjson.dumps(frame, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:
+        pass
+    try:
         return json.dumps(frame, default=str)
+    except (RecursionError, ValueError, TypeError):
+        # Never let one odd event take every console down: say what was lost instead.
+        return json.dumps({"type": frame.get("type"), "id": frame.get("id"), "unencodable": True})
+
+
+# What the console keeps of one request's messages and parameters: enough to read and replay an
+# ordinary request, bounded so a megabyte prompt or a deeply nested body cannot make every replay
+# (and the event loop that encodes it) heavy.
+MAX_DEPTH = 16
+MAX_STRING = 16 * 1024
+MAX_ITEMS = 256
+MAX_REQUEST_CHARS = 64 * 1024
+
+
+def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
+    """A copy cut to MAX_DEPTH levels, MAX_ITEMS items, MAX_STRING characters a string and
+    MAX_REQUEST_CHARS in all, each cut marked; keys that look like credentials are redacted."""
+    budget = [MAX_REQUEST_CHARS] if budget is None else budget
+    if depth > MAX_DEPTH:
+        return "[nested too deep]"
+    if isinstance(value, str):
+        room = max(0, min(MAX_STRING, budget[0]))
+        budget[0] -= min(len(value), room)
+        if len(value) <= room:
+            return value
+        return value[:room] + f"… [{len(value) - room} more characters not kept]"
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for index, (key, item) in enumerate(value.items()):
+            if index >= MAX_ITEMS:
+                out["…"] = f"[{len(value) - MAX_ITEMS} more keys not kept]"
+                break
+            secret = isinstance(key, str) and _SECRET_KEY.search(key) and item
+            out[key] = REDACTED if secret else bounded(item, budget, depth + 1)
+        return out
+    if isinstance(value, list):
+        kept = [bounded(item, budget, depth + 1) for item in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            kept.append(f"[{len(value) - MAX_ITEMS} more items not kept]")
+        return kept
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
+        return str(value)
+    return value
 
 
 def redact(value: Any) -> Any:
@@ -92,7 +137,7 @@ def _strip_userinfo(url: str) -> str:
 class RequestLog:
     """The last `capacity` requests, each aggregated from its events (including text so far)."""
 
-    def __init__(self, capacity: int, max_text_chars: int = 256 * 1024) -> None:
+    def __init__(self, capacity: int, max_text_chars: int = 64 * 1024) -> None:
         self.capacity = max(1, capacity)
         self.max_text_chars = max_text_chars
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -307,7 +352,8 @@ class EventHub:
             if event.get("type") == "request":
                 event = {
                     **event,
-                    "params": redact(event.get("params")),
+                    "messages": bounded(event.get("messages")),
+                    "params": redact(bounded(event.get("params"))),
                     "upstream": redact(event.get("upstream")),
                 }
                 event.pop("headers", None)

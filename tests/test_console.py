@@ -319,6 +319,26 @@ async def test_replay_on_connect_aggregates_the_buffered_requests(http_server, b
     ws.close()
 
 
+async def test_odd_requests_are_kept_bounded_and_never_lock_the_console_out(http_server, base_url, app):
+    # 1,000 levels: orjson reads up to 1,024, but neither it nor json can encode that back.
+    deep = b'{"messages": [{"role": "user", "content": "hi", "x": ' + b"[" * 1000 + b"0" + b"]" * 1000 + b"}]}"
+    huge = orjson.dumps({"messages": [{"role": "user", "content": "x" * 900_000}], "stream": True})
+    # Too deep to forward upstream (a 400), but it reached the console's buffer first.
+    assert (await post_json(base_url, None, raw=deep)).code == 400
+    assert (await post_json(base_url, None, raw=huge)).code == 200
+    await until(lambda: app.services.inflight.count == 0, 5)
+
+    ws = await connect(base_url, await console_cookie(base_url))
+    hello = await read_frame(ws)
+    assert hello["type"] == "hello"  # the deep request did not make the replay unencodable
+    deep_record, huge_record = hello["requests"][-2:]
+    assert "[nested too deep]" in orjson.dumps(deep_record["messages"]).decode()
+    kept = huge_record["messages"][0]["content"]
+    assert kept.startswith("xxx") and "more characters not kept" in kept and len(kept) < 20_000
+    assert len(orjson.dumps(hello)) < 500_000
+    ws.close()
+
+
 @pytest.mark.parametrize("overrides", [{"console_buffer": 3}])
 async def test_replay_is_bounded_by_the_buffer_and_includes_text_streamed_so_far(http_server, base_url, app):
     for i in range(5):
