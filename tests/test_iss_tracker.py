@@ -207,6 +207,18 @@ async def test_nothing_known_returns_none(io_loop, tmp_path):
             await tracker.close()
 
 
+async def test_a_live_fix_alone_says_nothing_about_another_moment(io_loop, tmp_path):
+    async with FakeIssSources() as fakes:
+        settings = tracker_settings(fakes, tmp_path, iss_sources=("open-notify",), bundled_tle=None)
+        tracker = IssTracker(settings)
+        try:
+            now = await tracker.current()
+            assert now is not None and now.source == "open-notify"
+            assert tracker.state_at(datetime.now(UTC) + timedelta(hours=23)) is None
+        finally:
+            await tracker.close()
+
+
 async def test_close_cancels_the_background_loops(io_loop, tmp_path):
     async with FakeIssSources() as fakes:
         tracker = IssTracker(tracker_settings(fakes, tmp_path))

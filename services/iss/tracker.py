@@ -112,6 +112,8 @@ class IssTracker:
         try:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
+            if self._elements() is None:
+                return None  # a live fix alone says where the station was, not where it is at `when`
             return self._state(when, lookup=True)
         except Exception as exc:
             log.warning("ISS state at a time unavailable: %s", describe_error(exc))
