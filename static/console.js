@@ -406,9 +406,28 @@
     return !(model.clearedAt && rec.t && rec.t <= model.clearedAt);
   }
 
+  // The page keeps about twice the server's buffer, so a console left open for days stays light.
+  const KEEP = 2 * (Number(body.dataset.buffer) || 100);
+  const MAX_TEXT = 64 * 1024; // the server keeps no more of one answer either
+
+  function forgetOldest() {
+    while (model.requests.size > KEEP) {
+      const [id, old] = model.requests.entries().next().value;
+      model.requests.delete(id);
+      const turn = old.turn;
+      if (old.ui) old.ui.card.remove();
+      if (!turn) continue;
+      turn.recs = turn.recs.filter((r) => r !== old);
+      if (turn.recs.length) updateTurnHead(turn);
+      else turn.el.remove();
+      old.turn = null;
+    }
+  }
+
   function addRecord(rec) {
     if (!rec || !rec.id || model.requests.has(rec.id)) return;
     model.requests.set(rec.id, rec);
+    forgetOldest();
     if (rec.iss && rec.iss.state) map.observe(rec.iss.state);
     if (!visible(rec) || !Array.isArray(rec.messages)) return;
     placeRequest(rec);
@@ -434,11 +453,16 @@
         renderIss(target);
         break;
       }
-      case "tokens":
+      case "tokens": {
         if (!rec) return;
-        rec.text = (rec.text || "") + (event.text || "");
-        if (rec.ui) rec.ui.out.appendChild(document.createTextNode(event.text || ""));
+        const have = (rec.text || "").length;
+        const piece = (event.text || "").slice(0, Math.max(0, MAX_TEXT - have));
+        if (piece.length < (event.text || "").length) rec.text_truncated = true;
+        if (!piece) return;
+        rec.text = (rec.text || "") + piece;
+        if (rec.ui) rec.ui.out.appendChild(document.createTextNode(piece));
         break;
+      }
       case "done":
       case "cancelled":
       case "error":

@@ -234,3 +234,19 @@ async def test_pause_clear_and_copy_as_curl(http_server, base_url, app):
         await page.click("#notice-action")
         await page.locator('.conv[data-key="c:conv-pause"] .req').first.wait_for()
         assert not page.problems, page.problems
+
+
+@pytest.mark.parametrize("overrides", [{"console_buffer": 3}])
+async def test_a_long_open_page_keeps_only_recent_requests(overrides, http_server, base_url, app):
+    async with console_page(base_url) as page:
+        for index in range(10):
+            await post_json(base_url, {"messages": [{"role": "user", "content": f"question {index}"}]},
+                            headers={"conversation-id": "conv-many"})
+        # The newest request is on the page; the page holds twice the server's buffer, no more.
+        await page.wait_for_function(
+            """() => Array.from(document.querySelectorAll('.req')).some(c => c.textContent.includes('question 9'))"""
+        )
+        cards = await page.locator(".req").count()
+        assert cards == 6, cards
+        assert await page.locator(".req", has_text="question 0").count() == 0
+        assert not page.problems, page.problems
