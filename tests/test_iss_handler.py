@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import quote
 
 import orjson
@@ -41,6 +41,16 @@ async def test_iss_at_gives_the_propagated_state_then(base_url, open_notify):
     assert abs(datetime.fromisoformat(body["at"]) - when) < timedelta(milliseconds=1)
     lat, lon = open_notify.truth_at(when)
     assert ground_distance_km(lat, lon, body["latitude"], body["longitude"]) < 50
+
+
+async def test_iss_at_reads_offsets_and_takes_a_bare_time_as_utc(base_url):
+    when = (datetime.now(UTC) + timedelta(minutes=10)).replace(microsecond=0)
+    india = when.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    bare = when.replace(tzinfo=None).isoformat()
+    zulu = when.isoformat().replace("+00:00", "Z")
+    bodies = [orjson.loads((await _get(base_url, "/iss?at=" + quote(text))).body) for text in (zulu, india, bare)]
+    assert {body["at"] for body in bodies} == {zulu}
+    assert len({(body["latitude"], body["longitude"]) for body in bodies}) == 1
 
 
 async def test_iss_track_lists_ground_track_points(base_url):
