@@ -41,7 +41,10 @@ async def _chat_burst(base_url: str, label: str, requests: int = REQUESTS) -> li
     body = {
         "model": "m",
         "stream": True,
-        "messages": [{"role": "system", "content": BIG_PROMPT}, {"role": "user", "content": "Where is it?"}],
+        # Several system messages (persona, rules, perception), so each request still puts about
+        # 64 KB on the console's feed after it cuts every string to 16 KB.
+        "messages": [{"role": "system", "content": BIG_PROMPT[i:i + 16_000]} for i in range(0, 80_000, 16_000)]
+        + [{"role": "user", "content": "Where is it?"}],
         "x_fake": {"tokens": 20, "gap": 0.001},
     }
     payload = orjson.dumps(body)
