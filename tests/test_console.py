@@ -14,7 +14,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.conftest import UPSTREAM_KEY, post_json
+from tests.conftest import UPSTREAM_KEY, open_stream, post_json
 
 TOKEN = "test-console-token"
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
@@ -249,17 +249,10 @@ async def test_streamed_request_reaches_the_console_with_iss_block_tokens_and_ti
 
 async def test_cancelled_request_says_when(http_server, base_url, app, upstream):
     feed = await open_feed(base_url)
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    payload = orjson.dumps({"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.02}})
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        b"conversation-id: conv-cancel\r\n" + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+    _reader, writer, seen = await open_stream(
+        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.02}},
+        headers={"conversation-id": "conv-cancel"}, events=3,
     )
-    await writer.drain()
-    seen = b""
-    while seen.count(b"data: ") < 3:
-        seen += await asyncio.wait_for(reader.read(4096), 5)
     request_id = re.search(rb"X-Request-Id: (\S+)", seen).group(1).decode()
     writer.close()
 

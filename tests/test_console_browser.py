@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import post_json
+from tests.conftest import open_stream, post_json
 from tests.fakes.openai_upstream import WORDS
 from tests.test_console import TOKEN
 
@@ -59,21 +59,6 @@ async def console_page(base_url: str) -> AsyncIterator:
             yield page
         finally:
             await browser.close()
-
-
-async def _open_stream(base_url: str, body: dict, conversation: str) -> tuple:
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    payload = orjson.dumps(body)
-    writer.write(
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        + f"conversation-id: {conversation}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
-    )
-    await writer.drain()
-    seen = b""
-    while seen.count(b"data: ") < 2:
-        seen += await asyncio.wait_for(reader.read(4096), 5)
-    return reader, writer
 
 
 def _streamed_text(body: bytes) -> str:
@@ -153,8 +138,8 @@ async def test_a_speculative_burst_reads_as_one_turn_and_survives_a_reload(http_
             return {**turn, "messages": [{"role": "user", "content": text}], "x_fake": {"tokens": tokens, "gap": 0.01}}
 
         # Each partial transcript is abandoned once the next one is under way, as Tavus does.
-        first = await _open_stream(base_url, body(partials[0]), "conv-burst")
-        second = await _open_stream(base_url, body(partials[1]), "conv-burst")
+        first = await open_stream(base_url, body(partials[0]), headers={"conversation-id": "conv-burst"}, events=2)
+        second = await open_stream(base_url, body(partials[1]), headers={"conversation-id": "conv-burst"}, events=2)
         first[1].close()
         final = asyncio.ensure_future(
             post_json(base_url, body(partials[2], tokens=8), headers={"conversation-id": "conv-burst"})
