@@ -43,8 +43,8 @@ class Exchange:
     def _emit(self, kind: str, **fields: Any) -> None:
         self.hub.publish({"type": kind, "id": self.id, "t": time.time(), **fields})
 
-    def _elapsed_ms(self, since: float | None = None) -> float:
-        return round((time.monotonic() - (self.started if since is None else since)) * 1000, 2)
+    def _elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.started) * 1000, 2)
 
     @property
     def ttft_ms(self) -> float | None:
