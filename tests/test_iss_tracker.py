@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
+import aiohttp
 import pytest
 
 from services.iss.describe import describe_state
 from services.iss.orbit import ground_distance_km
+from services.iss.sources import SourceError, open_notify
 from services.iss.tracker import IssTracker
 from tests.fakes.iss_sources import FakeIssSources, retimed_tle, tracker_settings, wait_until
 
@@ -332,3 +336,36 @@ async def test_fresh_cached_elements_spare_a_cold_caller_the_wait(io_loop, tmp_p
             assert state.source == "celestrak-tle" and not state.rough
         finally:
             await second.close()
+
+
+async def test_a_fetch_cancelled_as_its_timeout_fires_is_cancelled_and_leaves_no_error(io_loop, tmp_path):
+    # Shutting the tracker down cancels fetches in flight, some just as their own timeout fires.
+    # That once left a "Task exception was never retrieved" behind (logged whenever the garbage
+    # collector next ran: in CI, inside another module's import, which then failed), and could
+    # turn the cancellation into a timeout, so the tracker's loop went on after close().
+    asyncio_errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: asyncio_errors.append(record.getMessage())
+    logging.getLogger("asyncio").addHandler(handler)
+    cancelled = 0
+    try:
+        async with FakeIssSources() as fakes:
+            fakes.fail("open-notify", "hang")
+            source = open_notify(fakes.url("open-notify"), timeout=0.02)
+            async with aiohttp.ClientSession() as session:
+                for attempt in range(40):
+                    fetch = asyncio.ensure_future(source.fetch(session))
+                    await asyncio.sleep(0.018 + (attempt % 10) * 0.0005)
+                    if fetch.done():  # timed out first: nothing to cancel
+                        with pytest.raises(SourceError):
+                            fetch.result()
+                        continue
+                    fetch.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await fetch
+                    cancelled += 1
+        gc.collect()
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+    assert cancelled >= 10
+    assert asyncio_errors == []

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from services.futures import retrieve_outcome
 from services.iss.tle import Elements, TleError, parse_tle
 
 log = logging.getLogger("iss_llm.iss")
@@ -110,14 +111,28 @@ def describe_error(exc: BaseException) -> str:
 
 
 async def _get_text(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
-    client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
-    async with session.get(url, timeout=client_timeout, allow_redirects=True) as response:
+    """The body of one GET, the whole exchange (connect, headers, body) bounded by `timeout`."""
+    # The request runs in a task of its own: when aiohttp's timer fires just as the caller is
+    # cancelled (the tracker shutting down), aiohttp can turn that cancellation into a
+    # TimeoutError. Behind the shield the caller's cancellation always wins, and the callback
+    # retrieves whatever the abandoned request ends with.
+    request = asyncio.ensure_future(_request_text(session, url, timeout))
+    request.add_done_callback(retrieve_outcome)
+    try:
+        return await asyncio.shield(request)
+    except asyncio.CancelledError:
+        request.cancel()
+        raise
+
+
+async def _request_text(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
+    async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=True) as response:
         if response.status != 200:
             raise SourceError(f"HTTP {response.status}")
         body = await response.content.read(_MAX_BODY + 1)
-        if len(body) > _MAX_BODY:
-            raise SourceError("response too large")
-        return body.decode("utf-8", errors="replace")
+    if len(body) > _MAX_BODY:
+        raise SourceError("response too large")
+    return body.decode("utf-8", errors="replace")
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
@@ -213,7 +228,7 @@ class LiveSource:
         """One request; records health; raises on any failure (already described)."""
         self.health.attempt()
         try:
-            text = await asyncio.wait_for(_get_text(session, self.url, self.timeout), self.timeout)
+            text = await _get_text(session, self.url, self.timeout)
             fix = self._parse(text, datetime.now(UTC))
         except asyncio.CancelledError:
             self.health.failed("cancelled")
@@ -300,7 +315,7 @@ class CelestrakSource:
         self.health.attempt()
         self._last_attempt_wall = time.time()
         try:
-            text = await asyncio.wait_for(_get_text(session, self.url, self.timeout), self.timeout)
+            text = await _get_text(session, self.url, self.timeout)
             elements = parse_tle(text, "celestrak", datetime.now(UTC))
             if elements.catalog_number != 25544:
                 raise SourceError(f"elements are for catalog number {elements.catalog_number}, not 25544")
