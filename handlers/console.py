@@ -16,6 +16,7 @@ import tornado.websocket
 
 from handlers.base import log_by_path
 from services.events import EventHub, Subscription, encode
+from services.futures import retrieve_outcome
 
 log = logging.getLogger("iss_llm.console")
 
@@ -169,6 +170,9 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         try:
             for message in messages:
                 written = self.write_message(message)
+                # Only the last write is awaited; the others, or this one if the wait is cut
+                # short, fail unseen when the page goes away mid-batch.
+                written.add_done_callback(retrieve_outcome)
             await asyncio.wait_for(asyncio.shield(written), stall_timeout)
         except tornado.websocket.WebSocketClosedError:
             return False
