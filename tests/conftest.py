@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,38 @@ from tests.fakes.openai_upstream import FakeUpstream  # noqa: E402
 FIXTURES = ROOT / "tests" / "data" / "fixtures"
 
 UPSTREAM_KEY = "sk-test-upstream-secret-0123456789"
+
+
+class _AsyncioErrors(logging.Handler):
+    """Collects what asyncio logs at ERROR: an exception no task retrieved, a task destroyed pending."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(" ".join(record.getMessage().splitlines()[:2]))
+
+
+_asyncio_errors = _AsyncioErrors()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    logging.getLogger("asyncio").addHandler(_asyncio_errors)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # These surface whenever the garbage collector runs, so in whichever test comes next; a
+    # lost task error is a bug wherever it shows, and the run fails on it.
+    gc.collect()
+    if _asyncio_errors.messages:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"asyncio logged {len(_asyncio_errors.messages)} error(s) no code handled:", red=True)
+            for message in _asyncio_errors.messages[:20]:
+                reporter.write_line(f"  {message}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
