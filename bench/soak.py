@@ -34,6 +34,13 @@ from tests.fakes.openai_upstream import FakeUpstream
 
 # A /healthz answer slower than this, during the traffic, counts as a stuck worker.
 STUCK_SECONDS = 5.0
+# asyncio's words for an error no code handled, and a traceback the server should never log.
+_LOST_IN_LOG = (
+    "Task exception was never retrieved",
+    "Task was destroyed but it is pending",
+    "Future exception was never retrieved",
+    "Traceback (most recent call last)",
+)
 
 
 @dataclass
@@ -305,6 +312,13 @@ class Soak:
             leaks.append(f"RSS {before.rss / 2**20:.1f} -> {after.rss / 2**20:.1f} MB "
                          f"(over {self.cfg.memory_tolerance:.0%})")
 
+    def check_server_log(self, text: str) -> None:
+        """What the server logged that no code handled: a lost task error, any traceback."""
+        for marker in _LOST_IN_LOG:
+            count = text.count(marker)
+            if count:
+                self.report.leaks.append(f"server log: {count} x {marker!r}")
+
     async def run(self) -> SoakReport:
         cfg = self.cfg
         t0 = time.monotonic()
@@ -332,6 +346,7 @@ class Soak:
         self.check_leaks(before, after)
         assert self.server is not None
         self.report.server_exit = await asyncio.to_thread(self.kids.stop, self.server, 15.0)
+        self.check_server_log(self.server.log_path.read_text(errors="replace"))
         self.report.seconds = time.monotonic() - t0
         return self.report
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.soak import SoakConfig, run_soak
+from bench import procs
+from bench.soak import Soak, SoakConfig, run_soak
 
 
 def test_quick_soak_loses_nothing_and_leaks_nothing(tmp_path):
@@ -24,3 +25,17 @@ def test_quick_soak_loses_nothing_and_leaks_nothing(tmp_path):
     assert report.upstream_open == 0 and report.upstream_aborted > 0
     assert report.after is not None and report.after.in_flight == 0
     assert report.server_exit == 0
+
+
+def test_an_error_no_code_handled_in_the_server_log_is_a_leak(tmp_path):
+    soak = Soak(SoakConfig.quick(), procs.Children(tmp_path))
+    soak.check_server_log("INFO chat done\n")
+    assert soak.report.problems() == []
+    soak.check_server_log(
+        "ERROR Task exception was never retrieved\nfuture: <Task finished coro=<f()> exception=E()>\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\nE\n"
+    )
+    problems = soak.report.problems()
+    assert len(problems) == 2
+    assert any("never retrieved" in problem for problem in problems)
+    assert any("Traceback" in problem for problem in problems)
