@@ -16,6 +16,7 @@ from tornado.iostream import StreamClosedError
 from handlers.base import ApiHandler
 from services.context import inject, iss_block
 from services.exchange import Exchange
+from services.futures import retrieve_outcome
 from services.iss.state import IssState
 from services.llm.base import UpstreamError
 from services.openai_format import (
@@ -236,7 +237,7 @@ class ChatHandler(ApiHandler):
             self._flush_soon = False
             self._flushing = self.flush()
             # A closed stream is noticed by on_connection_close; this only keeps the failure quiet.
-            self._flushing.add_done_callback(_consume_exception)
+            self._flushing.add_done_callback(retrieve_outcome)
 
     async def _flushed(self) -> None:
         """Wait until the last buffered flush reached the socket: a slow caller slows the relay."""
@@ -409,11 +410,6 @@ def _read_completion(body: bytes) -> dict[str, Any]:
         raise UpstreamError(502, "The upstream LLM sent an answer this server could not read.",
                             code="upstream_bad_response")
     return completion
-
-
-def _consume_exception(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _error_message(chunk: dict[str, Any]) -> str:
