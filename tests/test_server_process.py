@@ -76,6 +76,12 @@ class ServerProcess:
             await asyncio.wait_for(self._reader, 5)
         return code
 
+    def assert_clean_output(self) -> None:
+        """Nothing the server printed is a traceback or an error asyncio says no code handled."""
+        text = "".join(self.output)
+        for marker in ("Traceback", "never retrieved", "destroyed but it is pending", "Unclosed"):
+            assert marker not in text, f"{marker!r} in the server's output:\n{text}"
+
     def kill(self) -> None:
         if self.process and self.process.returncode is None:
             self.process.kill()
@@ -127,6 +133,7 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
         writer.close()
         assert seen.count(b'"content"') >= 20
         assert await server.stop() == 0
+        server.assert_clean_output()
         assert fake_upstream.completed_streams == 1
     finally:
         server.kill()
@@ -163,6 +170,7 @@ async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io
         last_event = seen[seen.rindex(b"data: {"):]
         assert b'"server_shutting_down"' in last_event, events[-3:]
         assert await server.stop() == 0
+        server.assert_clean_output()
         assert await fake_upstream.wait_streams_closed(2.0)
     finally:
         server.kill()
