@@ -14,7 +14,7 @@ import psutil
 import pytest
 from aiohttp import web
 
-from bench import badinput, procs, storm
+from bench import badinput, costs, procs, storm
 from bench.figures import targets, with_added
 from bench.loadgen import chat_body, run_batch, stream_once
 from bench.relay import make_relay
@@ -189,3 +189,13 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
     assert data["memory"]["server"]["opened"] == 20
     assert (tmp_path / "latest.png").stat().st_size > 10_000
     assert "## Targets" in (tmp_path / "latest.md").read_text()
+
+
+def test_costs_reports_each_helper_against_its_budget():
+    figures = costs.run(lookups=50, calls=50, publishes=2000)
+    assert len(figures) == 8
+    assert all(figure.value > 0 for figure in figures)
+    table = costs.markdown(figures)
+    assert all(figure.name in table for figure in figures)
+    assert costs.Figure("over", 6.0, "ms", 5.0).within is False
+    assert costs.Figure("under", 4.0, "ms", 5.0).within is True
