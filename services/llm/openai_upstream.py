@@ -59,7 +59,9 @@ async def sse_payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 def _encode(body: dict[str, Any]) -> bytes:
     """The body as JSON: orjson, or the json module past orjson's 255 levels of nesting."""
     try:
-        return orjson.dumps(body)
+        # Copied to its exact size: orjson's bytes keep their whole output buffer (about 8 KB
+        # for a short chat), and the client holds the body for as long as the stream lasts.
+        return bytes(memoryview(orjson.dumps(body)))
     except orjson.JSONEncodeError:
         try:
             return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
