@@ -158,6 +158,13 @@ async def test_upstream_gets_the_configured_key_not_the_callers(base_url, upstre
     assert upstream.headers[-1]["Authorization"] == f"Bearer {upstream.api_key}"
 
 
+async def test_upstream_gets_no_sdk_telemetry_headers(base_url, upstream):
+    await post_json(base_url, {"model": "m", "messages": MESSAGES, "stream": True})
+    sent = {name.lower() for name in upstream.headers[-1]}
+    assert not {name for name in sent if name.startswith("x-stainless-")}
+    assert {"authorization", "content-type", "user-agent"} <= sent
+
+
 async def test_models_and_health(base_url, open_notify):
     models = orjson.loads((await post_json(base_url, None, path="/v1/models", method="GET")).body)
     assert models["object"] == "list" and models["data"][0]["object"] == "model"

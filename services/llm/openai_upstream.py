@@ -27,6 +27,7 @@ from services.openai_format import redact
 log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
+_PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
 
 
 async def sse_payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -77,7 +78,7 @@ class OpenAIUpstream:
 
     def __init__(self, settings: Settings) -> None:
         self._secrets = (settings.openai_api_key, settings.server_api_key)
-        self._client = openai.AsyncOpenAI(
+        client = openai.AsyncOpenAI(
             # Local servers (vLLM, Ollama) take any key; the client insists on one.
             api_key=settings.openai_api_key or "no-key",
             base_url=settings.openai_base_url,
@@ -86,6 +87,14 @@ class OpenAIUpstream:
             # aiohttp under the openai client: its C parser and coalesced reads keep the per-chunk cost
             # a fraction of httpx's (h11 and eight async-generator layers per chunk).
             http_client=openai.DefaultAioHttpClient(),
+        )
+        # The SDK's telemetry headers (x-stainless-*) are nine of the sixteen it sends: built,
+        # copied and held for the life of every stream, for nothing a compatible server needs.
+        # Omit() is the SDK's own way to leave a header out.
+        self._client = client.with_options(
+            default_headers={
+                name: openai.Omit() for name in client.default_headers if name.lower().startswith("x-stainless-")
+            }
         )
 
     def describe(self) -> dict[str, Any]:
@@ -101,7 +110,7 @@ class OpenAIUpstream:
             "/chat/completions",
             cast_to=httpx2.Response,
             content=_encode({**params, "stream": stream}),
-            options={"security": {"bearer_auth": True}},
+            options={"security": {"bearer_auth": True}, "headers": _PER_REQUEST_TELEMETRY_OFF},
             stream=True,
         )
         try:
