@@ -78,7 +78,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| process | RSS before MB | RSS with streams open MB | streams open | KB per stream | peak RSS (run) MB |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for layer in LAYERS:
+    for layer in (*LAYERS, "baseline"):
         m = memory.get(layer)
         if not m or "rss_open" not in m:
             continue
@@ -105,7 +105,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
 
     rows = result["rows"]
     conc = result["config"]["concurrency"]
-    colors = {"direct": "#888888", "relay": "#1f77b4", "server": "#d62728"}
+    colors = {"direct": "#888888", "relay": "#1f77b4", "server": "#d62728", "baseline": "#ff9896"}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     x = range(len(conc))
     width = 0.38
@@ -144,7 +144,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
 
     ax = axes[1][1]
     memory = result["memory"]
-    layers = [layer for layer in LAYERS if "kb_per_stream" in memory.get(layer, {})]
+    layers = [layer for layer in (*LAYERS, "baseline") if "kb_per_stream" in memory.get(layer, {})]
     values = [memory[layer]["kb_per_stream"] or 0.0 for layer in layers]
     ax.bar(layers, values, color=[colors[layer] for layer in layers])
     ax.axhline(50, color="black", linestyle="--", linewidth=1, label="target: 50 KB")

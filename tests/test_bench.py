@@ -133,8 +133,11 @@ def test_report_and_chart_are_written(tmp_path):
                 "rounds": 3, "hold": 1000},
         targets=[t.__dict__ for t in targets(result["rows"], result["memory"], 1000)],
     )
+    # A --baseline run holds the streams through the other checkout's server too.
+    result["memory"]["baseline"] = {**result["memory"]["server"], "kb_per_stream": 51.5}
     text = markdown(result)
     assert "| 200 | server |" in text and "## Targets" in text and "test CPU" in text
+    assert "| baseline |" in text.split("## Memory")[1] and "51.5" in text
     png = chart(result, tmp_path / "chart.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
