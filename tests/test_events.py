@@ -235,6 +235,6 @@ async def test_ten_stuck_subscribers_share_one_bounded_backlog():
     await fill(one)
     await fill(ten)
     # Equal but for the timestamps' digits: a copy per socket would hold ten times as much.
-    assert abs(ten.backlog_bytes - one.backlog_bytes) < one.backlog_bytes * 0.01
+    assert abs(ten.backlog_bytes - one.backlog_bytes) < one.backlog_bytes * 0.05
     assert 32 * 1024 < ten.backlog_bytes <= 64 * 1024
     assert all(reader.behind > 0 for reader in ten_readers)
