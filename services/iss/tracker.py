@@ -295,11 +295,8 @@ class IssTracker:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = self.settings.iss_timeout
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout),
-                headers={"User-Agent": "iss-llm/1.0 (ISS context for chat)"},
-            )
+            # No session timeout: every source bounds each of its requests with its own.
+            self._session = aiohttp.ClientSession(headers={"User-Agent": "iss-llm/1.0 (ISS context for chat)"})
         return self._session
 
     async def _run_live(self) -> None:
