@@ -28,7 +28,7 @@ FIXTURES = ROOT / "tests" / "data" / "fixtures"
 UPSTREAM_KEY = "sk-test-upstream-secret-0123456789"
 
 
-class _AsyncioErrors(logging.Handler):
+class AsyncioErrors(logging.Handler):
     """Collects what asyncio logs at ERROR: an exception no task retrieved, a task destroyed pending."""
 
     def __init__(self) -> None:
@@ -39,7 +39,7 @@ class _AsyncioErrors(logging.Handler):
         self.messages.append(" ".join(record.getMessage().splitlines()[:2]))
 
 
-_asyncio_errors = _AsyncioErrors()
+_asyncio_errors = AsyncioErrors()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -15,6 +15,7 @@ from services.iss.describe import describe_state
 from services.iss.orbit import ground_distance_km
 from services.iss.sources import SourceError, open_notify
 from services.iss.tracker import IssTracker
+from tests.conftest import AsyncioErrors
 from tests.fakes.iss_sources import FakeIssSources, retimed_tle, tracker_settings, wait_until
 
 FAILURES = ["500", "hang", "drop", "malformed"]
@@ -343,10 +344,8 @@ async def test_a_fetch_cancelled_as_its_timeout_fires_is_cancelled_and_leaves_no
     # That once left a "Task exception was never retrieved" behind (logged whenever the garbage
     # collector next ran: in CI, inside another module's import, which then failed), and could
     # turn the cancellation into a timeout, so the tracker's loop went on after close().
-    asyncio_errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda record: asyncio_errors.append(record.getMessage())
-    logging.getLogger("asyncio").addHandler(handler)
+    asyncio_errors = AsyncioErrors()
+    logging.getLogger("asyncio").addHandler(asyncio_errors)
     cancelled = 0
     try:
         async with FakeIssSources() as fakes:
@@ -366,6 +365,6 @@ async def test_a_fetch_cancelled_as_its_timeout_fires_is_cancelled_and_leaves_no
                     cancelled += 1
         gc.collect()
     finally:
-        logging.getLogger("asyncio").removeHandler(handler)
+        logging.getLogger("asyncio").removeHandler(asyncio_errors)
     assert cancelled >= 5
-    assert asyncio_errors == []
+    assert asyncio_errors.messages == []
