@@ -23,6 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 _URL = re.compile(rb"http://127\.0\.0\.1:(\d+)")
 _PR_SET_PDEATHSIG = 1
+# What no server log may hold: a traceback, and asyncio's or aiohttp's words for an error no code
+# handled (a task or future exception never retrieved, a task destroyed pending, an unclosed session).
+_LOST_IN_LOG = ("Traceback", "never retrieved", "destroyed but it is pending", "Unclosed")
+
+
+def lost_in_log(text: str) -> dict[str, int]:
+    """How often each sign of an unhandled error appears in a process's output."""
+    return {marker: text.count(marker) for marker in _LOST_IN_LOG if marker in text}
 
 
 def raise_nofile(wanted: int = 16384) -> int:

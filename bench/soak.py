@@ -34,13 +34,6 @@ from tests.fakes.openai_upstream import FakeUpstream
 
 # A /healthz answer slower than this, during the traffic, counts as a stuck worker.
 STUCK_SECONDS = 5.0
-# asyncio's words for an error no code handled, and a traceback the server should never log.
-_LOST_IN_LOG = (
-    "Task exception was never retrieved",
-    "Task was destroyed but it is pending",
-    "Future exception was never retrieved",
-    "Traceback (most recent call last)",
-)
 
 
 @dataclass
@@ -314,10 +307,8 @@ class Soak:
 
     def check_server_log(self, text: str) -> None:
         """What the server logged that no code handled: a lost task error, any traceback."""
-        for marker in _LOST_IN_LOG:
-            count = text.count(marker)
-            if count:
-                self.report.leaks.append(f"server log: {count} x {marker!r}")
+        for marker, count in procs.lost_in_log(text).items():
+            self.report.leaks.append(f"server log: {count} x {marker!r}")
 
     async def run(self) -> SoakReport:
         cfg = self.cfg
