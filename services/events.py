@@ -234,7 +234,6 @@ class Subscription:
         self.policy = hub.policy
         self.closed = False
         self.dropped = 0  # live events this socket missed, in total
-        self.resyncs = 0
         self._seq = hub._next_seq
         self._events_seen = hub._events_framed
         self._snapshot_reason: str | None = None
@@ -276,7 +275,6 @@ class Subscription:
         if self._snapshot_reason is not None:
             hub.flush()  # what is pending is in the snapshot: it must not come again after it
             self.dropped += self._lost
-            self.resyncs += 1
             messages.append(encode({
                 "type": "snapshot", "reason": self._snapshot_reason, "dropped": self._lost,
                 "requests": hub.snapshot(),

@@ -19,7 +19,6 @@ LIVE_HOLD = timedelta(minutes=30)
 ROUGH_KM = 100.0
 # Open Notify's whole-second timestamps and 4-decimal positions: about one second of travel.
 FIX_ERROR_KM = 8.0
-ORBITAL_SPEED_KM_S = 7.66
 
 _COMPASS = (
     "north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest",

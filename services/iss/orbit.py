@@ -30,7 +30,6 @@ class OrbitPoint:
     altitude_km: float
     speed_kmh: float
     sunlit: bool
-    teme_km: tuple[float, float, float]
 
 
 def julian(when: datetime) -> tuple[float, float]:
@@ -122,7 +121,7 @@ def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
     vy = -sin_t * v[0] + cos_t * v[1] - _EARTH_ROTATION * x
     speed_kmh = math.sqrt(vx * vx + vy * vy + v[2] * v[2]) * 3600.0
     sunlit = in_sunlight(r, sun_direction(jd, fr))
-    return OrbitPoint(lat, lon, height, speed_kmh, sunlit, (r[0], r[1], r[2]))
+    return OrbitPoint(lat, lon, height, speed_kmh, sunlit)
 
 
 def ground_distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
