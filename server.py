@@ -19,9 +19,10 @@ from tornado.netutil import bind_sockets
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
 from handlers.base import NotFoundHandler
-from services.events import EventHub
+from services.events import Hub, MemoryHub
 from services.iss.state import Tracker
 from services.llm.base import Backend
+from services.station_feed import StationFeed
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("iss_llm")
@@ -72,15 +73,18 @@ class Services:
     settings: Settings
     tracker: Tracker
     backend: Backend
-    hub: EventHub
+    hub: Hub
+    station: StationFeed
     console_token: str
     inflight: Inflight = field(default_factory=Inflight)
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
+        await self.hub.start()
         await self.tracker.start()
 
     async def close(self) -> None:
+        await self.station.close()
         await self.hub.close()
         await self.backend.close()
         await self.tracker.close()
@@ -91,7 +95,7 @@ def build_services(
     *,
     tracker: Tracker | None = None,
     backend: Backend | None = None,
-    hub: EventHub | None = None,
+    hub: Hub | None = None,
 ) -> Services:
     if tracker is None:
         from services.iss.tracker import IssTracker
@@ -101,11 +105,13 @@ def build_services(
         from services.llm import make_backend
 
         backend = make_backend(settings)
+    hub = hub or MemoryHub(settings.console_buffer)
     return Services(
         settings=settings,
         tracker=tracker,
         backend=backend,
-        hub=hub or EventHub(settings.console_buffer),
+        hub=hub,
+        station=StationFeed(hub, tracker),
         console_token=settings.console_token or secrets.token_urlsafe(24),
     )
 

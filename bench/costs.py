@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.events import EventHub  # noqa: E402
+from services.events import MemoryHub  # noqa: E402
 from services.iss.geography import Geography  # noqa: E402
 from services.iss.tracker import IssTracker  # noqa: E402
 from tests.fakes.iss_sources import FakeIssSources, tracker_settings, wait_until  # noqa: E402
@@ -95,7 +95,7 @@ async def tracker_figures(calls: int) -> list[Figure]:
 async def publish_figures(publishes: int) -> list[Figure]:
     """A token event published with one console open and with ten that never read."""
 
-    async def per_publish(hub: EventHub) -> float:
+    async def per_publish(hub: MemoryHub) -> float:
         hub.publish({"type": "request", "id": "r1", "t": time.time(), "messages": [], "params": {}})
         event = {"type": "tokens", "id": "r1", "t": time.time(), "text": "x"}
         started = time.perf_counter()
@@ -106,7 +106,7 @@ async def publish_figures(publishes: int) -> list[Figure]:
         hub.flush()
         return (time.perf_counter() - started) / publishes
 
-    one, ten = EventHub(100), EventHub(100)
+    one, ten = MemoryHub(100), MemoryHub(100)
     one.subscribe()
     for _ in range(10):
         ten.subscribe()

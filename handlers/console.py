@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -15,14 +14,14 @@ import tornado.web
 import tornado.websocket
 
 from handlers.base import log_by_path
-from services.events import EventHub, Subscription, encode
+from services.events import EVENT_TYPES, Hub, Subscription, encode
 from services.futures import retrieve_outcome
+from services.station_feed import StationFeed
 
 log = logging.getLogger("iss_llm.console")
 
 COOKIE = "iss_llm_console"
 COOKIE_PATH = "/console"
-ISS_INTERVAL = 5.0
 MAX_SOCKETS = 32
 
 
@@ -91,7 +90,10 @@ class ConsolePageHandler(tornado.web.RequestHandler):
         if not self.auth.cookie_ok(self):
             self._locked(401, "Open the console URL printed when the server started (it carries the token).")
             return
-        self.render("console.html", buffer_size=self.buffer_size, ws_path=f"{COOKIE_PATH}/ws")
+        self.render(
+            "console.html", buffer_size=self.buffer_size, ws_path=f"{COOKIE_PATH}/ws",
+            event_types=json.dumps(dict(EVENT_TYPES)),
+        )
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         log_by_path(self, value, (typ, value, tb))
@@ -104,10 +106,10 @@ class ConsolePageHandler(tornado.web.RequestHandler):
 class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     """Streams the hub's events to one page: a replay first, then live batches."""
 
-    def initialize(self, auth: ConsoleAuth, hub: EventHub, tracker: Any) -> None:
+    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed) -> None:
         self.auth = auth
         self.hub = hub
-        self.tracker = tracker
+        self.station = station
         self.subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -133,12 +135,11 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
             "server_time": time.time(),
             "buffer": self.hub.buffer_size,
             "batch_ms": round(subscription.policy.batch_interval * 1000),
+            **self.hub.status(),
             "requests": self.hub.snapshot(),
         })
-        self._tasks = [
-            asyncio.ensure_future(self._pump([hello], subscription)),
-            asyncio.ensure_future(self._feed_iss(subscription)),
-        ]
+        self._tasks = [asyncio.ensure_future(self._pump([hello], subscription))]
+        self.station.wanted()
 
     def on_message(self, message: str | bytes) -> None:
         try:
@@ -182,24 +183,11 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
             return False
         return True
 
-    async def _feed_iss(self, subscription: Subscription) -> None:
-        """Push the station's position to this page every few seconds, when it changes."""
-        last_at = None
-        while not subscription.closed:
-            with contextlib.suppress(Exception):
-                state = await self.tracker.current()
-                if state is not None:
-                    data = state.to_dict()
-                    if data.get("at") != last_at:
-                        last_at = data.get("at")
-                        subscription.push({"type": "iss_state", "id": "-", "t": time.time(), "state": data})
-            await asyncio.sleep(ISS_INTERVAL)
-
 
 def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
     """The console's handler table: the page and its WebSocket."""
     auth = ConsoleAuth(services.console_token)
     return [
         (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": services.settings.console_buffer}),
-        (r"/console/ws", ConsoleSocketHandler, {"auth": auth, "hub": services.hub, "tracker": services.tracker}),
+        (r"/console/ws", ConsoleSocketHandler, {"auth": auth, "hub": services.hub, "station": services.station}),
     ]

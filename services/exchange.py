@@ -16,8 +16,8 @@ class Publisher(Protocol):
 class Exchange:
     """Records one request from arrival to its end (done, cancelled or error) and publishes each step.
 
-    Event types, each with "type", "id" and "t" (epoch seconds): "request", "iss", "tokens",
-    "done", "cancelled", "error". Nothing secret is ever put on an event: no headers, no keys.
+    Event types are those of the one table in services/events/kinds.py, each event with "type",
+    "id" and "t" (epoch seconds). Nothing secret is ever put on an event: no headers, no keys.
     """
 
     def __init__(

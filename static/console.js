@@ -10,6 +10,8 @@
   const FOLD_OTHER = 900;
   const HELD_MAX = 5000;
   const SAME_TURN_GRACE_S = 1.5;
+  // The server's one table of event types: type name -> role (request, iss, text, outcome, station).
+  const ROLE_OF = JSON.parse(body.dataset.eventTypes || "{}");
 
   const $ = (id) => document.getElementById(id);
   const feed = $("feed");
@@ -391,6 +393,12 @@
       kv(dl, "where", o.where);
       kv(dl, "when", ms(o.at_ms));
       kv(dl, "message", o.message);
+    } else if (status !== "streaming") {
+      // An outcome this page has no special view for (a new row in the server's table).
+      ui.right.textContent = status + (o.at_ms !== undefined ? " at " + ms(o.at_ms) : "");
+      for (const [key, value] of Object.entries(o)) {
+        if (key !== "t") kv(dl, key, typeof value === "string" ? value : JSON.stringify(value));
+      }
     } else {
       ui.right.textContent = "streaming…";
     }
@@ -436,7 +444,7 @@
   function apply(event) {
     model.stats.events += 1;
     const rec = model.requests.get(event.id);
-    switch (event.type) {
+    switch (ROLE_OF[event.type]) {
       case "request": {
         if (rec && rec.ui) return;
         const fresh = Object.assign(rec || {}, event, { status: (rec && rec.status) || "streaming", text: (rec && rec.text) || "" });
@@ -453,26 +461,24 @@
         renderIss(target);
         break;
       }
-      case "tokens": {
+      case "text": {
         if (!rec) return;
         const have = (rec.text || "").length;
-        const piece = (event.text || "").slice(0, Math.max(0, MAX_TEXT - have));
-        if (piece.length < (event.text || "").length) rec.text_truncated = true;
+        const piece = String(event.text || "").slice(0, Math.max(0, MAX_TEXT - have));
+        if (piece.length < String(event.text || "").length) rec.text_truncated = true;
         if (!piece) return;
         rec.text = (rec.text || "") + piece;
         if (rec.ui) rec.ui.out.appendChild(document.createTextNode(piece));
         break;
       }
-      case "done":
-      case "cancelled":
-      case "error":
+      case "outcome":
         if (!rec) return;
         rec.status = event.type;
         rec.outcome = event;
         rec.endT = event.t;
         renderStatus(rec);
         break;
-      case "iss_state":
+      case "station":
         showIss(event.state, "pushed by the server");
         break;
       default:

@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from html import unescape
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from services.events import EVENT_TYPES
 from tests.conftest import UPSTREAM_KEY, open_stream, post_json
 
 TOKEN = "test-console-token"
@@ -152,6 +154,12 @@ async def test_the_page_has_a_strict_csp_and_no_inline_script(base_url, app):
     assert all("src=" in attrs and not body.strip() for attrs, body in scripts)
     assert not re.search(r"\son[a-z]+\s*=", html), "no inline event handlers"
     assert "http://" not in html.replace("http://HOST", "") and "https://" not in html  # no CDN
+
+
+async def test_the_page_reads_the_servers_one_table_of_event_types(base_url, app):
+    page = await fetch(base_url, "/console", headers={"Cookie": await console_cookie(base_url)})
+    [attribute] = re.findall(r'data-event-types="([^"]*)"', page.body.decode())
+    assert orjson.loads(unescape(attribute)) == dict(EVENT_TYPES)
 
 
 @pytest.mark.parametrize("overrides", [{"console_enabled": False}])
@@ -363,6 +371,26 @@ async def test_the_station_position_is_pushed_to_the_page(http_server, base_url,
     assert -90 <= state["latitude"] <= 90 and -180 <= state["longitude"] <= 180
     assert state["at"]
     feed.ws.close()
+
+
+async def test_the_station_position_is_fetched_once_for_all_sockets(http_server, base_url, app):
+    tracker = app.services.tracker
+    calls = []
+    current = tracker.current
+
+    async def counted():
+        calls.append(time.monotonic())
+        return await current()
+
+    tracker.current = counted
+    feeds = [await open_feed(base_url) for _ in range(3)]
+    for feed in feeds:
+        await feed.until(lambda f: any(e["type"] == "iss_state" for e in f.events))
+    # One loop for the process, not one per socket: three sockets, one question to the tracker
+    # (a second one only if the 5 s interval went by meanwhile).
+    assert 1 <= len(calls) <= 1 + (calls[-1] - calls[0]) // 5
+    for feed in feeds:
+        feed.ws.close()
 
 
 async def test_token_events_are_batched_into_few_frames(http_server, base_url, app):

@@ -13,7 +13,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from handlers.console import ConsoleSocketHandler
 from server import build_services, make_app
-from services.events import EventHub, SubscriberPolicy
+from services.events import MemoryHub, SubscriberPolicy
 from tests.test_console import connect, console_cookie, read_frame, until
 
 POLICY = SubscriberPolicy(max_frames=200, max_bytes=2 * 1024 * 1024, max_send_bytes=512 * 1024, stall_timeout=3.0)
@@ -29,7 +29,7 @@ def overrides():
 
 @pytest.fixture
 def app(settings, io_loop):
-    services = build_services(settings, hub=EventHub(settings.console_buffer, POLICY))
+    services = build_services(settings, hub=MemoryHub(settings.console_buffer, POLICY))
     application = make_app(settings, services)
     yield application
     io_loop.run_sync(application.services.close)
@@ -77,7 +77,7 @@ async def _chat_burst(base_url: str, label: str, requests: int = REQUESTS) -> li
     return ttfts
 
 
-def _server_socket(hub: EventHub) -> ConsoleSocketHandler:
+def _server_socket(hub: MemoryHub) -> ConsoleSocketHandler:
     handlers = [
         o for o in gc.get_objects() if isinstance(o, ConsoleSocketHandler) and o.hub is hub and o.ws_connection
     ]
@@ -92,7 +92,7 @@ async def test_a_socket_that_never_reads_loses_events_is_dropped_and_chat_goes_o
     stuck = await connect(base_url, await console_cookie(base_url))
     assert (await read_frame(stuck))["type"] == "hello"
     # From here on the client never reads: its receive window fills and the server's writes stall.
-    [subscription] = hub._subscribers
+    [subscription] = hub.fanout.subscriptions
     server_side = _server_socket(hub)
     high_water = {"backlog": 0, "write_buffer": 0}
 

@@ -1,13 +1,18 @@
-"""The events hub: ring buffer aggregation, shared batches with per-socket cursors, redaction."""
+"""The events hub: one shared suite every implementation passes, then the in-process fan-out's bounds."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
 
 import orjson
+import pytest
 
-from services.events import EventHub, SubscriberPolicy, coalesce
+from services.events import EVENT_TYPES, OUTCOMES, Hub, MemoryHub, SubscriberPolicy, coalesce
+from services.events.fanout import Fanout
+
+HubFactory = Callable[..., Hub]
 
 
 def _request(rid: str, conversation: str = "c1", **extra) -> dict:
@@ -23,13 +28,40 @@ def _tokens(rid: str, text: str) -> dict:
     return {"type": "tokens", "id": rid, "t": time.time(), "text": text}
 
 
-def test_buffer_aggregates_one_request_from_its_events():
-    hub = EventHub(10)
+def _frames(sub) -> list[dict]:
+    return [orjson.loads(m) for m in sub.drain()]
+
+
+def _events(sub) -> list[dict]:
+    return [e for f in _frames(sub) if f["type"] == "events" for e in f["events"]]
+
+
+# ---- the shared suite: every hub implementation ------------------------------------------------
+
+
+@pytest.fixture(params=["memory"])
+def make_hub(request, io_loop) -> Iterator[HubFactory]:
+    """Builds hubs of one implementation; each is started, and closed after the test."""
+    made: list[Hub] = []
+
+    def build(buffer_size: int = 10, policy: SubscriberPolicy | None = None) -> Hub:
+        hub = MemoryHub(buffer_size, policy)
+        made.append(hub)
+        return hub
+
+    yield build
+    for hub in made:
+        io_loop.run_sync(hub.close)
+
+
+async def test_buffer_aggregates_one_request_from_its_events(make_hub):
+    hub = make_hub(10)
     hub.publish(_request("r1"))
     hub.publish({"type": "iss", "id": "r1", "t": 1.0, "block": "[ISS live data] x", "state": {"latitude": 1}})
     for piece in ("Hel", "lo", "!"):
         hub.publish(_tokens("r1", piece))
     hub.publish({"type": "done", "id": "r1", "t": 2.0, "finish_reason": "stop", "ttft_ms": 5.0})
+    assert await hub.settle()
 
     [record] = hub.snapshot()
     assert record["id"] == "r1"
@@ -40,37 +72,28 @@ def test_buffer_aggregates_one_request_from_its_events():
     assert record["outcome"]["finish_reason"] == "stop"
 
 
-def test_buffer_keeps_only_the_last_n_requests_and_ignores_strays():
-    hub = EventHub(3)
+async def test_every_outcome_in_the_table_ends_a_record(make_hub):
+    hub = make_hub(len(OUTCOMES))
+    for kind in OUTCOMES:
+        hub.publish(_request(f"r-{kind}"))
+        hub.publish({"type": kind, "id": f"r-{kind}", "t": 2.0})
+    assert await hub.settle()
+    assert [r["status"] for r in hub.snapshot()] == list(OUTCOMES)
+
+
+async def test_buffer_keeps_only_the_last_n_requests_and_ignores_strays(make_hub):
+    hub = make_hub(3)
     for i in range(10):
         hub.publish(_request(f"r{i}"))
         hub.publish(_tokens(f"r{i}", f"t{i}"))
     hub.publish(_tokens("r0", "late token for an evicted request"))
+    assert await hub.settle()
     assert [r["id"] for r in hub.snapshot()] == ["r7", "r8", "r9"]
     assert [r["text"] for r in hub.snapshot()] == ["t7", "t8", "t9"]
 
 
-def test_buffer_caps_the_text_kept_per_request():
-    hub = EventHub(3)
-    hub.log.max_text_chars = 10
-    hub.publish(_request("r1"))
-    for _ in range(5):
-        hub.publish(_tokens("r1", "abcd"))
-    [record] = hub.snapshot()
-    assert record["text"] == "abcdabcdab"
-    assert record["text_truncated"] is True
-
-
-def _frames(sub) -> list[dict]:
-    return [orjson.loads(m) for m in sub.drain()]
-
-
-def _events(sub) -> list[dict]:
-    return [e for f in _frames(sub) if f["type"] == "events" for e in f["events"]]
-
-
-def test_credentials_never_reach_the_buffer_or_subscribers():
-    hub = EventHub(3)
+async def test_credentials_never_reach_the_buffer_or_subscribers(make_hub):
+    hub = make_hub(3)
     sub = hub.subscribe()
     hub.publish(_request(
         "r1",
@@ -78,7 +101,9 @@ def test_credentials_never_reach_the_buffer_or_subscribers():
         upstream={"backend": "openai", "base_url": "https://user:pw@api.example/v1", "api_key": "sk-up"},
         headers={"Authorization": "Bearer sk-h"},
     ))
+    assert await hub.settle()
     sent = "".join(sub.drain())
+    assert '"r1"' in sent
     for where in (repr(hub.snapshot()), sent):
         for secret in ("sk-secret", "sk-x", "sk-up", "sk-h", "pw@"):
             assert secret not in where
@@ -87,9 +112,19 @@ def test_credentials_never_reach_the_buffer_or_subscribers():
     assert record["upstream"]["base_url"] == "https://api.example/v1"
 
 
-def test_publish_never_raises_on_malformed_events():
-    hub = EventHub(3)
-    hub.subscribe()
+async def test_a_huge_request_is_bounded_before_it_is_kept_or_sent(make_hub):
+    hub = make_hub(3)
+    sub = hub.subscribe()
+    hub.publish(_request("r1", messages=[{"role": "user", "content": "x" * 1_000_000}]))
+    assert await hub.settle()
+    assert sum(len(m) for m in sub.drain()) < 100_000
+    kept = hub.snapshot()[0]["messages"][0]["content"]
+    assert "more characters not kept" in kept and len(kept) < 20_000
+
+
+async def test_publish_never_raises_on_malformed_events(make_hub):
+    hub = make_hub(3)
+    sub = hub.subscribe()
     hub.publish({"type": "tokens"})
     hub.publish({"type": "request", "id": None})
     hub.publish({})
@@ -97,6 +132,123 @@ def test_publish_never_raises_on_malformed_events():
     hub.publish(_request("r"))
     hub.publish({"type": "tokens", "id": "r", "t": 1.0, "text": 5})
     hub.publish({"type": "request", "id": "r", "messages": "not a list", "params": object()})
+    hub.publish({"type": "no-such-type", "id": "r", "t": 1.0})
+    assert await hub.settle()
+    assert [r["id"] for r in hub.snapshot()] == ["r"]
+    sub.drain()  # still encodable
+
+
+async def test_events_reach_every_subscriber_in_one_shared_batch(make_hub):
+    hub = make_hub(10)
+    one, two = hub.subscribe(), hub.subscribe()
+    hub.publish(_request("a"))
+    for i in range(100):
+        hub.publish(_tokens("a", f"{i},"))
+    assert await hub.settle()
+    first, second = one.drain(), two.drain()
+    assert first == second
+    assert all(a is b for a, b in zip(first, second, strict=True))  # encoded once, shared
+    events = [e for m in first for e in orjson.loads(m)["events"]]
+    assert events[0]["type"] == "request"
+    assert "".join(e["text"] for e in events if e["type"] == "tokens") == "".join(f"{i}," for i in range(100))
+    assert len(first) <= 3  # batched, not a frame per event
+    assert one.drain() == []
+
+
+async def test_each_requests_events_keep_their_order(make_hub):
+    hub = make_hub(10)
+    sub = hub.subscribe()
+    for i in range(3):
+        hub.publish(_request(f"r{i}"))
+    for n in range(50):
+        for i in range(3):
+            hub.publish(_tokens(f"r{i}", f"{n} "))
+    for i in range(3):
+        hub.publish({"type": "done", "id": f"r{i}", "t": time.time()})
+    assert await hub.settle()
+    events = _events(sub)
+    for i in range(3):
+        mine = [e for e in events if e["id"] == f"r{i}"]
+        assert mine[0]["type"] == "request" and mine[-1]["type"] == "done"
+        assert "".join(e["text"] for e in mine if e["type"] == "tokens") == "".join(f"{n} " for n in range(50))
+
+
+async def test_a_new_subscriber_gets_nothing_twice(make_hub):
+    hub = make_hub(10)
+    hub.publish(_request("a"))
+    hub.publish(_tokens("a", "before"))
+    assert await hub.settle()
+    early = hub.subscribe()
+    hub.publish(_tokens("a", "pending"))
+    assert await hub.settle()
+    late = hub.subscribe()
+    replay = hub.snapshot()  # the replay a socket gets, read in the same tick as subscribe()
+    hub.publish(_tokens("a", "!"))
+    assert await hub.settle()
+    assert [e["text"] for e in _events(early)] == ["pending", "!"]
+    assert replay[0]["text"] + "".join(e["text"] for e in _events(late)) == "beforepending!"
+
+
+async def test_resync_on_request_and_station_broadcasts(make_hub):
+    hub = make_hub(5)
+    hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 0}})
+    sub = hub.subscribe()
+    assert [e["state"] for e in _events(sub)] == [{"latitude": 0}]  # the latest greets a new socket
+    hub.publish(_request("r1"))
+    assert await hub.settle()
+    sub.resync()
+    hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 1}})
+    hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 2}})
+    frames = _frames(sub)
+    assert frames[0]["type"] == "snapshot" and frames[0]["reason"] == "requested" and frames[0]["dropped"] == 0
+    assert [r["id"] for r in frames[0]["requests"]] == ["r1"]
+    assert [e["state"]["latitude"] for f in frames[1:] for e in f["events"]] == [2]  # the latest only
+    hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 3}})
+    assert await hub.settle()
+    assert [e["state"]["latitude"] for e in _events(sub)] == [3]
+    assert sub.drain() == []
+    assert hub.snapshot()[0]["id"] == "r1"  # station pushes are not requests
+
+
+async def test_waiting_subscribers_are_woken_and_released_on_close(make_hub):
+    hub = make_hub(5, SubscriberPolicy(batch_interval=0.05))
+    sub = hub.subscribe()
+    waiter = asyncio.ensure_future(sub.next_messages())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    hub.publish(_request("r1"))
+    hub.publish(_tokens("r1", "a"))
+    messages = await asyncio.wait_for(waiter, 5)
+    seen = [e["type"] for m in messages for e in orjson.loads(m)["events"]]
+    while "tokens" not in seen:
+        seen += [e["type"] for m in await asyncio.wait_for(sub.next_messages(), 5) for e in orjson.loads(m)["events"]]
+    assert seen == ["request", "tokens"]
+
+    waiter = asyncio.ensure_future(sub.next_messages())
+    await asyncio.sleep(0)
+    await hub.close()
+    assert await asyncio.wait_for(waiter, 2) is None
+    assert hub.subscribers == 0
+    hub.publish(_request("r2"))  # still fine with nobody listening
+
+
+def test_the_event_table_is_what_the_page_reads():
+    assert set(OUTCOMES) >= {"done", "cancelled", "error"}
+    assert EVENT_TYPES["tokens"] == "text" and EVENT_TYPES["iss_state"] == "station"
+
+
+# ---- the in-process fan-out: batching and bounds -------------------------------------------------
+
+
+def test_buffer_caps_the_text_kept_per_request():
+    fanout = Fanout(3)
+    fanout.log.max_text_chars = 10
+    fanout.publish(_request("r1"))
+    for _ in range(5):
+        fanout.publish(_tokens("r1", "abcd"))
+    [record] = fanout.snapshot()
+    assert record["text"] == "abcdabcdab"
+    assert record["text_truncated"] is True
 
 
 def test_coalesce_merges_each_requests_tokens_and_keeps_the_order():
@@ -112,114 +264,63 @@ def test_coalesce_merges_each_requests_tokens_and_keeps_the_order():
     assert events[1]["text"] == "1"  # the published events themselves are left alone
 
 
-def test_events_reach_every_subscriber_in_one_shared_batch():
-    hub = EventHub(10)
-    one, two = hub.subscribe(), hub.subscribe()
-    hub.publish(_request("a"))
-    for i in range(100):
-        hub.publish(_tokens("a", f"{i},"))
-    first, second = one.drain(), two.drain()
-    assert first == second and len(first) == 1
-    assert first[0] is second[0]  # encoded once, shared
-    events = orjson.loads(first[0])["events"]
-    assert [e["type"] for e in events] == ["request", "tokens"]
-    assert events[1]["text"] == "".join(f"{i}," for i in range(100))
-    assert one.drain() == []
-    assert hub.backlog_bytes == len(first[0])
-
-
-def test_no_subscriber_means_no_batches_and_a_new_one_gets_nothing_twice():
-    hub = EventHub(10)
-    hub.publish(_request("a"))
-    hub.publish(_tokens("a", "before"))
-    assert hub.backlog_bytes == 0 and not hub._pending
-    early = hub.subscribe()
-    hub.publish(_tokens("a", "pending"))  # batched but not yet flushed...
-    late = hub.subscribe()  # ...so this one's replay (snapshot) already has it
-    assert hub.snapshot()[0]["text"] == "beforepending"
-    hub.publish(_tokens("a", "!"))
-    assert [e["text"] for e in _events(early)] == ["pending", "!"]
-    assert [e["text"] for e in _events(late)] == ["!"]
+def test_no_subscriber_means_no_batches():
+    fanout = Fanout(10)
+    fanout.publish(_request("a"))
+    fanout.publish(_tokens("a", "before"))
+    assert fanout.backlog_bytes == 0 and fanout.backlog_frames == 0
+    sub = fanout.subscribe()
+    fanout.publish(_tokens("a", "x"))
+    assert [e["text"] for e in _events(sub)] == ["x"]
+    assert fanout.backlog_bytes > 0
 
 
 def test_a_subscriber_that_falls_behind_the_backlog_is_resynced_and_told_what_it_lost():
-    hub = EventHub(5, SubscriberPolicy(max_frames=10))
-    slow = hub.subscribe()
-    fast = hub.subscribe()
+    fanout = Fanout(5, SubscriberPolicy(max_frames=10))
+    slow = fanout.subscribe()
+    fast = fanout.subscribe()
     for i in range(30):
-        hub.publish(_request(f"r{i}"))
-        hub.flush()
+        fanout.publish(_request(f"r{i}"))
+        fanout.flush()
         assert len(fast.drain()) == 1
-    assert len(hub._frames) == 10
+    assert fanout.backlog_frames == 10
+    assert slow.fell_behind and not fast.fell_behind
     [frame] = _frames(slow)
     assert frame["type"] == "snapshot" and frame["reason"] == "overflow"
     assert frame["dropped"] == 20  # r0..r19 went before it was sent
     assert [r["id"] for r in frame["requests"]] == [f"r{i}" for i in range(25, 30)]
     assert slow.dropped == 20 and fast.dropped == 0
     # After the resync it gets live events again, and nothing it already has.
-    hub.publish(_tokens("r29", "more"))
+    fanout.publish(_tokens("r29", "more"))
     assert [e["text"] for e in _events(slow)] == ["more"]
 
 
 def test_the_shared_backlog_is_bounded_in_bytes():
-    hub = EventHub(5, SubscriberPolicy(max_bytes=50_000))
-    hub.subscribe()
-    hub.publish(_request("r1"))
+    fanout = Fanout(5, SubscriberPolicy(max_bytes=50_000))
+    fanout.subscribe()
+    fanout.publish(_request("r1"))
     for _ in range(1000):
-        hub.publish(_tokens("r1", "y" * 100))
-        hub.flush()
-        assert hub.backlog_bytes <= 50_000
+        fanout.publish(_tokens("r1", "y" * 100))
+        fanout.flush()
+        assert fanout.backlog_bytes <= 50_000
 
 
 def test_what_one_socket_is_handed_at_a_time_is_bounded():
-    hub = EventHub(5, SubscriberPolicy(max_send_bytes=1000))
-    sub = hub.subscribe()
+    fanout = Fanout(5, SubscriberPolicy(max_send_bytes=1000))
+    sub = fanout.subscribe()
     for i in range(50):
-        hub.publish(_tokens("r1", "z" * 300) | {"id": f"r{i}"})
-        hub.flush()
+        fanout.publish(_tokens("r1", "z" * 300) | {"id": f"r{i}"})
+        fanout.flush()
     sizes = []
     while messages := sub.drain():
         sizes.append(sum(len(m) for m in messages))
     assert len(sizes) > 1 and max(sizes) <= 1000 + 400
 
 
-def test_resync_on_request_and_private_pushes():
-    hub = EventHub(5)
-    sub = hub.subscribe()
-    hub.publish(_request("r1"))
-    sub.resync()
-    sub.push({"type": "iss_state", "id": "-", "state": {"latitude": 1}})
-    sub.push({"type": "iss_state", "id": "-", "state": {"latitude": 2}})
-    frames = _frames(sub)
-    assert frames[0]["type"] == "snapshot" and frames[0]["reason"] == "requested" and frames[0]["dropped"] == 0
-    assert [r["id"] for r in frames[0]["requests"]] == ["r1"]
-    assert frames[1]["events"] == [{"type": "iss_state", "id": "-", "state": {"latitude": 2}}]
-    assert sub.drain() == []
-
-
-async def test_batches_are_cut_by_the_loop_and_wake_waiting_subscribers():
-    hub = EventHub(5, SubscriberPolicy(batch_interval=0.05))
-    sub = hub.subscribe()
-    waiter = asyncio.ensure_future(sub.next_messages())
-    await asyncio.sleep(0)
-    assert not waiter.done()
-    hub.publish(_request("r1"))
-    hub.publish(_tokens("r1", "a"))
-    messages = await asyncio.wait_for(waiter, 2)
-    assert [e["type"] for e in orjson.loads(messages[0])["events"]] == ["request", "tokens"]
-
-    waiter = asyncio.ensure_future(sub.next_messages())
-    await asyncio.sleep(0)
-    await hub.close()
-    assert await asyncio.wait_for(waiter, 2) is None
-    assert hub.subscribers == 0
-    hub.publish(_request("r2"))  # still fine with nobody listening
-
-
 async def test_ten_stuck_subscribers_share_one_bounded_backlog():
     # What a publish costs is a figure of `python -m bench.costs`; here, that the hub encodes each
     # batch once for every socket, and keeps no more than its cap for sockets that never read.
-    async def fill(hub: EventHub) -> None:
+    async def fill(hub: MemoryHub) -> None:
         hub.publish(_request("r1"))
         for index in range(20_000):
             hub.publish(_tokens("r1", f"token {index} "))
@@ -229,7 +330,7 @@ async def test_ten_stuck_subscribers_share_one_bounded_backlog():
 
     # 20,000 tokens make about 250 KB of batches: four times what the backlog may hold.
     policy = SubscriberPolicy(max_pending=100, max_bytes=64 * 1024)
-    one, ten = EventHub(100, policy), EventHub(100, policy)
+    one, ten = MemoryHub(100, policy), MemoryHub(100, policy)
     one.subscribe()
     ten_readers = [ten.subscribe() for _ in range(10)]
     await fill(one)
@@ -238,3 +339,5 @@ async def test_ten_stuck_subscribers_share_one_bounded_backlog():
     assert abs(ten.backlog_bytes - one.backlog_bytes) < one.backlog_bytes * 0.05
     assert 32 * 1024 < ten.backlog_bytes <= 64 * 1024
     assert all(reader.behind > 0 for reader in ten_readers)
+    await one.close()
+    await ten.close()

@@ -1,0 +1,34 @@
+"""The one table of console event types: what the chat path publishes and what the page reads.
+
+Each type has a role that says what the console does with it; the page gets this table (rendered
+into its template as JSON) and acts on roles, so a new outcome or event is one line here.
+Every event carries "type", "id" (the request id; "-" for station pushes) and "t" (epoch seconds).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+# role: what an event of this type is to the console and the replay buffer.
+#   request  opens a request's record (messages, parameters, upstream, worker)
+#   iss      the ISS context block added to that request
+#   text     a piece of the streamed answer
+#   outcome  how the request ended (its record's status is the type's name)
+#   station  the station's position, pushed to every console, not part of any request
+EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
+    "request": "request",
+    "iss": "iss",
+    "tokens": "text",
+    "done": "outcome",
+    "cancelled": "outcome",
+    "error": "outcome",
+    "iss_state": "station",
+})
+
+ROLES = frozenset(("request", "iss", "text", "outcome", "station"))
+OUTCOMES: tuple[str, ...] = tuple(name for name, role in EVENT_TYPES.items() if role == "outcome")
+
+
+def role_of(kind: object) -> str | None:
+    """The role of an event type, or None for a type the console does not know."""
+    return EVENT_TYPES.get(kind) if isinstance(kind, str) else None
