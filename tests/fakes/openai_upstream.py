@@ -18,7 +18,9 @@ passes upstream unchanged like every other field:
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
 
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
-test can see what reached the upstream and that an abandoned stream was closed.
+test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
+for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
+and its bytes, so a test in the same process can tell how late the caller got each token.
 
 Run alone: python -m tests.fakes.openai_upstream --port 9100 --tokens 20 --gap 0.005
 """
@@ -57,6 +59,8 @@ class FakeUpstream:
     aborted_streams: int = 0
     bodies: deque = field(default_factory=lambda: deque(maxlen=50))
     headers: deque = field(default_factory=lambda: deque(maxlen=50))
+    # One list per stream, oldest stream first: (time.monotonic() when written, the event's bytes).
+    timeline: deque = field(default_factory=lambda: deque(maxlen=50))
     _runner: web.AppRunner | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -141,6 +145,8 @@ class FakeUpstream:
             return web.json_response(self._completion(cid, created, model, tokens, wants_tools))
 
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        sent: list[tuple[float, bytes]] = []
+        self.timeline.append(sent)
         await self._set_open(+1)
         finished = False
         try:
@@ -185,6 +191,7 @@ class FakeUpstream:
                 if index == self.hold_at:
                     await self.release.wait()
                 await response.write(payload)
+                sent.append((time.monotonic(), payload))
             await response.write(b"data: [DONE]\n\n")
             finished = True
             return response
