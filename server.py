@@ -20,6 +20,7 @@ from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
 from handlers.base import NotFoundHandler
 from services.events import Hub, MemoryHub
+from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.station_feed import StationFeed
@@ -34,7 +35,7 @@ class Inflight:
     def __init__(self) -> None:
         self.draining = False
         self.active: set[Any] = set()
-        self.outcomes: dict[str, int] = {"done": 0, "cancelled": 0, "error": 0, "shutdown": 0}
+        self.outcomes: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         self._idle = asyncio.Event()
         self._idle.set()
 

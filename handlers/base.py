@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import tornado.web
 
-from services.openai_format import ApiError, error_body
+from services.errors import ApiError, error_body
 
 log = logging.getLogger("iss_llm.http")
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from handlers.base import ApiHandler
+from services.errors import ApiError
 from services.iss.describe import describe_state
-from services.openai_format import ApiError
 
 MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
+
+from services.errors import ApiError
 
 log = logging.getLogger("iss_llm.chat")
 
@@ -13,11 +17,36 @@ class Publisher(Protocol):
     def publish(self, event: dict[str, Any]) -> None: ...
 
 
+class Outcome(StrEnum):
+    """How a chat request ended; each request has exactly one, recorded once by Exchange.end()."""
+
+    DONE = "done"  # the answer was sent whole
+    CANCELLED = "cancelled"  # the caller went away
+    SUPERSEDED = "superseded"  # a newer request of the same conversation replaced it (SUPERSEDE)
+    ERROR = "error"  # the caller got an error (status, or an SSE error event)
+    FALLBACK = "fallback"  # the upstream failed before the first token; FALLBACK_REPLY was sent
+    SHUTDOWN = "shutdown"  # the server ended it while shutting down
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A request's outcome with what goes with it: the answer's finish reason and usage, or the error."""
+
+    outcome: Outcome
+    status: int = 200
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: ApiError | None = None
+    where: str | None = None  # for an error: where it happened
+
+
 class Exchange:
     """Records one request from arrival to its end (done, cancelled or error) and publishes each step.
 
     Event types are those of the one table in services/events/kinds.py, each event with "type",
-    "id" and "t" (epoch seconds). Nothing secret is ever put on an event: no headers, no keys.
+    "id" and "t" (epoch seconds); a request ends with one outcome event ("done", "cancelled",
+    "superseded" or "error", the last also carrying the outcome: "error", "fallback" or
+    "shutdown"). Nothing secret is ever put on an event: no headers, no keys.
     """
 
     def __init__(
@@ -37,7 +66,9 @@ class Exchange:
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.chunks = 0
-        self.outcome: str | None = None
+        self.outcome: Outcome | None = None
+        self.status: int | None = None
+        self.upstream_model: str | None = None
         self.tool_calls: dict[int, dict[str, str]] = {}
 
     def _emit(self, kind: str, **fields: Any) -> None:
@@ -97,47 +128,46 @@ class Exchange:
         if isinstance(function.get("arguments"), str):
             call["arguments"] += function["arguments"]
 
-    def done(self, finish_reason: str | None, usage: dict[str, Any] | None) -> None:
-        self.outcome = "done"
-        total_ms = self._elapsed_ms()
-        generating_s = (
-            (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
-        )
-        completion_tokens = (usage or {}).get("completion_tokens") or self.chunks
-        tps = round(completion_tokens / generating_s, 1) if generating_s > 0 else None
-        self._emit(
-            "done",
-            finish_reason=finish_reason,
-            usage=usage,
-            ttft_ms=self.ttft_ms,
-            total_ms=total_ms,
-            chunks=self.chunks,
-            tokens_per_second=tps,
-            tool_calls=[self.tool_calls[index] for index in sorted(self.tool_calls)] or None,
-        )
-        log.info(
-            "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
-            self.id, self.conversation_id, finish_reason, self.ttft_ms, total_ms, self.chunks,
-        )
+    def end(self, ending: Ending) -> None:
+        """Record how the request ended: the one place every outcome goes through, exactly once.
 
-    def cancelled(self) -> None:
+        Publishes the console's event for it ("done", "cancelled", "superseded" or "error") carrying
+        the outcome, the status, the timings and the upstream's model, and logs one line. A hook
+        that counts outcomes (metrics) belongs here.
+        """
         if self.outcome is not None:
             return
-        self.outcome = "cancelled"
-        at_ms = self._elapsed_ms()
-        self._emit("cancelled", at_ms=at_ms, chunks=self.chunks)
-        log.info(
-            "request %s conversation=%s cancelled by caller at_ms=%s chunks=%d",
-            self.id, self.conversation_id, at_ms, self.chunks,
-        )
-
-    def failed(
-        self, *, status: int, message: str, where: str, code: str | None = None, outcome: str = "error"
-    ) -> None:
-        self.outcome = outcome
-        at_ms = self._elapsed_ms()
-        self._emit("error", status=status, message=message, where=where, code=code, at_ms=at_ms)
-        log.warning(
-            "request %s conversation=%s error where=%s status=%d code=%s: %s",
-            self.id, self.conversation_id, where, status, code, message,
-        )
+        self.outcome = ending.outcome
+        self.status = ending.status
+        total_ms = self._elapsed_ms()
+        common = {"outcome": ending.outcome.value, "status": ending.status, "ttft_ms": self.ttft_ms,
+                  "total_ms": total_ms, "chunks": self.chunks, "upstream_model": self.upstream_model}
+        if ending.outcome is Outcome.DONE:
+            generating_s = (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
+            completion_tokens = (ending.usage or {}).get("completion_tokens") or self.chunks
+            tps = round(completion_tokens / generating_s, 1) if generating_s > 0 else None
+            self._emit(
+                "done", finish_reason=ending.finish_reason, usage=ending.usage, tokens_per_second=tps,
+                tool_calls=[self.tool_calls[index] for index in sorted(self.tool_calls)] or None, **common,
+            )
+            log.info(
+                "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
+                self.id, self.conversation_id, ending.finish_reason, self.ttft_ms, total_ms, self.chunks,
+            )
+        elif ending.outcome in (Outcome.CANCELLED, Outcome.SUPERSEDED):
+            self._emit(ending.outcome.value, at_ms=total_ms, **common)
+            why = "by caller" if ending.outcome is Outcome.CANCELLED else "by a newer request"
+            log.info(
+                "request %s conversation=%s %s %s at_ms=%s chunks=%d",
+                self.id, self.conversation_id, ending.outcome.value, why, total_ms, self.chunks,
+            )
+        else:
+            error = ending.error
+            assert error is not None
+            self._emit("error", message=error.message, where=ending.where, code=error.code, at_ms=total_ms,
+                       **common)
+            log.warning(
+                "request %s conversation=%s %s where=%s status=%d code=%s: %s",
+                self.id, self.conversation_id, ending.outcome.value, ending.where, error.status, error.code,
+                error.message,
+            )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -11,41 +10,14 @@ from typing import Any
 
 import orjson
 
+from services.errors import ApiError
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # Fields this layer interprets itself; every other field of the request goes upstream unchanged.
 OWN_FIELDS = frozenset({"messages", "model", "stream"})
 
 DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE_EVENT = b": keepalive\n\n"
-
-
-class ApiError(Exception):
-    """An error the caller sees as the OpenAI error object with an HTTP status."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.param = param
-        self.code = code
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type=self.type, param=self.param, code=self.code)
-
-
-def error_body(
-    message: str, *, type: str, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 @dataclass
@@ -223,14 +195,3 @@ def sse_json(obj: Any) -> bytes:
 def estimate_tokens(text: str) -> int:
     """A rough token count (about four characters a token) for the offline responder's usage."""
     return max(1, (len(text) + 3) // 4) if text else 0
-
-
-_SECRET_PATTERN = re.compile(r"\b(sk|key|tok)[-_][A-Za-z0-9_\-]{8,}")
-
-
-def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Remove configured secrets and anything shaped like an API key from a message."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return _SECRET_PATTERN.sub("***", text)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 
 from services.context import BLOCK_END, BLOCK_START, inject, iss_block
-from services.openai_format import completion_from_chunks, redact, text_chunks
+from services.openai_format import completion_from_chunks, text_chunks
+from services.redaction import redact_text
 
 MESSAGES = [
     {"role": "system", "content": "persona"},
@@ -57,5 +58,5 @@ def test_text_chunks_fold_back_into_a_completion():
 
 
 def test_redact_removes_configured_secrets_and_key_shapes():
-    text = redact("bad key my-server-secret and sk-abcdefghijklmnop", ["my-server-secret"])
+    text = redact_text("bad key my-server-secret and sk-abcdefghijklmnop", ["my-server-secret"])
     assert "my-server-secret" not in text and "sk-abcdefghijklmnop" not in text

@@ -5,12 +5,9 @@ Applied once, before an event reaches any hub's buffer, subscriber or (across pr
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-_SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|token$|^key$)", re.IGNORECASE)
-REDACTED = "[redacted]"
+from services.redaction import REDACTED, SECRET_KEY, redact_fields
 
 # What the console keeps of one request's messages and parameters: enough to read and replay an
 # ordinary request, bounded so a megabyte prompt or a deeply nested body cannot make every replay
@@ -29,8 +26,8 @@ def sanitize(event: dict[str, Any]) -> dict[str, Any]:
     clean = {
         **event,
         "messages": bounded(event.get("messages")),
-        "params": redact(bounded(event.get("params"))),
-        "upstream": redact(event.get("upstream")),
+        "params": redact_fields(bounded(event.get("params"))),
+        "upstream": redact_fields(event.get("upstream")),
     }
     clean.pop("headers", None)
     return clean
@@ -54,7 +51,7 @@ def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
             if index >= MAX_ITEMS:
                 out["…"] = f"[{len(value) - MAX_ITEMS} more keys not kept]"
                 break
-            secret = isinstance(key, str) and _SECRET_KEY.search(key) and item
+            secret = isinstance(key, str) and SECRET_KEY.search(key) and item
             out[key] = REDACTED if secret else bounded(item, budget, depth + 1)
         return out
     if isinstance(value, list):
@@ -65,29 +62,3 @@ def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
         return str(value)
     return value
-
-
-def redact(value: Any) -> Any:
-    """A copy of a params/upstream mapping with anything that looks like a credential replaced."""
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str) and "@" in value and "://" in value:
-        return _strip_userinfo(value)
-    return value
-
-
-def _strip_userinfo(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

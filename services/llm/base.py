@@ -1,4 +1,4 @@
-"""What every chat backend offers, and the one error type they raise."""
+"""What every chat backend offers. Backends raise services.errors.ApiError (type "upstream_error")."""
 
 from __future__ import annotations
 
@@ -6,17 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from services.iss.state import IssState
-
-
-class UpstreamError(Exception):
-    """The backend failed; `status` and `code` say how, `message` is safe to show the caller."""
-
-    def __init__(self, status: int, message: str, *, code: str, type: str = "upstream_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.type = type
 
 
 class Backend(Protocol):

@@ -20,9 +20,9 @@ import openai
 import orjson
 
 from config import Settings
+from services.errors import ApiError, upstream_error
 from services.iss.state import IssState
-from services.llm.base import UpstreamError
-from services.openai_format import redact
+from services.redaction import redact_text
 
 log = logging.getLogger("iss_llm.upstream")
 
@@ -67,8 +67,7 @@ def _encode(body: dict[str, Any]) -> bytes:
         try:
             return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         except RecursionError:
-            raise UpstreamError(400, "The request is nested too deeply to forward.", code="invalid_request",
-                                type="invalid_request_error") from None
+            raise ApiError(400, "The request is nested too deeply to forward.", code="invalid_request") from None
 
 
 class OpenAIUpstream:
@@ -137,12 +136,12 @@ class OpenAIUpstream:
         await self._client.close()
 
     def _clean(self, message: str) -> str:
-        message = redact(message, self._secrets)
+        message = redact_text(message, self._secrets)
         return message if len(message) <= _MESSAGE_LIMIT else message[:_MESSAGE_LIMIT] + "…"
 
-    def _translate(self, exc: Exception) -> UpstreamError:
+    def _translate(self, exc: Exception) -> ApiError:
         """The caller-facing error for an upstream failure; the detail goes to the log."""
-        if isinstance(exc, UpstreamError):
+        if isinstance(exc, ApiError):
             return exc
         if isinstance(exc, openai.APIStatusError):
             body = exc.body if isinstance(exc.body, dict) else {}
@@ -150,36 +149,36 @@ class OpenAIUpstream:
             status = exc.status_code
             log.warning("upstream answered %d: %s", status, detail)
             if status == 429:
-                return UpstreamError(
+                return upstream_error(
                     429, f"The upstream LLM is rate limiting requests: {detail}",
                     code="upstream_rate_limited", type="rate_limit_error",
                 )
             if status in {400, 422}:
                 # The caller's own parameters, passed through unchanged, were refused.
-                return UpstreamError(
+                return upstream_error(
                     400, f"The upstream LLM rejected the request: {detail}",
                     code="upstream_rejected", type="invalid_request_error",
                 )
-            return UpstreamError(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")
+            return upstream_error(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")
         # The aiohttp transport maps every connection error to a timeout; the aiohttp error it
         # wraps says whether time really ran out.
         cause = _aiohttp_cause(exc)
         not_a_timeout = cause is not None and not isinstance(cause, aiohttp.ServerTimeoutError)
         if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and not not_a_timeout:
             log.warning("upstream timed out: %s", type(exc).__name__)
-            return UpstreamError(504, "The upstream LLM did not answer in time.", code="upstream_timeout")
+            return upstream_error(504, "The upstream LLM did not answer in time.", code="upstream_timeout")
         if isinstance(exc, openai.APIConnectionError):
             log.warning("upstream unreachable: %s", self._clean(str(exc.__cause__ or exc)))
-            return UpstreamError(
+            return upstream_error(
                 502, "The upstream LLM could not be reached.", code="upstream_unreachable"
             )
         if isinstance(exc, httpx2.HTTPError):
             log.warning("upstream connection failed mid-stream: %s", type(exc).__name__)
-            return UpstreamError(
+            return upstream_error(
                 502, "The upstream LLM closed the connection before finishing.", code="upstream_dropped"
             )
         log.exception("unexpected upstream failure")
-        return UpstreamError(502, "The upstream LLM sent an answer this server could not read.",
+        return upstream_error(502, "The upstream LLM sent an answer this server could not read.",
                              code="upstream_bad_response")
 
 

@@ -1,0 +1,44 @@
+"""The one error type of the chat path: what the caller sees, as the OpenAI error object and a status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def error_body(
+    message: str, *, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class ApiError(Exception):
+    """An error the caller sees: an HTTP status before streaming began, an SSE error event after.
+
+    Raised for what a caller sent (400, 401, 413...), by backends for what an upstream did
+    (`type="upstream_error"`, 502/504...) and by the server itself (503 shutting down, 500).
+    `message` is always safe to show: no key, no traceback.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def upstream_error(status: int, message: str, *, code: str, type: str = "upstream_error") -> ApiError:
+    """An upstream's failure, as the caller sees it."""
+    return ApiError(status, message, type=type, code=code)
