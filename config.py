@@ -42,6 +42,22 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError(f"must be 0 or more, got {value!r}")
+    return number
+
+
+def _redis_url(value: str) -> str | None:
+    url = value.strip()
+    if not url:
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return url
+
+
 def _choice(*allowed: str):
     def parse(value: str) -> str:
         lowered = value.strip().lower()
@@ -151,6 +167,14 @@ class Settings:
         default=100, metadata={"env": "CONSOLE_BUFFER", "parse": _positive_int}
     )
 
+    # ---- workers and the cluster (issue 11) ----
+    # Worker processes sharing the listening socket; 0 means one per core.
+    workers: int = field(default=1, metadata={"env": "WORKERS", "parse": _non_negative_int})
+    # With a Redis URL the workers (of every host) share one console feed and one ISS poller.
+    redis_url: str | None = field(
+        default=None, repr=False, metadata={"env": "REDIS_URL", "parse": _redis_url}
+    )
+
     log_level: str = field(
         default="info",
         metadata={"env": "LOG_LEVEL", "parse": _choice("debug", "info", "warning", "error")},
@@ -164,6 +188,11 @@ class Settings:
         if self.llm_backend == "builtin":
             return False
         return bool(self.openai_api_key)
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes to run (WORKERS=0: one per core)."""
+        return self.workers or os.cpu_count() or 1
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -196,6 +225,7 @@ def load_settings(
     parser = argparse.ArgumentParser(description="ISS-aware OpenAI-compatible chat layer")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 5000)")
+    parser.add_argument("--workers", type=int, help="worker processes (default 1; 0 = one per core)")
     args = parser.parse_args(argv)
 
     merged: dict[str, str] = {}
@@ -207,6 +237,10 @@ def load_settings(
         settings = replace(settings, host=args.host)
     if args.port is not None:
         settings = replace(settings, port=args.port)
+    if args.workers is not None:
+        if args.workers < 0:
+            raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")
+        settings = replace(settings, workers=args.workers)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
     return settings

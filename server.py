@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
 from config import ConfigError, Settings, load_settings
@@ -24,6 +27,7 @@ from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.station_feed import StationFeed
+from services.supervisor import Hooks, Supervisor
 
 ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("iss_llm")
@@ -170,17 +174,24 @@ def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
     )
 
 
-async def serve(settings: Settings) -> int:
-    """Listen until SIGTERM or SIGINT, then stop accepting and let in-flight streams finish."""
+async def serve(
+    settings: Settings, sockets: list[socket.socket] | None = None, parent: int | None = None
+) -> int:
+    """Listen until SIGTERM or SIGINT, then stop accepting and let in-flight streams finish.
+
+    A worker (`parent` set) serves the sockets its parent bound, leaves the start-up messages to
+    the parent, listens for SIGTERM alone, and drains as well when its parent goes away.
+    """
     app = make_app(settings)
     services: Services = app.services  # type: ignore[attr-defined]
     server = make_server(app, settings)
-    try:
-        sockets = bind_sockets(settings.port, settings.host)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
-        await services.close()
-        return 1
+    if sockets is None:
+        try:
+            sockets = bind_sockets(settings.port, settings.host)
+        except OSError as exc:
+            log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+            await services.close()
+            return 1
     await services.start()
     # Start-up objects (modules, geography, the app) never die: move them out of the collector's
     # sight so full collections scan only what requests create. Raising the thresholds as well
@@ -188,20 +199,10 @@ async def serve(settings: Settings) -> int:
     gc.collect()
     gc.freeze()
     server.add_sockets(sockets)
-    port = sockets[0].getsockname()[1]
-
-    host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
-    base = f"http://{host_for_url}:{port}"
-    log.info("listening on %s (backend: %s)", base, services.backend.name)
-    if settings.listens_beyond_loopback and not settings.server_api_key:
-        log.warning(
-            "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
-            "port can use your upstream LLM. Set SERVER_API_KEY. !!!",
-            settings.host,
-        )
-    if settings.console_enabled:
-        # Printed, never logged: the token opens a page that shows every conversation.
-        print(f"Console: {base}/console?token={services.console_token}", flush=True)
+    if parent is None:
+        announce(settings, sockets[0].getsockname()[1], services.console_token, services.backend.name)
+    else:
+        log.info("worker %d serving (backend: %s)", os.getpid(), services.backend.name)
 
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -212,9 +213,20 @@ async def serve(settings: Settings) -> int:
         stop.set()
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    orphan_watch = None
+    if parent is not None:
+        def check_parent() -> None:
+            if os.getppid() != parent and not stop.is_set():
+                log.warning("the parent process is gone: draining")
+                stop.set()
+
+        orphan_watch = PeriodicCallback(check_parent, 1000)
+        orphan_watch.start()
     await stop.wait()
+    if orphan_watch is not None:
+        orphan_watch.stop()
 
     inflight = services.inflight
     log.info("shutting down: no new connections, %d stream(s) in flight", inflight.count)
@@ -235,19 +247,77 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
+def announce(settings: Settings, port: int, console_token: str, backend: str, workers: int = 1) -> None:
+    """The start-up messages: where the server listens, a loud warning when it is open, the console URL."""
+    host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
+    base = f"http://{host_for_url}:{port}"
+    log.info("listening on %s (backend: %s%s)", base, backend, f", {workers} workers" if workers > 1 else "")
+    if settings.listens_beyond_loopback and not settings.server_api_key:
+        log.warning(
+            "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
+            "port can use your upstream LLM. Set SERVER_API_KEY. !!!",
+            settings.host,
+        )
+    if settings.console_enabled:
+        # Printed, never logged: the token opens a page that shows every conversation.
+        print(f"Console: {base}/console?token={console_token}", flush=True)
+
+
+# ---- several workers (issue 11) ----------------------------------------------------------------
+
+
+def before_workers(settings: Settings) -> None:
+    """Once, in the parent, before the first worker forks: process-wide setup every worker inherits
+    (prometheus_client's multiprocess mode sets and empties PROMETHEUS_MULTIPROC_DIR here). No event
+    loop may run here: one must not cross a fork."""
+
+
+def worker_exited(settings: Settings, pid: int) -> None:
+    """In the parent, after a worker ended (prometheus_client: multiprocess.mark_process_dead(pid))."""
+
+
+def run_workers(settings: Settings, count: int) -> int:
+    """Bind once, fork `count` workers on the shared sockets, restart the ones that die, drain on SIGTERM."""
+    # Every worker must accept the same console URL and cookie (an HMAC of this token).
+    settings = settings.with_overrides(console_token=settings.console_token or secrets.token_urlsafe(24))
+    try:
+        sockets = bind_sockets(settings.port, settings.host)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+        return 1
+    parent = os.getpid()
+    backend = "openai" if settings.use_openai else "builtin"
+    announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend, count)
+
+    def work(index: int) -> int:
+        code = asyncio.run(serve(settings, sockets, parent=parent))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
+
+    supervisor = Supervisor(
+        count, work, sockets,
+        Hooks(before_fork=lambda: before_workers(settings), worker_exited=lambda pid: worker_exited(settings, pid)),
+    )
+    return supervisor.run()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    workers = settings.worker_count
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if workers > 1 else "") + ": %(message)s",
     )
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
-    code = asyncio.run(serve(settings))
+    if workers > 1:
+        code = run_workers(settings, workers)
+    else:
+        code = asyncio.run(serve(settings))
     # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
     # shutdown into death by signal.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

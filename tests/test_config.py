@@ -63,3 +63,27 @@ def test_loopback_detection():
     assert not Settings(host="127.0.0.1").listens_beyond_loopback
     assert not Settings(host="::1").listens_beyond_loopback
     assert Settings(host="0.0.0.0").listens_beyond_loopback
+
+
+# ---- workers and the cluster (issue 11) ----
+
+
+def test_workers_from_the_environment_or_the_flag():
+    assert load_settings([], environ={}, env_file=None).worker_count == 1
+    assert load_settings([], environ={"WORKERS": "3"}, env_file=None).worker_count == 3
+    assert load_settings(["--workers", "2"], environ={"WORKERS": "3"}, env_file=None).worker_count == 2
+    assert load_settings(["--workers", "0"], environ={}, env_file=None).worker_count >= 1  # one per core
+    for bad in ({"WORKERS": "-1"}, {"WORKERS": "many"}):
+        with pytest.raises(ConfigError, match="WORKERS"):
+            load_settings([], environ=bad, env_file=None)
+    with pytest.raises(ConfigError, match="--workers"):
+        load_settings(["--workers", "-2"], environ={}, env_file=None)
+
+
+def test_redis_url_is_checked_and_kept_out_of_repr():
+    assert load_settings([], environ={"REDIS_URL": ""}, env_file=None).redis_url is None
+    settings = load_settings([], environ={"REDIS_URL": "redis://:pw-secret@127.0.0.1:6379/0"}, env_file=None)
+    assert settings.redis_url == "redis://:pw-secret@127.0.0.1:6379/0"
+    assert "pw-secret" not in repr(settings)
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load_settings([], environ={"REDIS_URL": "http://127.0.0.1:6379"}, env_file=None)

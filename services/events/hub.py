@@ -10,6 +10,8 @@ worker of every host). Both pass the shared suite in tests/test_events.py.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -19,11 +21,17 @@ from services.events.sanitize import sanitize
 log = logging.getLogger("iss_llm.events")
 
 
+def worker_name() -> str:
+    """This process as the console names it: host and pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 class Hub(ABC):
     """Events from the chat path to every console socket; the replay a new socket starts from."""
 
     def __init__(self, buffer_size: int = 100, policy: SubscriberPolicy | None = None) -> None:
         self.fanout = Fanout(buffer_size, policy)
+        self.worker = worker_name()
         self._failures = 0
 
     @property
@@ -83,8 +91,8 @@ class Hub(ABC):
         self.fanout.flush()
 
     def status(self) -> dict[str, Any]:
-        """What the console shows about its feed: {"feed": "local"} for one process."""
-        return {"feed": "local"}
+        """What the console shows about its feed: this worker, and where the events come from."""
+        return {"feed": "local", "worker": self.worker}
 
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until what was published so far is in the replay and the sockets' batches."""

@@ -1,0 +1,148 @@
+"""Worker processes sharing one set of listening sockets: started, restarted when they die, drained together.
+
+The parent binds the sockets, then forks; it never runs an event loop (a loop must not cross a
+fork). Each worker runs the whole server on the inherited sockets, so the kernel spreads new
+connections over the workers. SIGTERM or SIGINT to the parent: it stops accepting (closes its copy
+of the sockets) and passes SIGTERM on, so every worker drains its streams as one server does; a
+second signal is passed on too (each worker then ends its remaining streams at once). A worker
+that dies otherwise is replaced, with a growing pause when replacements keep dying young.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("iss_llm.workers")
+
+POLL_S = 0.1
+YOUNG_S = 10.0  # a worker that dies sooner than this counts towards the back-off
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Hooks:
+    """What the server does around the workers' lives (e.g. metrics' multiprocess directory)."""
+
+    before_fork: Callable[[], None] = lambda: None  # once, in the parent, before the first worker
+    worker_exited: Callable[[int], None] = lambda pid: None  # in the parent, with the dead worker's pid
+
+
+@dataclass
+class _Slot:
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    young_deaths: int = 0
+    restart_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs `work(index)` in `count` forked workers until a signal asks them all to stop."""
+
+    def __init__(
+        self,
+        count: int,
+        work: Callable[[int], int],
+        sockets: list[socket.socket],
+        hooks: Hooks | None = None,
+    ) -> None:
+        self.count = count
+        self.work = work
+        self.sockets = sockets
+        self.hooks = hooks or Hooks()
+        self.slots = [_Slot(index) for index in range(count)]
+        self.restarts = 0
+        self._stopping = 0  # signals received
+
+    def run(self) -> int:
+        """Start the workers, keep them running, drain them on a signal; the exit code."""
+        self.hooks.before_fork()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        for slot in self.slots:
+            self._start(slot)
+        failed = False
+        while any(slot.pid for slot in self.slots) or not self._stopping:
+            self._reap()
+            if not self._stopping:
+                now = time.monotonic()
+                for slot in self.slots:
+                    if not slot.pid and now >= slot.restart_at:
+                        self._start(slot)
+            time.sleep(POLL_S)
+        for slot in self.slots:
+            failed = failed or any(code != 0 for code in slot.exits[-1:])
+        log.info("all workers stopped")
+        return 1 if failed else 0
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping += 1
+        if self._stopping == 1:
+            # No new connections from here on: the workers close their copies as they drain.
+            for sock in self.sockets:
+                sock.close()
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.kill(slot.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def _start(self, slot: _Slot) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                # Ctrl-C reaches the whole process group: the parent alone turns it into one SIGTERM.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                code = self.work(slot.index)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                log.exception("worker %d failed", slot.index)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        slot.pid = pid
+        slot.started = time.monotonic()
+        log.info("worker %d started (pid %d)", slot.index, pid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            slot.pid = 0
+            slot.exits.append(code)
+            self.hooks.worker_exited(pid)
+            if self._stopping:
+                log.info("worker %d (pid %d) stopped, exit %d", slot.index, pid, code)
+                continue
+            lived = time.monotonic() - slot.started
+            slot.young_deaths = slot.young_deaths + 1 if lived < YOUNG_S else 0
+            delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.young_deaths - 1)) if slot.young_deaths else 0.0
+            slot.restart_at = time.monotonic() + delay
+            self.restarts += 1
+            how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
+            log.warning(
+                "worker %d (pid %d) died (%s) after %.1fs; starting another%s",
+                slot.index, pid, how, lived, f" in {delay:.1f}s" if delay else "",
+            )

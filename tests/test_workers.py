@@ -1,0 +1,151 @@
+"""`server.py --workers N`: one port, N processes; one console token; a dead worker replaced; SIGTERM drains all."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+
+import orjson
+import psutil
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from tests.conftest import UPSTREAM_KEY, open_stream
+from tests.fakes.openai_upstream import FakeUpstream
+from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
+
+TOKEN = "process-console-token"
+
+
+@pytest.fixture
+def fake_upstream(io_loop):
+    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+def _workers_env(tmp_path, fake_upstream, **extra: str) -> dict[str, str]:
+    return _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url,
+                OPENAI_API_KEY=UPSTREAM_KEY, **extra)
+
+
+def serving(server: ServerProcess) -> set[int]:
+    """Pids of the workers that said they serve."""
+    return {int(m) for line in server.output for m in re.findall(r"worker (\d+) serving", line)}
+
+
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.05)
+
+
+async def console_hello(base_url: str, cookie: str) -> dict:
+    request = HTTPRequest(base_url.replace("http://", "ws://") + "/console/ws", headers={"Cookie": cookie},
+                          request_timeout=5)
+    ws = await websocket_connect(request)
+    try:
+        message = await asyncio.wait_for(ws.read_message(), 5)
+        assert message is not None, "console socket refused"
+        return orjson.loads(message)
+    finally:
+        ws.close()
+
+
+async def test_two_workers_share_one_port_and_one_console_token(io_loop, fake_upstream, tmp_path):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, fake_upstream, CONSOLE_TOKEN=""), "--port", str(port),
+                           "--workers", "2")
+    await server.start()
+    try:
+        console_line = await server.wait_for_line("/console?token=")
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        assert sum("listening on" in line for line in server.output) == 1  # printed once, by the parent
+        # The token printed by the parent (generated there: CONSOLE_TOKEN is empty) opens the page...
+        url = re.search(r"(http://\S+/console\?token=\S+)", console_line).group(1)
+        client = AsyncHTTPClient(force_instance=True)
+        response = await client.fetch(url, follow_redirects=False, raise_error=False)
+        assert response.code == 303
+        cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+        # ...and its cookie opens the console socket on whichever worker takes the connection.
+        workers = set()
+        for _ in range(40):
+            hello = await console_hello(base, cookie)
+            assert hello["type"] == "hello"
+            workers.add(hello["worker"])
+            if len(workers) == 2:
+                break
+        assert {int(w.rsplit(":", 1)[1]) for w in workers} == serving(server)
+        client.close()
+        assert await server.stop() == 0
+        server.assert_clean_output()
+    finally:
+        server.kill()
+
+
+async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_worker(io_loop, fake_upstream, tmp_path):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, fake_upstream, DRAIN_TIMEOUT="30"), "--port", str(port),
+                           "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        first = serving(server)
+        slow = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 300, "gap": 0.02}}
+
+        def owner(writer: asyncio.StreamWriter) -> int:
+            """The worker holding this connection, from the kernel's table of its sockets."""
+            local_port = writer.get_extra_info("sockname")[1]
+            for pid in first:
+                for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                    if conn.raddr and conn.raddr.port == local_port:
+                        return pid
+            return 0
+
+        # Streams on fresh connections until each worker holds at least one.
+        streams, owners = [], []
+        while set(owners) != first and len(streams) < 20:
+            reader, writer, seen = await open_stream(base, slow)
+            streams.append((reader, writer, seen))
+            owners.append(owner(writer))
+        assert set(owners) == first, owners
+        victim = owners[0]
+        psutil.Process(victim).send_signal(signal.SIGKILL)
+        # The caller of the killed worker sees its connection end (no [DONE])...
+        reader, writer, seen = streams[0]
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            seen += chunk
+        assert b"[DONE]" not in seen
+        writer.close()
+        # ...the parent starts another worker, and the other streams go on.
+        await server.wait_for_line(f"(pid {victim}) died")
+        await wait_until(lambda: len(serving(server) - first) == 1, 30, "a new worker serving")
+        others = [s for s, o in zip(streams, owners, strict=True) if o != victim]
+        for reader, _, _ in others:
+            assert await asyncio.wait_for(reader.read(65536), 10)
+
+        # SIGTERM to the parent: every worker drains; the streams in flight end with [DONE].
+        server.terminate()
+        await server.wait_for_line("shutting down")
+        with pytest.raises(OSError):
+            _, late = await asyncio.open_connection("127.0.0.1", port)
+            late.close()
+        for reader, writer, seen in others:
+            while b"data: [DONE]" not in seen:
+                chunk = await asyncio.wait_for(reader.read(65536), 30)
+                assert chunk, "an in-flight stream was cut before [DONE]"
+                seen += chunk
+            writer.close()
+        assert await server.stop() == 0
+        server.assert_clean_output()
+    finally:
+        server.kill()
