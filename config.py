@@ -96,6 +96,10 @@ class Settings:
     max_body_bytes: int = field(
         default=1024 * 1024, metadata={"env": "MAX_BODY_BYTES", "parse": _positive_int}
     )
+    # --- issue 9: hostile network and upstream ---
+    max_connections: int = field(
+        default=1000, metadata={"env": "MAX_CONNECTIONS", "parse": _positive_int}
+    )
     keepalive_interval: float = field(
         default=3.0, metadata={"env": "KEEPALIVE_INTERVAL", "parse": _positive_float}
     )

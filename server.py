@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -22,6 +23,7 @@ from tornado.netutil import bind_sockets
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
 from handlers.base import NotFoundHandler
+from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
 from services.exchange import Outcome
 from services.iss.state import Tracker
@@ -82,6 +84,7 @@ class Services:
     station: StationFeed
     console_token: str
     inflight: Inflight = field(default_factory=Inflight)
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -162,9 +165,14 @@ def make_app(settings: Settings, services: Services | None = None, **debug: Any)
 
 
 def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
-    """The HTTP server with its limits: body size (the chat handler answers 413 itself), headers, timeouts."""
-    return HTTPServer(
+    """The HTTP server with its limits: open connections (MAX_CONNECTIONS, lowered to what the
+    open-file limit holds), body size (the chat handler answers 413 itself), headers, timeouts."""
+    services: Services = app.services  # type: ignore[attr-defined]
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return CappedHTTPServer(
         app,
+        max_connections=fitting_cap(settings.max_connections, soft),
+        stats=services.connections,
         # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
         xheaders=settings.trust_proxy_headers,
         max_body_size=settings.max_body_bytes,
@@ -203,6 +211,12 @@ async def serve(
         announce(settings, sockets[0].getsockname()[1], services.console_token, services.backend.name)
     else:
         log.info("worker %d serving (backend: %s)", os.getpid(), services.backend.name)
+    cap = services.connections.max
+    open_files, open_files_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log.info("connections: at most %d open in this process (MAX_CONNECTIONS=%d%s; open-file limit %d, hard %d)",
+             cap, settings.max_connections,
+             ", lowered to fit the open-file limit" if cap < settings.max_connections else "", open_files,
+             open_files_hard)
 
     stop, hurry = asyncio.Event(), asyncio.Event()
 
@@ -314,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
+    raise_open_file_limit()
     if workers > 1:
         code = run_workers(settings, workers)
     else:

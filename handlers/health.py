@@ -22,6 +22,7 @@ class HealthHandler(ApiHandler):
                 "backend": services.backend.describe(),
                 "iss": services.tracker.health(),
                 "chat": {"in_flight": services.inflight.count, **services.inflight.outcomes},
+                "connections": services.connections.to_dict(),
                 # For leak checks under load: tasks that outlive their request show up here.
                 "asyncio_tasks": len(asyncio.all_tasks()),
             }
