@@ -127,6 +127,12 @@ class Settings:
     upstream_connect_timeout: float = field(
         default=5.0, metadata={"env": "UPSTREAM_CONNECT_TIMEOUT", "parse": _positive_float}
     )
+    upstream_max_bytes: int = field(
+        default=16 * 1024 * 1024, metadata={"env": "UPSTREAM_MAX_BYTES", "parse": _positive_int}
+    )
+    upstream_max_event_bytes: int = field(
+        default=1024 * 1024, metadata={"env": "UPSTREAM_MAX_EVENT_BYTES", "parse": _positive_int}
+    )
     upstream_max_retries: int = field(
         default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": int}
     )

@@ -22,6 +22,7 @@ import orjson
 from config import Settings
 from services.errors import ApiError, upstream_error
 from services.iss.state import IssState
+from services.llm.bounded import bound_client, too_large
 from services.redaction import redact_text
 
 log = logging.getLogger("iss_llm.upstream")
@@ -30,29 +31,50 @@ _MESSAGE_LIMIT = 500
 _PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
 
 
-async def sse_payloads(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The data payloads of an SSE byte stream, up to `[DONE]`; comments and other fields skipped."""
-    buffer = b""
+async def sse_payloads(blocks: AsyncIterator[bytes], max_event: int = 1024 * 1024) -> AsyncIterator[bytes]:
+    """The data payloads of an SSE byte stream, up to `[DONE]`; comments and other fields skipped.
+
+    A line, and the data of one event, are at most `max_event` bytes (a 502 ApiError past it). The
+    buffer only grows by appends and each byte is scanned for a newline once, so a line that never
+    ends costs linear time up to the limit, not quadratic.
+    """
+    buffer = bytearray()
     data: list[bytes] = []
+    data_size = 0
     async for block in blocks:
+        scanned = len(buffer)
         buffer += block
-        if b"\n" not in block:
+        newline = buffer.find(b"\n", scanned)
+        if newline < 0:
+            if len(buffer) > max_event:
+                raise too_large("an SSE line", max_event, "UPSTREAM_MAX_EVENT_BYTES")
             continue
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw[:-1] if raw.endswith(b"\r") else raw
-            if not line:
+        start = 0
+        while newline >= 0:
+            end = newline - 1 if newline > start and buffer[newline - 1] == 13 else newline  # 13: \r
+            if end - start > max_event:
+                raise too_large("an SSE line", max_event, "UPSTREAM_MAX_EVENT_BYTES")
+            if end == start:
                 if data:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
                     data = []
+                    data_size = 0
                     if payload == b"[DONE]":
                         return
                     yield payload
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
+            elif buffer.startswith(b"data:", start):
+                value = bytes(buffer[start + 6 if buffer[start + 5:start + 6] == b" " else start + 5:end])
+                data_size += len(value) + 1
+                if data_size > max_event:
+                    raise too_large("an SSE event", max_event, "UPSTREAM_MAX_EVENT_BYTES")
+                data.append(value)
+            start = newline + 1
+            newline = buffer.find(b"\n", start)
+        del buffer[:start]
+        if len(buffer) > max_event:
+            raise too_large("an SSE line", max_event, "UPSTREAM_MAX_EVENT_BYTES")
     if buffer.startswith(b"data:"):
-        data.append(buffer[5:].lstrip(b" "))
+        data.append(bytes(buffer[5:]).lstrip(b" "))
     if data and data != [b"[DONE]"]:
         yield b"\n".join(data)
 
@@ -85,8 +107,10 @@ class OpenAIUpstream:
             max_retries=settings.upstream_max_retries,
             # aiohttp under the openai client: its C parser and coalesced reads keep the per-chunk cost
             # a fraction of httpx's (h11 and eight async-generator layers per chunk).
-            http_client=openai.DefaultAioHttpClient(),
+            # Bounded: every body arrives decompressed a step at a time, never past UPSTREAM_MAX_BYTES.
+            http_client=bound_client(openai.DefaultAioHttpClient(), settings.upstream_max_bytes),
         )
+        self._max_event = settings.upstream_max_event_bytes
         # The SDK's telemetry headers (x-stainless-*) are nine of the sixteen it sends: built,
         # copied and held for the life of every stream, for nothing a compatible server needs.
         # Omit() is the SDK's own way to leave a header out.
@@ -120,7 +144,7 @@ class OpenAIUpstream:
     async def stream(self, params: dict[str, Any], iss: IssState | None) -> AsyncIterator[bytes]:
         try:
             async with self._create(params, stream=True) as response:
-                async for payload in sse_payloads(response.aiter_bytes()):
+                async for payload in sse_payloads(response.aiter_raw(), self._max_event):
                     yield payload
         except Exception as exc:
             raise self._translate(exc) from None
@@ -128,7 +152,7 @@ class OpenAIUpstream:
     async def complete(self, params: dict[str, Any], iss: IssState | None) -> bytes:
         try:
             async with self._create(params, stream=False) as response:
-                return await response.aread()
+                return b"".join([piece async for piece in response.aiter_raw()])
         except Exception as exc:
             raise self._translate(exc) from None
 

@@ -17,6 +17,20 @@ passes upstream unchanged like every other field:
     {"x_fake": {"multiline": true}}                     each chunk's JSON over several data: lines
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
 
+Hostile upstreams (each `bytes` is a size in bytes):
+
+    {"x_fake": {"fault": "long_line", "bytes": N}}       a stream whose first line never ends
+    {"x_fake": {"fault": "big_event", "bytes": N}}       one event of short data: lines, N bytes in all
+    {"x_fake": {"fault": "flood", "bytes": N}}           valid chunks, about N bytes in all
+    {"x_fake": {"fault": "huge_completion", "bytes": N}} a non-streamed answer of N bytes
+    {"x_fake": {"fault": "gzip_bomb", "bytes": N}}       gzip on the wire, N bytes once inflated (stream,
+                                                         whole answer, or with "status" an error body)
+    {"x_fake": {"gzip": true}}                           the ordinary answer, gzip-compressed
+    {"x_fake": {"fault": "comments", "seconds": S}}      only SSE comments (every 0.1 s) for S seconds
+    {"x_fake": {"fault": "drip", "seconds": S}}          the first chunk a byte at a time over S seconds
+    {"x_fake": {"extra_chunks": [{...}, ...]}}           these raw JSON chunks before [DONE]
+    {"x_fake": {"completion": {...}}}                    this exact object as the non-streamed answer
+
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
 for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
@@ -29,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +54,23 @@ import orjson
 from aiohttp import web
 
 WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
+
+
+@functools.lru_cache(maxsize=8)
+def gzip_bomb(size: int, line: bytes) -> bytes:
+    """`line` repeated to `size` bytes, gzip-compressed a megabyte at a time (never whole in memory)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = line * max(1, (1 << 20) // len(line))
+    out, left = [], size
+    while left > 0:
+        out.append(compressor.compress(block[:left]))
+        left -= len(block)
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def _gzip_response(body: bytes, status: int, content_type: str) -> web.Response:
+    return web.Response(body=body, status=status, headers={"Content-Type": content_type, "Content-Encoding": "gzip"})
 
 
 @dataclass
@@ -122,6 +155,14 @@ class FakeUpstream:
         self.bodies.append(body)
         fake = body.get("x_fake") or {}
         fault = fake.get("fault")
+        size = int(fake.get("bytes", 0))
+        if fault == "gzip_bomb" and (not body.get("stream") or "status" in fake):
+            status = int(fake.get("status", 200))
+            return _gzip_response(gzip_bomb(size, b'{"pad": "' + b"0" * 1000 + b'",'), status, "application/json")
+        if fault == "huge_completion":
+            return web.Response(body=b'{"choices": [], "pad": "' + b"0" * size + b'"}', content_type="application/json")
+        if "completion" in fake and not body.get("stream"):
+            return web.json_response(fake["completion"])
         if fault == "status":
             status = int(fake.get("status", 500))
             kind = "rate_limit_error" if status == 429 else "server_error"
@@ -142,8 +183,17 @@ class FakeUpstream:
         if not body.get("stream"):
             if first_delay:
                 await asyncio.sleep(first_delay)
-            return web.json_response(self._completion(cid, created, model, tokens, wants_tools))
+            completion = self._completion(cid, created, model, tokens, wants_tools)
+            if fake.get("gzip"):
+                return _gzip_response(zlib.compress(orjson.dumps(completion), wbits=16 + zlib.MAX_WBITS), 200,
+                                      "application/json")
+            return web.json_response(completion)
 
+        if fault == "gzip_bomb":
+            return _gzip_response(gzip_bomb(size, b": the same comment again\n"), 200, "text/event-stream")
+        if fake.get("gzip"):
+            stream = b"".join(self._chunks(cid, created, model, tokens, wants_tools, body)) + b"data: [DONE]\n\n"
+            return _gzip_response(zlib.compress(stream, wbits=16 + zlib.MAX_WBITS), 200, "text/event-stream")
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         sent: list[tuple[float, bytes]] = []
         self.timeline.append(sent)
@@ -160,6 +210,10 @@ class FakeUpstream:
                 await asyncio.sleep(first_delay)
             if fault == "empty":
                 await response.write(b"data: [DONE]\n\n")
+                finished = True
+                return response
+            if fault in HOSTILE_STREAMS:
+                await HOSTILE_STREAMS[fault](response, size, float(fake.get("seconds", 1.0)))
                 finished = True
                 return response
             after = int(fake.get("after", 1))
@@ -192,6 +246,8 @@ class FakeUpstream:
                     await self.release.wait()
                 await response.write(payload)
                 sent.append((time.monotonic(), payload))
+            for extra in fake.get("extra_chunks") or ():
+                await response.write(b"data: " + orjson.dumps(extra) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
             finished = True
             return response
@@ -230,6 +286,49 @@ class FakeUpstream:
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 42, "completion_tokens": tokens, "total_tokens": 42 + tokens}}
+
+
+async def _long_line(response: web.StreamResponse, size: int, seconds: float) -> None:
+    await response.write(b"data: ")
+    for _ in range(0, size, 1 << 16):
+        await response.write(b"0" * (1 << 16))
+
+
+async def _big_event(response: web.StreamResponse, size: int, seconds: float) -> None:
+    line = b"data: " + b"0" * 1000 + b"\n"
+    for _ in range(0, size, len(line) * 64):
+        await response.write(line * 64)
+    await response.write(b"\n")
+
+
+async def _flood(response: web.StreamResponse, size: int, seconds: float) -> None:
+    chunk = {"id": "chatcmpl-flood", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": "0" * 4000}, "finish_reason": None}]}
+    event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    for _ in range(0, size, len(event) * 16):
+        await response.write(event * 16)
+    await response.write(b"data: [DONE]\n\n")
+
+
+async def _comments(response: web.StreamResponse, size: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await response.write(b": still thinking\n\n")
+        await asyncio.sleep(0.1)
+
+
+async def _drip(response: web.StreamResponse, size: int, seconds: float) -> None:
+    chunk = {"id": "chatcmpl-drip", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Drip"}, "finish_reason": None}]}
+    event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    for index in range(len(event)):
+        await response.write(event[index:index + 1])
+        await asyncio.sleep(seconds / len(event))
+    await response.write(b"data: [DONE]\n\n")
+
+
+HOSTILE_STREAMS = {"long_line": _long_line, "big_event": _big_event, "flood": _flood, "comments": _comments,
+                   "drip": _drip}
 
 
 async def _serve(args: argparse.Namespace) -> None:
