@@ -184,7 +184,9 @@ async def test_fallback_reply_turns_an_upstream_failure_into_an_answer(overrides
     assert health["chat"]["fallback"] == 1 and health["chat"]["error"] == 0
 
 
-async def test_no_traceback_or_key_reaches_caller_or_log(base_url, caplog):
+async def test_upstream_errors_reach_caller_and_log_without_traceback_or_key(base_url, caplog):
+    # What the upstream sends (an error repeating the key, a malformed chunk); a bug inside this
+    # server is tests/test_internal_errors.py.
     caplog.set_level(logging.DEBUG)
     echoed = {"fault": "status", "status": 401, "echo_key": True}
     for stream in (True, False):
