@@ -125,17 +125,30 @@ async def test_a_huge_request_is_bounded_before_it_is_kept_or_sent(make_hub):
 async def test_publish_never_raises_on_malformed_events(make_hub):
     hub = make_hub(3)
     sub = hub.subscribe()
+    # Without a request id there is nothing to file it under: dropped, kept nowhere, sent nowhere.
     hub.publish({"type": "tokens"})
     hub.publish({"type": "request", "id": None})
     hub.publish({})
     hub.publish(None)  # type: ignore[arg-type]
+    assert await hub.settle()
+    assert hub.snapshot() == []
+    assert sub.drain() == []
+
     hub.publish(_request("r"))
     hub.publish({"type": "tokens", "id": "r", "t": 1.0, "text": 5})
-    hub.publish({"type": "request", "id": "r", "messages": "not a list", "params": object()})
+    hub.publish({"type": "tokens", "id": "r", "t": 1.0, "text": "ok"})
     hub.publish({"type": "no-such-type", "id": "r", "t": 1.0})
+    hub.publish({"type": "request", "id": "r", "messages": "not a list", "params": object()})
     assert await hub.settle()
-    assert [r["id"] for r in hub.snapshot()] == ["r"]
-    sub.drain()  # still encodable
+    # The request is kept, and what was not a string is kept as its text.
+    [record] = hub.snapshot()
+    assert record["id"] == "r" and record["status"] == "streaming" and record["text"] == "5ok"
+    # The consoles got the request as it first came, and a value JSON cannot hold as text, not as
+    # an error or a lost frame.
+    events = _events(sub)
+    assert events and {e["id"] for e in events} == {"r"}
+    assert events[0]["type"] == "request" and events[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert isinstance(events[-1]["params"], str)
 
 
 async def test_events_reach_every_subscriber_in_one_shared_batch(make_hub):
