@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.iss.sources import SourceError, parse_open_notify, parse_wheretheiss
-from tests.fakes.iss_sources import fixture_path
+from tests.fakes.iss_sources import FakeIssSources, fixture_path
 
 
 def _fixture(name: str) -> dict:
@@ -36,24 +38,25 @@ def test_wheretheiss_fixture_with_altitude_velocity_visibility():
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "reason"),
     [
-        lambda d: d.update(message="failure"),
-        lambda d: d.pop("iss_position"),
-        lambda d: d["iss_position"].update(latitude="north"),
-        lambda d: d["iss_position"].update(latitude="91"),
-        lambda d: d["iss_position"].update(longitude="nan"),
-        lambda d: d["iss_position"].update(longitude=None),
-        lambda d: d.update(timestamp="soon"),
-        lambda d: d.update(timestamp=d["timestamp"] - 3600),  # stale: an hour old
-        lambda d: d.update(timestamp=d["timestamp"] + 3600),  # from the future
+        (lambda d: d.update(message="failure"), "message is not 'success'"),
+        (lambda d: d.pop("iss_position"), "iss_position missing"),
+        (lambda d: d["iss_position"].update(latitude="north"), "latitude is not a number"),
+        (lambda d: d["iss_position"].update(latitude="91"), "latitude out of range"),
+        (lambda d: d["iss_position"].update(longitude="nan"), "longitude out of range"),
+        (lambda d: d["iss_position"].update(longitude=None), "longitude missing or not a number"),
+        (lambda d: d.update(timestamp="soon"), "timestamp is not a number"),
+        (lambda d: d.update(timestamp=d["timestamp"] - 3600), "stale data"),  # an hour old
+        (lambda d: d.update(timestamp=d["timestamp"] + 3600), "timestamp is in the future"),
     ],
 )
-def test_open_notify_bad_bodies_are_rejected(mutate):
+def test_open_notify_bad_bodies_are_rejected(mutate, reason):
     data = _fixture("open_notify_iss_now.json")
     received = _received(data)
     mutate(data)
-    with pytest.raises(SourceError):
+    # Each for its own reason: the message is what /healthz and the log say about the source.
+    with pytest.raises(SourceError, match=re.escape(reason)):
         parse_open_notify(json.dumps(data), received)
 
 
@@ -70,3 +73,18 @@ def test_wheretheiss_wrong_units_are_rejected():
     data["units"] = "miles"
     with pytest.raises(SourceError, match="units"):
         parse_wheretheiss(json.dumps(data), _received(data))
+
+
+@pytest.mark.parametrize("request_line", [b"GARBAGE", b"GET /iss-now.json", b"POST /iss-now.json HTTP/1.1"])
+async def test_the_fake_sources_fail_a_test_that_sends_them_a_malformed_request(request_line):
+    # The fakes stand for Open Notify, wheretheiss.at and CelesTrak: a request they cannot read is
+    # a bug in what the project sent, and must fail the test rather than pass as a failing source.
+    fakes = FakeIssSources()
+    await fakes.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", fakes.port)
+    writer.write(request_line + b"\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    with pytest.raises(AssertionError, match="malformed request"):
+        await fakes.close()

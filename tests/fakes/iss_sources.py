@@ -8,6 +8,9 @@ Usage::
         ...
         assert fakes.requests["open-notify"] == 1
 
+A request the fakes cannot read (not `GET <path> HTTP/1.x`) is answered 400 and recorded in
+`malformed`, and closing the fakes then fails the test: such a request is the project's bug.
+
 Paths: /iss-now.json (open-notify), /v1/satellites/25544 (wheretheiss), /gp.php (celestrak).
 Positions are the truth TLE (default: the bundled one) propagated to the moment of each request
 plus `truth_shift_s`, so a stale tracker TLE disagrees with the live sources the way the real
@@ -60,6 +63,7 @@ class FakeIssSources:
         self._writers: set[asyncio.StreamWriter] = set()
         self._closing = asyncio.Event()
         self.port = 0
+        self.malformed: list[str] = []
 
     async def __aenter__(self) -> FakeIssSources:
         await self.start()
@@ -74,7 +78,8 @@ class FakeIssSources:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        """Stop listening, release hanging requests and close every open connection."""
+        """Stop listening, release hanging requests and close every open connection; then fail
+        (AssertionError) if any request was malformed."""
         self._closing.set()
         if self._server is not None:
             self._server.close()
@@ -83,6 +88,10 @@ class FakeIssSources:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+        if self.malformed:
+            raise AssertionError(f"the fake ISS sources got {len(self.malformed)} malformed request(s): "
+                                 f"{self.malformed[:3]}")
 
     # ---- configuration a test uses ----
 
@@ -121,7 +130,13 @@ class FakeIssSources:
         self._writers.add(writer)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
-            target = head.split(b"\r\n", 1)[0].split(b" ")[1].decode("latin-1")
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = request_line.split(" ")
+            if len(parts) != 3 or parts[0] != "GET" or not parts[2].startswith("HTTP/1."):
+                self.malformed.append(request_line[:200])
+                await self._respond(writer, 400, b"malformed request", "text/plain")
+                return
+            target = parts[1]
             source = _PATHS.get(target.split("?", 1)[0])
             if source is None:
                 await self._respond(writer, 404, b"not found", "text/plain")
@@ -143,8 +158,8 @@ class FakeIssSources:
                 return
             body, kind = self._body(source)
             await self._respond(writer, 200, body, kind)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, IndexError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass  # the client went away or sent no complete head: nothing to answer
         finally:
             self._writers.discard(writer)
             writer.close()
