@@ -41,11 +41,17 @@ def _chunk(delta: dict[str, Any]) -> bytes:
 
 
 class BrokenBackend:
-    """An LLM backend with a bug: it raises RuntimeError after `x_fake.raise_after` chunks."""
+    """An LLM backend with a bug: it raises RuntimeError after `x_fake.raise_after` chunks (or, made
+    with `describe_raises`, as soon as the handler asks where requests go)."""
 
     name = "broken"
 
+    def __init__(self, describe_raises: bool = False) -> None:
+        self.describe_raises = describe_raises
+
     def describe(self) -> dict[str, Any]:
+        if self.describe_raises:
+            raise RuntimeError(DETAIL)
         return {"backend": self.name}
 
     async def stream(self, params: dict[str, Any], iss: IssState | None) -> AsyncIterator[bytes]:
@@ -83,13 +89,14 @@ def overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def broken() -> str:
-    """Which collaborator has the bug: "backend" or "tracker"."""
+    """Which collaborator has the bug: "backend", "describe" (the backend's describe()) or "tracker"."""
     return "backend"
 
 
 @pytest.fixture
 def app(settings, io_loop, broken):
-    services = build_services(settings, backend=BrokenBackend() if broken == "backend" else None)
+    backend = {"backend": BrokenBackend(), "describe": BrokenBackend(describe_raises=True)}.get(broken)
+    services = build_services(settings, backend=backend)
     if broken == "tracker":
         services.tracker = BrokenTracker(services.tracker)
     application = make_app(settings, services)
@@ -158,14 +165,17 @@ async def test_a_bug_after_the_stream_began_is_an_sse_error_event(base_url, capl
     assert _leaks(orjson.dumps(hello).decode()) == []
 
 
-@pytest.mark.parametrize("broken", ["tracker"])
 @pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [("POST", "/v1/chat/completions", {"messages": MESSAGES, "stream": True}),
-     ("POST", "/chat/completions", {"messages": MESSAGES}),
-     ("GET", "/iss", None)],
+    ("broken", "method", "path", "body"),
+    [("tracker", "POST", "/v1/chat/completions", {"messages": MESSAGES, "stream": True}),
+     ("tracker", "POST", "/chat/completions", {"messages": MESSAGES}),
+     ("tracker", "GET", "/iss", None),
+     ("describe", "POST", "/v1/chat/completions", {"messages": MESSAGES, "stream": True}),
+     ("describe", "GET", "/healthz", None)],
 )
 async def test_an_uncaught_exception_in_a_handler_is_a_clean_500(broken, base_url, caplog, method, path, body):
+    # Whichever way the 500 is written (the chat handler's own catch, or the base handler's
+    # write_error for what escapes a handler), the caller gets the same clean error.
     caplog.set_level(logging.DEBUG)
     response = await post_json(base_url, body, path=path, method=method, headers=AUTH)
     assert response.code == 500
