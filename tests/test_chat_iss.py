@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.context import BLOCK_END, BLOCK_START
+from services.iss.orbit import ground_distance_km
 from tests.conftest import post_json
 
 MESSAGES = [
@@ -113,3 +114,22 @@ async def test_all_sources_down_falls_back_to_the_shipped_elements(base_url, ups
     assert response.code == 200
     block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
     assert "bundled" in block and "rough estimate" in block and "days old" in block
+
+
+async def test_injected_position_is_the_sources_point_even_off_the_models_orbit(base_url, upstream, open_notify):
+    # A source reporting latitudes no orbit model of the ISS reaches: the block still says where the
+    # source says, moved on to the block's time, never a point from the model thousands of km away.
+    def off_orbit(when: datetime) -> tuple[float, float]:
+        seconds = when.timestamp()
+        return 65.0, ((seconds * 0.05) % 360.0) - 180.0
+
+    open_notify.truth_track = off_orbit
+    await post_json(base_url, {"messages": MESSAGES})
+    block = _block_of(upstream.bodies[-1]["messages"][-1]["content"])
+    match = re.search(r"At (\S+ \S+) UTC .*? at (\d+\.\d+)°([NS]), (\d+\.\d+)°([EW])", block)
+    assert match, block
+    at = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    lat = float(match[2]) * (1 if match[3] == "N" else -1)
+    lon = float(match[4]) * (1 if match[5] == "E" else -1)
+    assert ground_distance_km(lat, lon, *off_orbit(at)) < 10.0, block
+    assert "rough" not in block

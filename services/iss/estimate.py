@@ -19,6 +19,8 @@ LIVE_HOLD = timedelta(minutes=30)
 ROUGH_KM = 100.0
 # Open Notify's whole-second timestamps and 4-decimal positions: about one second of travel.
 FIX_ERROR_KM = 8.0
+ORBIT_SPEED_KMS = 7.66
+ORBIT_RADIUS_KM = 6790.0
 
 _COMPASS = (
     "north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest",
@@ -67,14 +69,11 @@ def _place_fields(lat: float, lon: float, located: Located | None) -> dict[str, 
 
 
 def anchored_state(when: datetime, anchor: Anchor, located: Located | None) -> IssState:
-    """The fix's source moved on to `when` along the orbit the elements describe."""
+    """The fix moved on to `when` by the model's own motion since the fix's time."""
     fix, elements = anchor.fix, anchor.elements
-    point = propagate(elements.satrec, when + timedelta(seconds=anchor.shift_s))
+    point = anchor.point(when)
     since_fix = (when - fix.measured_at).total_seconds()
-    age_days = elements.age_days(when)
-    # How fast the elements' own error grows, applied to the time since the fix anchored them.
-    drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
-    error = anchor.residual_km + FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix)
+    error = anchored_error_km(anchor, since_fix)
     moved = "moved on" if since_fix >= 0 else "moved back"
     relation = "earlier" if since_fix >= 0 else "later"
     text = (
@@ -83,8 +82,24 @@ def anchored_state(when: datetime, anchor: Anchor, located: Located | None) -> I
     )
     rough = error > ROUGH_KM
     if rough:
-        text += "; a rough estimate, because the orbit model no longer lines up well with the fix"
+        text += "; a rough estimate this far from the fix, because the orbit model does not line up well with it"
     return _state(point, when, fix.measured_at, fix.source, text, rough, error, located)
+
+
+def anchored_error_km(anchor: Anchor, since_fix_s: float) -> float:
+    """How far off the fix moved on by `since_fix_s` can be: the fix's own error plus the model's drift.
+
+    The drift has two parts: how fast the elements' own error grows at their age, and the heading
+    error of a model that needed turning by the residual's angle to meet the fix.
+    """
+    elements = anchor.elements
+    if anchor.held:
+        return FIX_ERROR_KM + ORBIT_SPEED_KMS * abs(since_fix_s)
+    age_days = elements.age_days(anchor.fix.measured_at)
+    drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
+    travelled_km = ORBIT_SPEED_KMS * abs(since_fix_s)
+    heading_km = travelled_km * min(1.0, anchor.residual_km / ORBIT_RADIUS_KM)
+    return FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix_s) + heading_km
 
 
 def elements_state(when: datetime, elements: Elements, located: Located | None) -> IssState:

@@ -90,26 +90,28 @@ def in_sunlight(r: tuple[float, float, float], sun: tuple[float, float, float]) 
 
 def ground_in_daylight(latitude: float, longitude: float, when: datetime) -> bool:
     """Whether the Sun is above the horizon (upper limb, with refraction) at that ground point."""
-    jd, fr = julian(when)
-    sx, sy, sz = sun_direction(jd, fr)
-    theta = gmst(jd, fr)
-    # The Sun's direction rotated into the Earth-fixed frame, then dotted with the local vertical.
-    ex = sx * math.cos(theta) + sy * math.sin(theta)
-    ey = -sx * math.sin(theta) + sy * math.cos(theta)
-    lat, lon = latitude * _DEG, longitude * _DEG
-    up = (math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat))
-    sin_elevation = ex * up[0] + ey * up[1] + sz * up[2]
-    return sin_elevation > math.sin(-0.833 * _DEG)
+    return sun_elevation_deg(latitude, longitude, when) > -0.833
 
 
-def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
-    """The station's geodetic position, height, ground-frame speed and sunlight at `when`."""
+Vector = tuple[float, float, float]
+Matrix = tuple[Vector, Vector, Vector]
+IDENTITY: Matrix = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def teme_state(satrec: Satrec, when: datetime) -> tuple[Vector, Vector]:
+    """SGP4's position (km) and velocity (km/s) in its TEME frame at `when`."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     jd, fr = julian(when)
     error, r, v = satrec.sgp4(jd, fr)
     if error:
         raise PropagationError(f"sgp4 error {error}")
+    return r, v
+
+
+def point_from_teme(r: Vector, v: Vector, when: datetime) -> OrbitPoint:
+    """Geodetic position, height, ground-frame speed and sunlight of a TEME state at `when`."""
+    jd, fr = julian(when)
     theta = gmst(jd, fr)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
     x = cos_t * r[0] + sin_t * r[1]
@@ -122,6 +124,78 @@ def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
     speed_kmh = math.sqrt(vx * vx + vy * vy + v[2] * v[2]) * 3600.0
     sunlit = in_sunlight(r, sun_direction(jd, fr))
     return OrbitPoint(lat, lon, height, speed_kmh, sunlit)
+
+
+def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
+    """The station's geodetic position, height, ground-frame speed and sunlight at `when`."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    r, v = teme_state(satrec, when)
+    return point_from_teme(r, v, when)
+
+
+def earth_fixed(latitude: float, longitude: float, height_km: float) -> Vector:
+    """WGS84 geodetic to Earth-fixed km."""
+    lat, lon = latitude * _DEG, longitude * _DEG
+    sin_lat = math.sin(lat)
+    n = _WGS84_A / math.sqrt(1 - _WGS84_E2 * sin_lat * sin_lat)
+    return (
+        (n + height_km) * math.cos(lat) * math.cos(lon),
+        (n + height_km) * math.cos(lat) * math.sin(lon),
+        (n * (1 - _WGS84_E2) + height_km) * sin_lat,
+    )
+
+
+def teme_from_geodetic(latitude: float, longitude: float, height_km: float, when: datetime) -> Vector:
+    """Where a geodetic point is in the TEME frame at `when` (the inverse of point_from_teme's rotation)."""
+    x, y, z = earth_fixed(latitude, longitude, height_km)
+    theta = gmst(*julian(when))
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    return (cos_t * x - sin_t * y, sin_t * x + cos_t * y, z)
+
+
+def rotation_between(a: Vector, b: Vector) -> Matrix:
+    """The smallest rotation that turns direction `a` onto direction `b` (Rodrigues' formula)."""
+    na, nb = _norm(a), _norm(b)
+    ua = (a[0] / na, a[1] / na, a[2] / na)
+    ub = (b[0] / nb, b[1] / nb, b[2] / nb)
+    kx, ky, kz = ua[1] * ub[2] - ua[2] * ub[1], ua[2] * ub[0] - ua[0] * ub[2], ua[0] * ub[1] - ua[1] * ub[0]
+    sin_a = math.sqrt(kx * kx + ky * ky + kz * kz)
+    cos_a = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2]
+    if sin_a < 1e-12:
+        return IDENTITY
+    kx, ky, kz = kx / sin_a, ky / sin_a, kz / sin_a
+    c1 = 1 - cos_a
+    return (
+        (cos_a + kx * kx * c1, kx * ky * c1 - kz * sin_a, kx * kz * c1 + ky * sin_a),
+        (ky * kx * c1 + kz * sin_a, cos_a + ky * ky * c1, ky * kz * c1 - kx * sin_a),
+        (kz * kx * c1 - ky * sin_a, kz * ky * c1 + kx * sin_a, cos_a + kz * kz * c1),
+    )
+
+
+def rotate(m: Matrix, v: Vector) -> Vector:
+    return (
+        m[0][0] * v[0] + m[0][1] * v[1] + m[0][2] * v[2],
+        m[1][0] * v[0] + m[1][1] * v[1] + m[1][2] * v[2],
+        m[2][0] * v[0] + m[2][1] * v[1] + m[2][2] * v[2],
+    )
+
+
+def _norm(v: Vector) -> float:
+    return math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
+
+
+def sun_elevation_deg(latitude: float, longitude: float, when: datetime) -> float:
+    """The Sun's geometric elevation (degrees) seen from a ground point at `when`."""
+    jd, fr = julian(when)
+    sx, sy, sz = sun_direction(jd, fr)
+    theta = gmst(jd, fr)
+    # The Sun's direction rotated into the Earth-fixed frame, then dotted with the local vertical.
+    ex = sx * math.cos(theta) + sy * math.sin(theta)
+    ey = -sx * math.sin(theta) + sy * math.cos(theta)
+    lat, lon = latitude * _DEG, longitude * _DEG
+    up = (math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat))
+    return math.asin(max(-1.0, min(1.0, ex * up[0] + ey * up[1] + sz * up[2]))) / _DEG
 
 
 def ground_distance_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

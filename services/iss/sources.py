@@ -16,13 +16,18 @@ from typing import Any
 import aiohttp
 
 from services.futures import retrieve_outcome
+from services.iss.orbit import ground_distance_km
 from services.iss.tle import Elements, TleError, parse_tle
 
 log = logging.getLogger("iss_llm.iss")
 
-# A live fix older than this, or this far in the future, is not a fix of "now".
-MAX_FIX_AGE = timedelta(minutes=30)
-MAX_FIX_FUTURE = timedelta(seconds=120)
+# A live fix whose timestamp is this far from the local clock (either way) is not a fix of "now":
+# the feed is stale, or one of the two clocks is wrong.
+MAX_CLOCK_SKEW = timedelta(seconds=120)
+# Between two polls at least this far apart, a feed whose timestamp did not move is frozen.
+FROZEN_AFTER_S = 2.5
+# The station's ground track moves about 7 km a second; a feed moving less than this is stuck.
+MIN_GROUND_SPEED_KMS = 3.0
 _MAX_BODY = 64 * 1024
 
 
@@ -151,11 +156,26 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
 def _timestamp(value: Any, received: datetime) -> datetime:
     seconds = _number(value, "timestamp", 0, 1e11)
     measured = datetime.fromtimestamp(seconds, UTC)
-    if measured - received > MAX_FIX_FUTURE:
-        raise SourceError("timestamp is in the future")
-    if received - measured > MAX_FIX_AGE:
-        raise SourceError("stale data (timestamp more than 30 minutes old)")
+    skew = (received - measured).total_seconds()
+    if abs(skew) > MAX_CLOCK_SKEW.total_seconds():
+        relation = "behind" if skew > 0 else "ahead of"
+        raise SourceError(f"stale: timestamp {abs(skew):.0f} s {relation} the local clock")
     return measured
+
+
+def check_moving(fix: Fix, previous: Fix | None) -> None:
+    """Raise SourceError when `fix`, next to the last one accepted from its source, shows a frozen feed."""
+    if previous is None:
+        return
+    waited = (fix.received_at - previous.received_at).total_seconds()
+    advanced = (fix.measured_at - previous.measured_at).total_seconds()
+    if advanced <= 0:
+        if waited >= FROZEN_AFTER_S:
+            raise SourceError(f"frozen: timestamp has not moved in {waited:.0f} s")
+        return
+    moved = ground_distance_km(previous.latitude, previous.longitude, fix.latitude, fix.longitude)
+    if moved < MIN_GROUND_SPEED_KMS * advanced:
+        raise SourceError(f"frozen: position moved {moved:.1f} km in {advanced:.0f} s")
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -213,6 +233,7 @@ class LiveSource:
         self.min_interval = min_interval
         self.health = SourceHealth(name)
         self._parse = parser
+        self._last_fix: Fix | None = None
 
     def due(self) -> bool:
         """Whether a poll now respects the source's rate limit and failure back-off."""
@@ -230,6 +251,7 @@ class LiveSource:
         try:
             text = await _get_text(session, self.url, self.timeout)
             fix = self._parse(text, datetime.now(UTC))
+            check_moving(fix, self._last_fix)
         except asyncio.CancelledError:
             self.health.failed("cancelled")
             raise
@@ -244,6 +266,9 @@ class LiveSource:
         if self.health.consecutive_failures:
             log.info("ISS source %s answers again after %d failures", self.name, self.health.consecutive_failures)
         self.health.ok()
+        last = self._last_fix
+        if last is None or fix.measured_at > last.measured_at:
+            self._last_fix = fix  # a repeat within the frozen grace keeps the first one's receipt time
         return fix
 
 

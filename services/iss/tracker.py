@@ -17,7 +17,7 @@ from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
 from services.iss.estimate import LIVE_HOLD, Located
 from services.iss.geography import Geography
-from services.iss.orbit import propagate
+from services.iss.orbit import OrbitPoint, propagate
 from services.iss.sources import (
     CelestrakSource,
     Fix,
@@ -33,6 +33,7 @@ from services.iss.tle import Elements, TleError, load_tle_file
 log = logging.getLogger("iss_llm.iss")
 
 ENRICH_INTERVAL = 1.0
+PAIR_RENEW_S = 60.0
 MAX_TRACK_POINTS = 600
 # Fresh CelesTrak elements are already good to a few km: a cold caller need not wait for more.
 GOOD_ELEMENTS_KM = 10.0
@@ -58,9 +59,17 @@ class IssTracker:
             else:
                 log.warning("ignoring unknown ISS source %r", name)
         self._bundled = self._load_bundled()
+        # The freshest element set known (CelesTrak's, the bundled one, or one another worker sent).
+        self._current_elements: Elements | None = None
+        for candidate in (self._bundled, self._celestrak.elements if self._celestrak else None):
+            if candidate is not None:
+                self._choose_elements(candidate)
+        self._disagreement: dict[str, Any] | None = None
+        self._warned_elements: Elements | None = None
         self.geography = geography if geography is not None else Geography()
         self._geography_error: str | None = None
         self._fix: Fix | None = None
+        self._previous_fix: Fix | None = None
         self._anchor: Anchor | None = None
         self._located: Located | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -95,7 +104,7 @@ class IssTracker:
                 remaining = self._cold_deadline - time.monotonic()
                 if remaining > 0:
                     await asyncio.wait({warmup}, timeout=remaining)
-            return self._state(datetime.now(UTC))
+            return self._state(_whole_second(datetime.now(UTC)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -121,14 +130,14 @@ class IssTracker:
 
     def track(self, start: datetime, end: datetime, step_s: float) -> list[dict[str, Any]]:
         """Ground-track points (latitude, longitude, at) from start to end, at most 600 of them."""
-        elements, shift = self._model()
-        if elements is None or step_s <= 0 or end < start:
+        position = self.model()
+        if position is None or step_s <= 0 or end < start:
             return []
         count = min(MAX_TRACK_POINTS, int((end - start).total_seconds() // step_s) + 1)
         points = []
         for index in range(count):
             when = start + timedelta(seconds=index * step_s)
-            point = propagate(elements.satrec, when + timedelta(seconds=shift))
+            point = position(when)
             points.append({
                 "latitude": round(point.latitude, 4),
                 "longitude": round(point.longitude, 4),
@@ -144,7 +153,7 @@ class IssTracker:
             tle = self._celestrak.health.to_dict()
             tle["next_fetch_in_seconds"] = round(self._celestrak.seconds_until_due(), 1)
             sources["celestrak"] = tle
-        elements, _ = self._model()
+        elements = self._elements()
         fix = self._fix
         state = None
         try:
@@ -172,6 +181,7 @@ class IssTracker:
                 "residual_km": round(self._anchor.residual_km, 1),
                 "agreement_km": round(self._anchor.agreement_km, 1),
             },
+            "model_disagreement": self._disagreement,
             "sources": sources,
             "geography": {
                 "loaded": bool(getattr(self.geography, "loaded", False)),
@@ -195,16 +205,23 @@ class IssTracker:
     # ---- the model ----
 
     def _elements(self) -> Elements | None:
-        if self._celestrak is not None and self._celestrak.elements is not None:
-            return self._celestrak.elements
-        return self._bundled
+        return self._current_elements
 
-    def _model(self) -> tuple[Elements | None, float]:
+    def model(self) -> Callable[[datetime], OrbitPoint] | None:
+        """Where the station is at any moment: the anchored model while a live fix holds, else the elements."""
         elements = self._elements()
-        anchor_ = self._anchor
-        if anchor_ is not None and anchor_.elements is elements:
-            return elements, anchor_.shift_s
-        return elements, 0.0
+        if elements is None:
+            return None
+        anchor_, fix = self._anchor, self._fix
+        live = fix is not None and datetime.now(UTC) - fix.measured_at <= LIVE_HOLD
+        if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
+            return anchor_.point
+        satrec = elements.satrec
+        return lambda when: propagate(satrec, when)
+
+    def elements(self) -> Elements | None:
+        """The element set in use (the freshest known)."""
+        return self._elements()
 
     def _state(self, when: datetime, lookup: bool = False) -> IssState | None:
         elements = self._elements()
@@ -259,9 +276,39 @@ class IssTracker:
             return "propagating"
         return "unavailable"
 
-    def _accept_fix(self, fix: Fix) -> None:
+    # ---- what arrives (from this process's polls, or published by the worker that polls) ----
+
+    def fix_arrived(self, fix: Fix) -> None:
+        """A live fix: it becomes the truth at its time, and the model is lined up with it."""
+        # An earlier fix from the same source, a few seconds back at least, gives the track's direction.
+        # It is renewed once a minute, so the pair spans tens of seconds and stays recent.
+        current, previous = self._fix, self._previous_fix
+        if current is None or current.source != fix.source:
+            previous = None
+        elif previous is None or previous.source != fix.source or (
+            fix.measured_at - previous.measured_at
+        ).total_seconds() > PAIR_RENEW_S:
+            previous = current
+        self._previous_fix = previous
         self._fix = fix
         self._reanchor()
+
+    def elements_arrived(self, elements: Elements) -> bool:
+        """An element set: used at once when fresher than the one in use; returns whether it was."""
+        if not self._choose_elements(elements):
+            return False
+        self._reanchor()
+        return True
+
+    def _choose_elements(self, elements: Elements) -> bool:
+        current = self._current_elements
+        # Fresher means a later epoch; at the same epoch, fetched elements replace the shipped ones.
+        if current is not None and (elements.epoch, elements.origin != "bundled") <= (
+            current.epoch, current.origin != "bundled"
+        ):
+            return False
+        self._current_elements = elements
+        return True
 
     def _reanchor(self) -> None:
         fix, elements = self._fix, self._elements()
@@ -271,10 +318,39 @@ class IssTracker:
         previous = self._anchor
         hint = previous.shift_s if previous is not None and previous.elements is elements else None
         try:
-            self._anchor = anchor(elements, fix, hint)
+            self._anchor = anchor(elements, fix, hint, self._previous_fix)
         except Exception as exc:
             log.warning("could not line the orbit up with the %s fix: %s", fix.source, describe_error(exc))
             self._anchor = None
+            return
+        self._check_agreement(self._anchor)
+
+    def _check_agreement(self, anchor_: Anchor) -> None:
+        """Model and fix disagreeing by more than the fix's own error: say so, with the figure, once."""
+        elements = anchor_.elements
+        if anchor_.agreement_km <= estimate.FIX_ERROR_KM:
+            if self._disagreement is not None:
+                log.info("ISS orbital elements agree with the %s fix again (%.1f km)",
+                         anchor_.fix.source, anchor_.agreement_km)
+            self._disagreement = None
+            return
+        age_days = elements.age_days(anchor_.fix.measured_at)
+        self._disagreement = {
+            "km": round(anchor_.agreement_km, 1),
+            "fix_source": anchor_.fix.source,
+            "fix_error_km": estimate.FIX_ERROR_KM,
+            "elements_origin": elements.origin,
+            "elements_age_days": round(age_days, 2),
+            "along_track_shift_seconds": round(anchor_.shift_s, 1),
+            "note": "the live fix is used; the elements only move it on",
+        }
+        if self._warned_elements is not elements:
+            self._warned_elements = elements
+            log.warning(
+                "ISS orbital elements (%s, %.1f days old) disagree with the %s fix by %.1f km "
+                "(more than the fix's %.0f km): using the fix, the elements only move it on",
+                elements.origin, age_days, anchor_.fix.source, anchor_.agreement_km, estimate.FIX_ERROR_KM,
+            )
 
     # ---- background work ----
 
@@ -323,7 +399,7 @@ class IssTracker:
                 fix = await source.fetch(self._http())
             except SourceError:
                 continue
-            self._accept_fix(fix)
+            self.fix_arrived(fix)
             self._refresh_place()
             return
 
@@ -340,9 +416,9 @@ class IssTracker:
                 await asyncio.sleep(min(wait, 3600.0))
                 continue
             try:
-                await celestrak.fetch(self._http())
-                self._reanchor()
-                self._refresh_place()
+                elements = await celestrak.fetch(self._http())
+                if self.elements_arrived(elements):
+                    self._refresh_place()
             except asyncio.CancelledError:
                 raise
             except SourceError:
@@ -392,3 +468,9 @@ class IssTracker:
         place = self.geography.lookup(state.latitude, state.longitude)
         if place is not None:
             self._located = Located(state.latitude, state.longitude, place)
+
+
+def _whole_second(when: datetime) -> datetime:
+    """`when` rounded to the nearest second, so the time a reader sees is the time of the position."""
+    rounded = when.replace(microsecond=0)
+    return rounded + timedelta(seconds=1) if when.microsecond >= 500_000 else rounded

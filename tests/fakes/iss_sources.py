@@ -31,13 +31,28 @@ from pathlib import Path
 from typing import Any
 
 from config import BUNDLED_TLE, Settings
-from services.iss.orbit import propagate
+from services.iss.orbit import OrbitPoint, point_from_teme, teme_state
 from services.iss.tle import Elements, checksum, parse_tle
 
 SOURCES = ("open-notify", "wheretheiss", "celestrak")
-MODES = ("ok", "500", "hang", "drop", "malformed")
+# frozen: the same answer every time; stuck-position: the timestamp moves, the position does not;
+# skewed: a consistent answer whose timestamp (and position) is `SKEW_S` behind the local clock.
+MODES = ("ok", "500", "hang", "drop", "malformed", "frozen", "stuck-position", "skewed")
+SKEW_S = 600.0
 _PATHS = {"/iss-now.json": "open-notify", "/v1/satellites/25544": "wheretheiss", "/gp.php": "celestrak"}
 _HANG_LIMIT_S = 30.0
+
+
+def turned_tle(text: str, raan_deg: float = 0.0, inclination_deg: float = 0.0) -> str:
+    """The same elements with the orbit plane turned: the node moved by `raan_deg`, the inclination by
+    `inclination_deg` (checksums recomputed)."""
+    name, line1, line2 = [line.rstrip() for line in text.strip().splitlines()]
+    inclination = float(line2[8:16]) + inclination_deg
+    if inclination > 180.0 or inclination < 0.0:
+        raise ValueError("inclination out of range")
+    raan = (float(line2[17:25]) + raan_deg) % 360.0
+    body = f"{line2[:8]}{inclination:8.4f} {raan:8.4f}{line2[25:68]}"
+    return f"{name}\n{line1}\n{body}{checksum(body)}\n"
 
 
 def retimed_tle(text: str, epoch: datetime) -> str:
@@ -56,7 +71,11 @@ class FakeIssSources:
         text = truth_tle or BUNDLED_TLE.read_text(encoding="ascii")
         self.truth: Elements = parse_tle(text, "truth")
         self.truth_shift_s = 0.0
+        # When set, where the fake's station is at a moment (overrides the truth TLE): a test double
+        # can report points no orbit model reaches.
+        self.truth_track: Callable[[datetime], tuple[float, float]] | None = None
         self.tle_text = text
+        self._frozen: dict[str, tuple[float, float, float]] = {}
         self.requests: Counter[str] = Counter()
         self.modes: dict[str, str] = dict.fromkeys(SOURCES, "ok")
         self._server: asyncio.Server | None = None
@@ -121,8 +140,31 @@ class FakeIssSources:
 
     def truth_at(self, when: datetime) -> tuple[float, float]:
         """Where the fake's station is at `when` (latitude, longitude)."""
-        point = propagate(self.truth.satrec, when + timedelta(seconds=self.truth_shift_s))
+        if self.truth_track is not None:
+            return self.truth_track(when)
+        point = self.truth_point(when)
         return point.latitude, point.longitude
+
+    def truth_point(self, when: datetime) -> OrbitPoint:
+        """The truth elements' inertial state `truth_shift_s` later, seen from the Earth at `when`: the
+        station late or early along its orbit, as drag and reboosts leave it against old elements."""
+        r, v = teme_state(self.truth.satrec, when + timedelta(seconds=self.truth_shift_s))
+        return point_from_teme(r, v, when)
+
+    def reported(self, source: str) -> tuple[float, float, float]:
+        """(timestamp, latitude, longitude) the source answers now: whole-second time, position then."""
+        mode = self.modes[source]
+        stamp = float(int(time.time()))
+        if mode == "skewed":
+            stamp -= SKEW_S
+        if mode in {"frozen", "stuck-position"} and source in self._frozen:
+            first = self._frozen[source]
+            return (first if mode == "frozen" else (stamp, first[1], first[2]))
+        lat, lon = self.truth_at(datetime.fromtimestamp(stamp, UTC))
+        answer = (stamp, lat, lon)
+        if mode in {"frozen", "stuck-position"}:
+            self._frozen[source] = answer
+        return answer
 
     # ---- the server ----
 
@@ -165,8 +207,8 @@ class FakeIssSources:
             writer.close()
 
     def _body(self, source: str) -> tuple[bytes, str]:
-        now = time.time()
-        lat, lon = self.truth_at(datetime.fromtimestamp(now, UTC))
+        if source in {"open-notify", "wheretheiss"}:
+            now, lat, lon = self.reported(source)
         if source == "open-notify":
             data = {
                 "message": "success",
@@ -175,8 +217,7 @@ class FakeIssSources:
             }
             return json.dumps(data).encode(), "application/json"
         if source == "wheretheiss":
-            when = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.truth_shift_s)
-            point = propagate(self.truth.satrec, when)
+            point = self.truth_point(datetime.fromtimestamp(now, UTC))
             data = {
                 "name": "iss", "id": 25544, "latitude": lat, "longitude": lon,
                 "altitude": point.altitude_km, "velocity": point.speed_kmh,
