@@ -12,7 +12,7 @@ import pytest
 from services.iss.orbit import ground_distance_km
 from services.iss.tle import parse_tle
 from services.iss.tracker import IssTracker
-from tests.fakes.iss_sources import FakeIssSources, retimed_tle, tracker_settings, turned_tle, wait_until
+from tests.fakes.iss_sources import FakeIssSources, retimed_tle, tracker_settings, wait_until
 
 
 def _off_orbit(when: datetime) -> tuple[float, float]:
@@ -35,9 +35,11 @@ CASES = {
 def _fakes_for(case: str) -> FakeIssSources:
     shift, turn, off_orbit = CASES[case]
     fakes = FakeIssSources()
-    if turn:
-        fakes = FakeIssSources(turned_tle(fakes.tle_text, inclination_deg=turn))
     fakes.truth_shift_s = shift
+    if turn:
+        # Tilted about the point a quarter orbit back: the source's track crosses the model's
+        # plane about now and is `turn` degrees off it a quarter orbit on.
+        fakes.turn_plane(turn, datetime.now(UTC) - timedelta(minutes=23))
     if off_orbit:
         fakes.truth_track = _off_orbit
     return fakes

@@ -173,6 +173,20 @@ def rotation_between(a: Vector, b: Vector) -> Matrix:
     )
 
 
+def rotation_about(axis: Vector, degrees: float) -> Matrix:
+    """The rotation by `degrees` about `axis` (right-handed)."""
+    n = _norm(axis)
+    kx, ky, kz = axis[0] / n, axis[1] / n, axis[2] / n
+    angle = degrees * _DEG
+    c, s = math.cos(angle), math.sin(angle)
+    c1 = 1 - c
+    return (
+        (c + kx * kx * c1, kx * ky * c1 - kz * s, kx * kz * c1 + ky * s),
+        (ky * kx * c1 + kz * s, c + ky * ky * c1, ky * kz * c1 - kx * s),
+        (kz * kx * c1 - ky * s, kz * ky * c1 + kx * s, c + kz * kz * c1),
+    )
+
+
 def rotate(m: Matrix, v: Vector) -> Vector:
     return (
         m[0][0] * v[0] + m[0][1] * v[1] + m[0][2] * v[2],

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from config import BUNDLED_TLE, Settings
-from services.iss.orbit import OrbitPoint, point_from_teme, teme_state
+from services.iss.orbit import Matrix, OrbitPoint, point_from_teme, rotate, rotation_about, teme_state
 from services.iss.tle import Elements, checksum, parse_tle
 
 SOURCES = ("open-notify", "wheretheiss", "celestrak")
@@ -41,18 +41,6 @@ MODES = ("ok", "500", "hang", "drop", "malformed", "frozen", "stuck-position", "
 SKEW_S = 600.0
 _PATHS = {"/iss-now.json": "open-notify", "/v1/satellites/25544": "wheretheiss", "/gp.php": "celestrak"}
 _HANG_LIMIT_S = 30.0
-
-
-def turned_tle(text: str, raan_deg: float = 0.0, inclination_deg: float = 0.0) -> str:
-    """The same elements with the orbit plane turned: the node moved by `raan_deg`, the inclination by
-    `inclination_deg` (checksums recomputed)."""
-    name, line1, line2 = [line.rstrip() for line in text.strip().splitlines()]
-    inclination = float(line2[8:16]) + inclination_deg
-    if inclination > 180.0 or inclination < 0.0:
-        raise ValueError("inclination out of range")
-    raan = (float(line2[17:25]) + raan_deg) % 360.0
-    body = f"{line2[:8]}{inclination:8.4f} {raan:8.4f}{line2[25:68]}"
-    return f"{name}\n{line1}\n{body}{checksum(body)}\n"
 
 
 def retimed_tle(text: str, epoch: datetime) -> str:
@@ -74,6 +62,7 @@ class FakeIssSources:
         # When set, where the fake's station is at a moment (overrides the truth TLE): a test double
         # can report points no orbit model reaches.
         self.truth_track: Callable[[datetime], tuple[float, float]] | None = None
+        self.truth_rotation: Matrix | None = None
         self.tle_text = text
         self._frozen: dict[str, tuple[float, float, float]] = {}
         self.requests: Counter[str] = Counter()
@@ -149,7 +138,16 @@ class FakeIssSources:
         """The truth elements' inertial state `truth_shift_s` later, seen from the Earth at `when`: the
         station late or early along its orbit, as drag and reboosts leave it against old elements."""
         r, v = teme_state(self.truth.satrec, when + timedelta(seconds=self.truth_shift_s))
+        if self.truth_rotation is not None:
+            r, v = rotate(self.truth_rotation, r), rotate(self.truth_rotation, v)
         return point_from_teme(r, v, when)
+
+    def turn_plane(self, degrees: float, at: datetime | None = None) -> None:
+        """Turn the truth's orbit plane by `degrees` about the line from the Earth's centre to where
+        the station is at `at` (now by default): the same orbit, tilted, through that point."""
+        self.truth_rotation = None
+        r, _ = teme_state(self.truth.satrec, (at or datetime.now(UTC)) + timedelta(seconds=self.truth_shift_s))
+        self.truth_rotation = rotation_about(r, degrees)
 
     def reported(self, source: str) -> tuple[float, float, float]:
         """(timestamp, latitude, longitude) the source answers now: whole-second time, position then."""
