@@ -23,6 +23,7 @@ from tornado.netutil import bind_sockets
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
 from handlers.base import NotFoundHandler
+from handlers.static import StaticHandler
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
 from services.exchange import Outcome
@@ -155,6 +156,7 @@ def make_app(settings: Settings, services: Services | None = None, **debug: Any)
         routes,
         default_handler_class=NotFoundHandler,
         static_path=str(ROOT / "static"),
+        static_handler_class=StaticHandler,
         template_path=str(ROOT / "templates"),
         log_function=_log_request,
         compress_response=False,
