@@ -76,6 +76,15 @@ def _optional(value: str) -> str | None:
     return value.strip() or None
 
 
+def _console_token(value: str) -> str | None:
+    token = value.strip()
+    if token and len(token) < 16:
+        # Never echo it: the message goes to stderr and logs.
+        raise ValueError(f"must be at least 16 characters when set (got {len(token)}); leave it unset for a "
+                         "random one")
+    return token or None
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value.strip()) if value.strip() else None
 
@@ -171,7 +180,7 @@ class Settings:
 
     console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
     console_token: str | None = field(
-        default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _optional}
+        default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _console_token}
     )
     console_buffer: int = field(
         default=100, metadata={"env": "CONSOLE_BUFFER", "parse": _positive_int}
@@ -193,11 +202,21 @@ class Settings:
     @property
     def use_openai(self) -> bool:
         """Whether chat goes to the openai upstream rather than the built-in responder."""
+        return self.backend_choice[0]
+
+    @property
+    def backend_choice(self) -> tuple[bool, str]:
+        """Whether the openai upstream answers (else the built-in responder), and why, in words."""
         if self.llm_backend == "openai":
-            return True
+            return True, "LLM_BACKEND=openai"
         if self.llm_backend == "builtin":
-            return False
-        return bool(self.openai_api_key)
+            return False, "LLM_BACKEND=builtin"
+        if self.openai_api_key:
+            return True, "OPENAI_API_KEY is set"
+        if self.openai_base_url:
+            # A keyless local server (Ollama, llama.cpp, vLLM) needs only its address.
+            return True, "OPENAI_BASE_URL is set (no OPENAI_API_KEY: a keyless server)"
+        return False, "neither OPENAI_API_KEY nor OPENAI_BASE_URL is set"
 
     @property
     def worker_count(self) -> int:

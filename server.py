@@ -210,7 +210,7 @@ async def serve(
     gc.freeze()
     server.add_sockets(sockets)
     if parent is None:
-        announce(settings, sockets[0].getsockname()[1], services.console_token, services.backend.name)
+        announce(settings, sockets[0].getsockname()[1], services.console_token, backend_line(settings))
     else:
         log.info("worker %d serving (backend: %s)", os.getpid(), services.backend.name)
     cap = services.connections.max
@@ -263,6 +263,16 @@ async def serve(
     return 0
 
 
+def backend_line(settings: Settings) -> str:
+    """Which backend answers and why, for the start-up line: "openai at host:port, because ..."."""
+    from services.llm.openai_upstream import upstream_host
+
+    use_openai, why = settings.backend_choice
+    if not use_openai:
+        return f"builtin offline responder, because {why}"
+    return f"openai at {upstream_host(settings.openai_base_url or 'https://api.openai.com/v1')}, because {why}"
+
+
 def announce(settings: Settings, port: int, console_token: str, backend: str, workers: int = 1) -> None:
     """The start-up messages: where the server listens, a loud warning when it is open, the console URL."""
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
@@ -302,8 +312,7 @@ def run_workers(settings: Settings, count: int) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
     parent = os.getpid()
-    backend = "openai" if settings.use_openai else "builtin"
-    announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend, count)
+    announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend_line(settings), count)
 
     def work(index: int) -> int:
         code = asyncio.run(serve(settings, sockets, parent=parent))

@@ -53,6 +53,14 @@ class ApiHandler(tornado.web.RequestHandler):
         if not hmac.compare_digest(token.strip().encode(), expected.encode()):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
+    def bearer_ok(self) -> bool:
+        """Whether the caller may see what SERVER_API_KEY guards (always, when no key is set)."""
+        try:
+            self.check_bearer()
+        except ApiError:
+            return False
+        return True
+
     request_id: str | None = None
 
     def send_api_error(self, error: ApiError) -> None:

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import tornado.web
@@ -23,24 +24,67 @@ log = logging.getLogger("iss_llm.console")
 COOKIE = "iss_llm_console"
 COOKIE_PATH = "/console"
 MAX_SOCKETS = 32
+SESSION_SECONDS = 12 * 3600  # a console session (its cookie) lasts this long
+MAX_FAILURES = 5  # wrong console tokens from one address ...
+FAILURE_WINDOW = 60.0  # ... within this many seconds, then that address waits out the window
+MAX_TRACKED_ADDRESSES = 10_000
 
 
 class ConsoleAuth:
-    """Checks the console token and the session cookie derived from it, in constant time."""
+    """Checks the console token and the session cookie derived from it, in constant time.
 
-    def __init__(self, token: str) -> None:
+    The cookie is `<issued>.<HMAC of issued, keyed by the token>`: any worker holding the token can
+    check it, and it stops working `session_seconds` after it was issued, whatever the browser
+    keeps. Wrong tokens are counted per address: past `max_failures` in `failure_window` seconds,
+    that address is refused (429) until the window has passed.
+    """
+
+    def __init__(self, token: str, session_seconds: float = SESSION_SECONDS, max_failures: int = MAX_FAILURES,
+                 failure_window: float = FAILURE_WINDOW) -> None:
         self._token = token.encode()
-        # The cookie holds a value derived from the token, not the token itself.
-        self.cookie_value = hmac.new(self._token, b"iss-llm console session", hashlib.sha256).hexdigest()
+        self.session_seconds = session_seconds
+        self.max_failures = max_failures
+        self.failure_window = failure_window
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
-    def token_ok(self, given: str | None) -> bool:
-        """Whether `given` is the console token."""
-        return bool(given) and hmac.compare_digest(given.encode(), self._token)  # type: ignore[union-attr]
+    def _sign(self, issued: str) -> str:
+        return hmac.new(self._token, b"iss-llm console session " + issued.encode(), hashlib.sha256).hexdigest()
+
+    def new_cookie(self) -> str:
+        issued = str(int(time.time()))
+        return f"{issued}.{self._sign(issued)}"
+
+    def throttled(self, address: str | None) -> bool:
+        """Whether this address made too many wrong guesses lately."""
+        entry = self._failures.get(address or "?")
+        if entry is None:
+            return False
+        since, count = entry
+        if time.monotonic() - since > self.failure_window:
+            del self._failures[address or "?"]
+            return False
+        return count >= self.max_failures
+
+    def token_ok(self, given: str | None, address: str | None = None) -> bool:
+        """Whether `given` is the console token; a wrong one counts against `address`."""
+        ok = bool(given) and hmac.compare_digest(given.encode(), self._token)  # type: ignore[union-attr]
+        if not ok:
+            key = address or "?"
+            since, count = self._failures.pop(key, (time.monotonic(), 0))
+            self._failures[key] = (since, count + 1)
+            while len(self._failures) > MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)
+        return ok
 
     def cookie_ok(self, handler: tornado.web.RequestHandler) -> bool:
-        """Whether the request carries a valid session cookie."""
-        value = handler.get_cookie(COOKIE)
-        return bool(value) and hmac.compare_digest(value.encode(), self.cookie_value.encode())  # type: ignore[union-attr]
+        """Whether the request carries a valid session cookie that has not expired."""
+        value = handler.get_cookie(COOKIE) or ""
+        issued, _, signature = value.partition(".")
+        if not issued.isdigit() or len(issued) > 12:
+            return False
+        if not hmac.compare_digest(signature.encode(), self._sign(issued).encode()):
+            return False
+        return 0 <= time.time() - int(issued) <= self.session_seconds
 
 
 def _content_security_policy(host: str) -> str:
@@ -73,13 +117,18 @@ class ConsolePageHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         token = self.get_query_argument("token", None)
         if token is not None:
-            if not self.auth.token_ok(token):
+            if self.auth.throttled(self.request.remote_ip):
+                self.set_header("Retry-After", str(int(self.auth.failure_window)))
+                self._locked(429, "Too many wrong console tokens from this address; wait a minute.")
+                return
+            if not self.auth.token_ok(token, self.request.remote_ip):
                 self._locked(403, "That console token is not valid.")
                 return
             self.set_cookie(
                 COOKIE,
-                self.auth.cookie_value,
+                self.auth.new_cookie(),
                 path=COOKIE_PATH,
+                max_age=int(self.auth.session_seconds),
                 httponly=True,
                 samesite="Strict",
                 secure=self.request.protocol == "https",

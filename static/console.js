@@ -281,7 +281,7 @@
     kv(dl, "model", rec.model);
     kv(dl, "stream", rec.stream === undefined ? "" : String(rec.stream));
     const up = rec.upstream || {};
-    kv(dl, "upstream", [up.backend || up.name, up.base_url, up.model].filter(Boolean).join(" · "));
+    kv(dl, "upstream", [up.backend || up.name, up.host, up.model].filter(Boolean).join(" · "));
     meta.appendChild(dl);
     const params = el("div", "params");
     for (const [key, value] of Object.entries(rec.params || {})) {

@@ -15,7 +15,7 @@ from services.openai_format import completion_from_chunks, estimate_tokens, text
 
 OFFLINE_NOTE = (
     "(Offline demo: no language model is connected, so this answer is built from the ISS data "
-    "alone. Set OPENAI_API_KEY to talk to a real model.)"
+    "alone. Set OPENAI_API_KEY, or OPENAI_BASE_URL for a local server, to talk to a real model.)"
 )
 
 
@@ -45,7 +45,7 @@ class BuiltinResponder:
     name = "builtin"
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "base_url": None}
+        return {"backend": self.name, "host": None}
 
     def _chunks(self, params: dict[str, Any], iss: IssState | None) -> list[dict[str, Any]]:
         text = answer_text(iss)

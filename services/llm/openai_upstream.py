@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx2
@@ -79,6 +80,18 @@ async def sse_payloads(blocks: AsyncIterator[bytes], max_event: int = 1024 * 102
         yield b"\n".join(data)
 
 
+def upstream_host(url: str) -> str:
+    """The host (and port) of an upstream URL: never its user, password, path or query."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = parts.port
+    except ValueError:
+        return "?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}" if port else host
+
+
 def _encode(body: dict[str, Any]) -> bytes:
     """The body as JSON: orjson, or the json module past orjson's 255 levels of nesting."""
     try:
@@ -111,6 +124,7 @@ class OpenAIUpstream:
             http_client=bound_client(openai.DefaultAioHttpClient(), settings.upstream_max_bytes),
         )
         self._max_event = settings.upstream_max_event_bytes
+        self._host = upstream_host(str(client.base_url))
         # The SDK's telemetry headers (x-stainless-*) are nine of the sixteen it sends: built,
         # copied and held for the life of every stream, for nothing a compatible server needs.
         # Omit() is the SDK's own way to leave a header out.
@@ -121,7 +135,7 @@ class OpenAIUpstream:
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "base_url": str(self._client.base_url)}
+        return {"backend": self.name, "host": self._host}
 
     @contextlib.asynccontextmanager
     async def _create(self, params: dict[str, Any], stream: bool) -> AsyncIterator[httpx2.Response]:
