@@ -199,6 +199,14 @@ class Settings:
         metadata={"env": "LOG_LEVEL", "parse": _choice("debug", "info", "warning", "error")},
     )
 
+    # --- metrics and logs (issue 12) ---
+    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": _bool})
+    # false: /metrics wants the SERVER_API_KEY bearer token like the chat endpoint.
+    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": _bool})
+    log_format: str = field(
+        default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
+    )
+
     @property
     def use_openai(self) -> bool:
         """Whether chat goes to the openai upstream rather than the built-in responder."""
@@ -272,4 +280,6 @@ def load_settings(
         settings = replace(settings, workers=args.workers)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
+    if not settings.metrics_public and settings.metrics_enabled and not settings.server_api_key:
+        raise ConfigError("METRICS_PUBLIC: false needs SERVER_API_KEY (the key /metrics then asks for)")
     return settings

@@ -22,13 +22,16 @@ from tornado.netutil import bind_sockets
 
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
+from handlers import metrics as metrics_handler
 from handlers.base import NotFoundHandler
 from handlers.static import StaticHandler
+from services import logs
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
 from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
+from services.metrics import IssCollector, Metrics, NullMetrics
 from services.station_feed import StationFeed
 from services.supervisor import Hooks, Supervisor
 
@@ -86,6 +89,7 @@ class Services:
     console_token: str
     inflight: Inflight = field(default_factory=Inflight)
     connections: ConnectionStats = field(default_factory=ConnectionStats)
+    metrics: Metrics = field(default_factory=NullMetrics)
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -115,7 +119,7 @@ def build_services(
 
         backend = make_backend(settings)
     hub = hub or MemoryHub(settings.console_buffer)
-    return Services(
+    services = Services(
         settings=settings,
         tracker=tracker,
         backend=backend,
@@ -123,6 +127,10 @@ def build_services(
         station=StationFeed(hub, tracker),
         console_token=settings.console_token or secrets.token_urlsafe(24),
     )
+    if settings.metrics_enabled:
+        services.metrics = Metrics(configured_models=(settings.llm_model, settings.default_model))
+        services.metrics.add_collector(IssCollector(tracker.health))
+    return services
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
@@ -130,6 +138,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     request = handler.request
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    duration_ms = round(1000.0 * request.request_time(), 1)
     logging.getLogger("tornado.access").log(
         level,
         "%d %s %s (%s) %.1fms",
@@ -137,7 +146,9 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         request.method,
         request.path,
         request.remote_ip,
-        1000.0 * request.request_time(),
+        duration_ms,
+        extra={"status": status, "method": request.method, "path": request.path, "remote_ip": request.remote_ip,
+               "duration_ms": duration_ms},
     )
 
 
@@ -152,6 +163,8 @@ def make_app(settings: Settings, services: Services | None = None, **debug: Any)
     ]
     if settings.console_enabled:
         routes += console.routes(services)
+    if settings.metrics_enabled:
+        routes += metrics_handler.routes(services)
     app = tornado.web.Application(
         routes,
         default_handler_class=NotFoundHandler,
@@ -333,10 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     workers = settings.worker_count
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s" + ("[%(process)d]" if workers > 1 else "") + ": %(message)s",
-    )
+    logs.configure(settings.log_format, settings.log_level,
+                   secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
+                   with_pid=workers > 1)
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.

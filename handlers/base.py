@@ -10,9 +10,16 @@ from typing import Any
 import orjson
 import tornado.web
 
+from services import request_context
 from services.errors import ApiError, error_body
+from services.request_context import request_id_from
 
 log = logging.getLogger("iss_llm.http")
+
+# The route label of a log line: the server's own paths; anything else a caller asks for is "other".
+_ROUTES = frozenset({
+    "/chat/completions", "/v1/chat/completions", "/models", "/v1/models", "/healthz", "/iss", "/metrics",
+})
 
 _TYPE_BY_STATUS = {
     401: "invalid_request_error",
@@ -27,10 +34,20 @@ class ApiHandler(tornado.web.RequestHandler):
     """Base for JSON endpoints: every error is the OpenAI error object, never a traceback."""
 
     server_api_key: str | None = None
+    request_id: str | None = None
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+        if self.request_id:
+            # Also after clear() (an error replacing a half-built answer): the caller keeps the id.
+            self.set_header("X-Request-Id", self.request_id)
+
+    def prepare(self) -> None:
+        """Name the request: the caller's X-Request-Id (sanitized) or a new id, for the answer and every log line."""
+        self.request_id = request_id_from(self.request.headers.get("X-Request-Id"))
+        self.set_header("X-Request-Id", self.request_id)
+        request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
 
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -61,13 +78,8 @@ class ApiHandler(tornado.web.RequestHandler):
             return False
         return True
 
-    request_id: str | None = None
-
     def send_api_error(self, error: ApiError) -> None:
         self.clear()
-        self.set_default_headers()
-        if self.request_id:
-            self.set_header("X-Request-Id", self.request_id)
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
         self.set_status(error.status)
@@ -113,6 +125,7 @@ class NotFoundHandler(ApiHandler):
     """Any unknown path: 404 in the OpenAI error shape."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise ApiError(
             404, f"Unknown path {self.request.path}; see /v1/models and /v1/chat/completions.",
             code="unknown_url",

@@ -15,6 +15,7 @@ class ModelsHandler(ApiHandler):
         self.server_api_key = services.settings.server_api_key
 
     def prepare(self) -> None:
+        super().prepare()
         self.check_bearer()
 
     def get(self) -> None:

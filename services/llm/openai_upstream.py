@@ -25,6 +25,7 @@ from services.errors import ApiError, upstream_error
 from services.iss.state import IssState
 from services.llm.bounded import bound_client, too_large
 from services.redaction import redact_text
+from services.request_context import current_request_id
 
 log = logging.getLogger("iss_llm.upstream")
 
@@ -147,7 +148,7 @@ class OpenAIUpstream:
             "/chat/completions",
             cast_to=httpx2.Response,
             content=_encode({**params, "stream": stream}),
-            options={"security": {"bearer_auth": True}, "headers": _PER_REQUEST_TELEMETRY_OFF},
+            options={"security": {"bearer_auth": True}, "headers": _request_headers()},
             stream=True,
         )
         try:
@@ -218,6 +219,14 @@ class OpenAIUpstream:
         log.exception("unexpected upstream failure")
         return upstream_error(502, "The upstream LLM sent an answer this server could not read.",
                              code="upstream_bad_response")
+
+
+def _request_headers() -> dict[str, Any]:
+    """Per request: the SDK's telemetry headers left out, and this request's id for the upstream's logs."""
+    request_id = current_request_id()
+    if request_id is None:
+        return _PER_REQUEST_TELEMETRY_OFF
+    return {**_PER_REQUEST_TELEMETRY_OFF, "X-Request-Id": request_id}
 
 
 def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:

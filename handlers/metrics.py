@@ -1,0 +1,34 @@
+"""GET /metrics: the Prometheus exposition (text format, or OpenMetrics when the scraper asks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from handlers.base import ApiHandler
+from services.metrics import Metrics
+
+
+class MetricsHandler(ApiHandler):
+    """Public by default; behind the SERVER_API_KEY bearer token when METRICS_PUBLIC=false."""
+
+    def initialize(self, metrics: Metrics, public: bool, server_api_key: str | None) -> None:
+        self.metrics = metrics
+        self.public = public
+        self.server_api_key = server_api_key
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self.public:
+            self.check_bearer()
+
+    def get(self) -> None:
+        body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
+    settings = services.settings
+    args = {"metrics": services.metrics, "public": settings.metrics_public,
+            "server_api_key": settings.server_api_key}
+    return [(r"/metrics", MetricsHandler, args)]
