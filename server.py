@@ -42,7 +42,8 @@ log = logging.getLogger("iss_llm")
 class Inflight:
     """Chat requests in progress (so shutdown can drain, then end them) and how they ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or NullMetrics()
         self.draining = False
         self.active: set[Any] = set()
         self.outcomes: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
@@ -56,11 +57,14 @@ class Inflight:
     def enter(self, request: Any) -> None:
         self.active.add(request)
         self._idle.clear()
+        self.metrics.started()
 
     def leave(self, request: Any, outcome: str | None = None) -> None:
         if outcome:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        self.active.discard(request)
+        if request in self.active:
+            self.active.discard(request)
+            self.metrics.ended()
         if not self.active:
             self._idle.set()
 
@@ -119,18 +123,21 @@ def build_services(
 
         backend = make_backend(settings)
     hub = hub or MemoryHub(settings.console_buffer)
-    services = Services(
+    metrics: Metrics = NullMetrics()
+    if settings.metrics_enabled:
+        metrics = Metrics(configured_models=(settings.llm_model, settings.default_model))
+        metrics.add_collector(IssCollector(tracker.health))
+        hub.fanout.on_resync = metrics.console_resynced
+    return Services(
         settings=settings,
         tracker=tracker,
         backend=backend,
         hub=hub,
         station=StationFeed(hub, tracker),
         console_token=settings.console_token or secrets.token_urlsafe(24),
+        inflight=Inflight(metrics),
+        metrics=metrics,
     )
-    if settings.metrics_enabled:
-        services.metrics = Metrics(configured_models=(settings.llm_model, settings.default_model))
-        services.metrics.add_collector(IssCollector(tracker.health))
-    return services
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:

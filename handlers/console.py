@@ -15,8 +15,11 @@ import tornado.web
 import tornado.websocket
 
 from handlers.base import log_by_path
+from services import request_context
 from services.events import EVENT_TYPES, Hub, Subscription, encode
 from services.futures import retrieve_outcome
+from services.metrics import Metrics
+from services.request_context import request_id_from
 from services.station_feed import StationFeed
 
 log = logging.getLogger("iss_llm.console")
@@ -155,10 +158,12 @@ class ConsolePageHandler(tornado.web.RequestHandler):
 class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     """Streams the hub's events to one page: a replay first, then live batches."""
 
-    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed) -> None:
+    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed, metrics: Metrics) -> None:
         self.auth = auth
         self.hub = hub
         self.station = station
+        self.metrics = metrics
+        self._counted = False
         self.subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -174,6 +179,9 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
             raise tornado.web.HTTPError(403, "console session cookie missing or invalid")
         if self.hub.subscribers >= MAX_SOCKETS:
             raise tornado.web.HTTPError(503, "too many console connections")
+        # The socket joins the request that opened it in the log (the upgrade's id, or the caller's).
+        self.request_id = request_id_from(self.request.headers.get("X-Request-Id"))
+        request_context.begin(self.request_id, COOKIE_PATH + "/ws")
 
     def open(self) -> None:  # type: ignore[override]
         # Each batch leaves at once: with Nagle on, a batch would wait for the page's delayed ACK
@@ -181,6 +189,8 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         self.set_nodelay(True)
         subscription = self.hub.subscribe()
         self.subscription = subscription
+        self.metrics.console_opened()
+        self._counted = True
         # Subscribed and snapshotted in the same tick: no event is both replayed and sent live.
         hello = encode({
             "type": "hello",
@@ -204,6 +214,9 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     def on_close(self) -> None:
         if self.subscription is not None:
             self.subscription.close()
+        if self._counted:
+            self._counted = False
+            self.metrics.console_closed()
         for task in self._tasks:
             task.cancel()
 
@@ -241,5 +254,6 @@ def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
     auth = ConsoleAuth(services.console_token)
     return [
         (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": services.settings.console_buffer}),
-        (r"/console/ws", ConsoleSocketHandler, {"auth": auth, "hub": services.hub, "station": services.station}),
+        (r"/console/ws", ConsoleSocketHandler,
+         {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
     ]

@@ -59,6 +59,7 @@ LOOKUP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.
 MAX_MODELS = 16
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
+_REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own words ("overflow", "requested")
 
 
 class Timed(Protocol):
@@ -228,7 +229,7 @@ class Metrics:
         self.console_sockets.dec()
 
     def console_resynced(self, reason: str, dropped: int) -> None:
-        self.console_resyncs.labels(reason if reason in ("overflow", "requested") else OTHER).inc()
+        self.console_resyncs.labels(reason if _REASON.fullmatch(reason) else OTHER).inc()
         if dropped:
             self.console_dropped.inc(dropped)
 

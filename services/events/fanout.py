@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -107,6 +107,8 @@ class Fanout:
         self._flush_urgent = False
         self._last_flush = 0.0
         self._change: asyncio.Future[None] | None = None
+        # Told (reason, events missed) whenever a socket is sent a snapshot instead of batches (metrics).
+        self.on_resync: Callable[[str, int], None] | None = None
 
     # ---- what hubs call ----
 
@@ -290,6 +292,8 @@ class Subscription:
         if self._snapshot_reason is not None:
             fanout.flush()  # what is pending is in the snapshot: it must not come again after it
             self.dropped += self._lost
+            if fanout.on_resync is not None:
+                fanout.on_resync(self._snapshot_reason, self._lost)
             messages.append(encode({
                 "type": "snapshot", "reason": self._snapshot_reason, "dropped": self._lost,
                 "requests": fanout.snapshot(),
