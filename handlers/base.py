@@ -12,7 +12,7 @@ import tornado.web
 
 from services import request_context
 from services.errors import ApiError, error_body
-from services.request_context import request_id_from
+from services.request_context import new_request_id, sanitized_request_id
 
 log = logging.getLogger("iss_llm.http")
 
@@ -35,6 +35,7 @@ class ApiHandler(tornado.web.RequestHandler):
 
     server_api_key: str | None = None
     request_id: str | None = None
+    request_id_from_caller = False
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -45,7 +46,9 @@ class ApiHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         """Name the request: the caller's X-Request-Id (sanitized) or a new id, for the answer and every log line."""
-        self.request_id = request_id_from(self.request.headers.get("X-Request-Id"))
+        given = sanitized_request_id(self.request.headers.get("X-Request-Id"))
+        self.request_id = given or new_request_id()
+        self.request_id_from_caller = given is not None
         self.set_header("X-Request-Id", self.request_id)
         request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
 

@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 import re
-import uuid
+import time
 from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
 from handlers.base import ApiHandler
 from handlers.sse import CallerGone, SseWriter
+from services import request_context
 from services.context import inject, iss_block
 from services.errors import ApiError, error_body
 from services.exchange import Ending, Exchange, Outcome
@@ -31,6 +32,7 @@ from services.openai_format import (
     text_chunks,
 )
 from services.relay import Relay, read_completion
+from services.request_context import new_request_id
 
 if TYPE_CHECKING:
     from server import Services
@@ -57,6 +59,7 @@ class ChatHandler(ApiHandler):
         self.backend = services.backend
         self.hub = services.hub
         self.inflight = services.inflight
+        self.metrics = services.metrics
         self.server_api_key = services.settings.server_api_key
         self._secrets = (services.settings.openai_api_key, services.settings.server_api_key)
         self._body = bytearray()
@@ -66,9 +69,10 @@ class ChatHandler(ApiHandler):
         self._shutting_down = False
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
-        self.sse = SseWriter(self, services.settings.keepalive_interval)
+        self.sse = SseWriter(self, services.settings.keepalive_interval, on_keepalive=services.metrics.keepalive)
 
     def prepare(self) -> None:
+        super().prepare()
         if self.request.method != "POST":
             return
         if self.inflight.draining:
@@ -103,15 +107,21 @@ class ChatHandler(ApiHandler):
             raise self._too_large_error()
         request = parse_chat_request(bytes(self._body))
         self._body = bytearray()
-        self.request_id = f"req_{uuid.uuid4().hex[:24]}"
-        self.set_header("X-Request-Id", self.request_id)
+        assert self.request_id is not None  # named in prepare()
         conversation = self.request.headers.get("conversation-id")
+        conversation_id = _CONVERSATION_ID.sub("", conversation)[:128] if conversation else None
+        context = request_context.current()
+        if context is not None:
+            context.conversation_id = conversation_id
         exchange = Exchange(
             self.hub,
             request_id=self.request_id,
-            conversation_id=_CONVERSATION_ID.sub("", conversation)[:128] if conversation else None,
+            # The console's record has an id of the server's own when the caller named the request.
+            event_id=new_request_id() if self.request_id_from_caller else None,
+            conversation_id=conversation_id,
             remote_ip=self.request.remote_ip,
             path=self.request.path,
+            observer=self.metrics,
         )
         model = self.config.llm_model or request.model or self.config.default_model
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
@@ -164,7 +174,9 @@ class ChatHandler(ApiHandler):
 
     async def _answer(self, request: ChatRequest, model: str, exchange: Exchange) -> Ending:
         """Run the answer as a task others can cancel (caller gone, shutdown); how it ended."""
+        looking = time.perf_counter()
         state = await self.tracker.current()
+        self.metrics.iss_looked_up(time.perf_counter() - looking)
         if self._gone or self._shutting_down:
             return self._ended_early()
         messages = request.messages
@@ -198,6 +210,7 @@ class ChatHandler(ApiHandler):
         return Ending(Outcome.ERROR, error.status, error=error, where="upstream, before the first token")
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
+        exchange.upstream_sent = time.monotonic()
         chunks = self.backend.stream(params, state)
         relay = Relay(exchange, self._secrets)
         self.sse.start_keepalive()
@@ -206,6 +219,11 @@ class ChatHandler(ApiHandler):
                 async for event in events:
                     if relay.payloads == 1:
                         await self.sse.send(event)  # the first event leaves at once, with the headers
+                        if exchange.first_token_at is not None:
+                            exchange.first_written = time.monotonic()
+                    elif exchange.first_written is None and exchange.first_token_at is not None:
+                        await self.sse.send(event)  # so does the first content token: the caller waits on it
+                        exchange.first_written = time.monotonic()
                     else:
                         # Per-chunk flushes were a third of the CPU under load: coalesce what is already here.
                         await self.sse.flushed()
@@ -222,6 +240,7 @@ class ChatHandler(ApiHandler):
             await chunks.aclose()
 
     async def _complete(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
+        exchange.upstream_sent = time.monotonic()
         try:
             body = await self.backend.complete(params, state)
             completion = read_completion(body, exchange)

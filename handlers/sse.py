@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -20,9 +21,13 @@ class SseWriter:
     whatever else is already here (`write_soon`); a comment keeps the line alive when nothing was
     sent for `keepalive_interval` seconds."""
 
-    def __init__(self, handler: tornado.web.RequestHandler, keepalive_interval: float) -> None:
+    def __init__(
+        self, handler: tornado.web.RequestHandler, keepalive_interval: float,
+        on_keepalive: Callable[[], None] | None = None,
+    ) -> None:
         self._handler = handler
         self._interval = keepalive_interval
+        self._on_keepalive = on_keepalive  # counts them (metrics)
         self.started = False
         self._flush_soon = False
         self._flushing: asyncio.Future[None] | None = None
@@ -104,6 +109,8 @@ class SseWriter:
         idle = loop.time() - self._last_sent
         if idle >= self._interval * 0.99:
             self.write_soon(KEEPALIVE_EVENT)
+            if self._on_keepalive is not None:
+                self._on_keepalive()
             idle = 0.0
         self._keepalive = loop.call_later(self._interval - idle, self._keepalive_tick)
 

@@ -17,6 +17,12 @@ class Publisher(Protocol):
     def publish(self, event: dict[str, Any]) -> None: ...
 
 
+class OutcomeObserver(Protocol):
+    """Told once when a request ended, with the exchange and its timings (services.metrics.Metrics)."""
+
+    def outcome(self, record: Exchange) -> None: ...
+
+
 class Outcome(StrEnum):
     """How a chat request ended; each request has exactly one, recorded once by Exchange.end()."""
 
@@ -57,13 +63,29 @@ class Exchange:
         conversation_id: str | None,
         remote_ip: str | None,
         path: str,
+        event_id: str | None = None,
+        observer: OutcomeObserver | None = None,
     ) -> None:
         self.hub = hub
-        self.id = request_id
+        # The request id is the caller's X-Request-Id when it sent one; the console's records are
+        # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
+        self.id = event_id or request_id
+        self.request_id = request_id
         self.conversation_id = conversation_id
         self.remote_ip = remote_ip
         self.path = path
+        self.route = path
+        self._observer = observer
         self.started = time.monotonic()
+        self.received = self.started
+        self.stream = False
+        # Timings (time.monotonic()) for the first-token split: the upstream asked, its first content
+        # token received (first_token_at), that token written to the caller; and the end.
+        self.upstream_sent: float | None = None
+        self.first_written: float | None = None
+        self.ended: float | None = None
+        self.tokens = 0
+        self.error_code: str | None = None
         self.first_token_at: float | None = None
         self.chunks = 0
         self.outcome: Outcome | None = None
@@ -76,6 +98,10 @@ class Exchange:
 
     def _elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 2)
+
+    @property
+    def upstream_first(self) -> float | None:
+        return self.first_token_at
 
     @property
     def ttft_ms(self) -> float | None:
@@ -93,8 +119,10 @@ class Exchange:
         params: dict[str, Any],
         upstream: dict[str, Any],
     ) -> None:
+        self.stream = stream
         self._emit(
             "request",
+            request_id=self.request_id,
             conversation_id=self.conversation_id,
             remote_ip=self.remote_ip,
             path=self.path,
@@ -132,16 +160,39 @@ class Exchange:
         """Record how the request ended: the one place every outcome goes through, exactly once.
 
         Publishes the console's event for it ("done", "cancelled", "superseded" or "error") carrying
-        the outcome, the status, the timings and the upstream's model, and logs one line. A hook
-        that counts outcomes (metrics) belongs here.
+        the outcome, the status, the timings and the upstream's model, logs one line (its fields
+        also as `extra`, for LOG_FORMAT=json) and tells the observer (the metrics).
         """
         if self.outcome is not None:
             return
+        self.ended = time.monotonic()
         self.outcome = ending.outcome
         self.status = ending.status
+        self.tokens = (ending.usage or {}).get("completion_tokens") or self.chunks
+        if not isinstance(self.tokens, int) or isinstance(self.tokens, bool):
+            self.tokens = self.chunks  # an upstream's usage is outside data: only an integer counts
+        self.error_code = ending.error.code if ending.error is not None else None
         total_ms = self._elapsed_ms()
         common = {"outcome": ending.outcome.value, "status": ending.status, "ttft_ms": self.ttft_ms,
                   "total_ms": total_ms, "chunks": self.chunks, "upstream_model": self.upstream_model}
+        extra = {**common, "upstream_ttft_ms": self._upstream_ttft_ms(), "finish_reason": ending.finish_reason,
+                 "code": self.error_code}
+        try:
+            self._log_end(ending, total_ms, extra)
+        finally:
+            if self._observer is not None:
+                try:
+                    self._observer.outcome(self)
+                except Exception:  # counting must never break an answer
+                    log.exception("request %s: metrics not recorded", self.request_id)
+
+    def _upstream_ttft_ms(self) -> float | None:
+        if self.upstream_sent is None or self.first_token_at is None:
+            return None
+        return round((self.first_token_at - self.upstream_sent) * 1000, 2)
+
+    def _log_end(self, ending: Ending, total_ms: float, extra: dict[str, Any]) -> None:
+        common = {key: extra[key] for key in ("outcome", "status", "ttft_ms", "total_ms", "chunks", "upstream_model")}
         if ending.outcome is Outcome.DONE:
             generating_s = (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
             completion_tokens = (ending.usage or {}).get("completion_tokens") or self.chunks
@@ -152,14 +203,16 @@ class Exchange:
             )
             log.info(
                 "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
-                self.id, self.conversation_id, ending.finish_reason, self.ttft_ms, total_ms, self.chunks,
+                self.request_id, self.conversation_id, ending.finish_reason, self.ttft_ms, total_ms, self.chunks,
+                extra=extra,
             )
         elif ending.outcome in (Outcome.CANCELLED, Outcome.SUPERSEDED):
             self._emit(ending.outcome.value, at_ms=total_ms, **common)
             why = "by caller" if ending.outcome is Outcome.CANCELLED else "by a newer request"
             log.info(
                 "request %s conversation=%s %s %s at_ms=%s chunks=%d",
-                self.id, self.conversation_id, ending.outcome.value, why, total_ms, self.chunks,
+                self.request_id, self.conversation_id, ending.outcome.value, why, total_ms, self.chunks,
+                extra=extra,
             )
         else:
             error = ending.error
@@ -168,6 +221,6 @@ class Exchange:
                        **common)
             log.warning(
                 "request %s conversation=%s %s where=%s status=%d code=%s: %s",
-                self.id, self.conversation_id, ending.outcome.value, ending.where, error.status, error.code,
-                error.message,
+                self.request_id, self.conversation_id, ending.outcome.value, ending.where, error.status, error.code,
+                error.message, extra=extra,
             )

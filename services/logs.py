@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from services.openai_format import redact
+from services.redaction import redact_text as redact
 from services.request_context import current
 
 # The `extra` fields a line may carry, in this order; anything else passed as extra is ignored.

@@ -59,23 +59,28 @@ LOOKUP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.
 MAX_MODELS = 16
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
+_UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}")  # this server's codes for an upstream failure
 _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own words ("overflow", "requested")
 
 
 class Timed(Protocol):
-    """What the outcome of one chat request offers the metrics (an Exchange): set once it ended."""
+    """What one chat request's record offers the metrics once it ended (an Exchange); times are
+    time.monotonic() readings: received, upstream asked, its first content token, written, ended."""
 
     route: str
-    outcome: str | None
-    status: int
+    stream: bool
+    outcome: Any
+    status: int | None
     upstream_model: str | None
     error_code: str | None
     tokens: int
     received: float
     upstream_sent: float | None
-    upstream_first: float | None
     first_written: float | None
     ended: float | None
+
+    @property
+    def upstream_first(self) -> float | None: ...
 
 
 class ModelLabels:
@@ -150,7 +155,8 @@ class Metrics:
             "chat_duration_seconds", "Whole chat request, received to ended, by outcome.",
             DURATION_BUCKETS, ("route", "outcome"))
         self.tokens = histogram(
-            "answer_tokens", "Tokens per answer (the upstream's completion_tokens, else content chunks relayed).",
+            "answer_tokens",
+            "Tokens per whole answer (outcome done): the upstream's completion_tokens, else content chunks.",
             TOKEN_BUCKETS, ("route",))
         self.upstream_errors = counter(
             "upstream_errors", "Upstream failures by this server's error code (e.g. upstream_timeout).", ("code",))
@@ -198,25 +204,28 @@ class Metrics:
         self.keepalives.inc()
 
     def outcome(self, record: Timed) -> None:
-        """One chat request ended: count it and observe its timings, once."""
+        """One chat request ended: count it and observe its timings, once (from Exchange.end)."""
         route = record.route
-        outcome = record.outcome or "error"
+        outcome = str(record.outcome or "error")
         self.requests.labels(route, outcome, str(record.status)).inc()
-        ended = record.ended if record.ended is not None else time.perf_counter()
+        ended = record.ended if record.ended is not None else time.monotonic()
         self.duration.labels(route, outcome).observe(ended - record.received)
         if record.upstream_sent is not None:
             self.added_before.labels(route).observe(record.upstream_sent - record.received)
-            if record.upstream_first is not None:
-                self.upstream_ttft.labels(self.models(record.upstream_model)).observe(
-                    record.upstream_first - record.upstream_sent)
-        if record.first_written is not None:
-            self.ttft.labels(route).observe(record.first_written - record.received)
-            if record.upstream_first is not None:
-                self.added_after.labels(route).observe(record.first_written - record.upstream_first)
-        if outcome in ("done", "superseded", "cancelled") and record.tokens:
+        if record.stream:
+            # The first-token split, for streamed answers (a whole answer has no first token).
+            first = record.upstream_first
+            if first is not None and record.upstream_sent is not None:
+                self.upstream_ttft.labels(self.models(record.upstream_model)).observe(first - record.upstream_sent)
+            if record.first_written is not None:
+                self.ttft.labels(route).observe(record.first_written - record.received)
+                if first is not None:
+                    self.added_after.labels(route).observe(record.first_written - first)
+        if outcome == "done":
             self.tokens.labels(route).observe(record.tokens)
-        if record.error_code is not None and record.error_code.startswith("upstream"):
-            self.upstream_errors.labels(record.error_code).inc()
+        code = record.error_code
+        if code is not None and _UPSTREAM_CODE.fullmatch(code):
+            self.upstream_errors.labels(code).inc()
         if outcome == "fallback":
             self.fallbacks.inc()
 

@@ -34,13 +34,16 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex[:24]}"
 
 
+def sanitized_request_id(header: str | None) -> str | None:
+    """The caller's X-Request-Id, unsafe characters dropped, cut to MAX_REQUEST_ID; None if nothing is left."""
+    if not header:
+        return None
+    return _NOT_ALLOWED.sub("", header[: MAX_REQUEST_ID * 4])[:MAX_REQUEST_ID] or None
+
+
 def request_id_from(header: str | None) -> str:
-    """The caller's X-Request-Id, sanitized and cut to MAX_REQUEST_ID characters, else a new id."""
-    if header:
-        cleaned = _NOT_ALLOWED.sub("", header[: MAX_REQUEST_ID * 4])[:MAX_REQUEST_ID]
-        if cleaned:
-            return cleaned
-    return new_request_id()
+    """The caller's X-Request-Id, sanitized, else a new id."""
+    return sanitized_request_id(header) or new_request_id()
 
 
 def begin(request_id: str, route: str) -> RequestContext:

@@ -274,7 +274,7 @@
 
     const meta = el("div", "req-meta");
     const dl = el("dl", "kv kv-inline");
-    kv(dl, "request", rec.id);
+    kv(dl, "request", rec.request_id || rec.id);
     kv(dl, "arrived", new Date((rec.t || 0) * 1000).toLocaleString());
     kv(dl, "caller", rec.remote_ip);
     kv(dl, "path", rec.path);
