@@ -69,6 +69,7 @@ class ChatHandler(ApiHandler):
         self._shutting_down = False
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
+        self._exchange: Exchange | None = None
         self.sse = SseWriter(self, services.settings.keepalive_interval, on_keepalive=services.metrics.keepalive)
 
     def prepare(self) -> None:
@@ -123,6 +124,7 @@ class ChatHandler(ApiHandler):
             path=self.request.path,
             observer=self.metrics,
         )
+        self._exchange = exchange
         model = self.config.llm_model or request.model or self.config.default_model
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
         # is for following a request step by step.
@@ -154,6 +156,18 @@ class ChatHandler(ApiHandler):
         finally:
             self.sse.stop_keepalive()
             self.inflight.leave(self, exchange.outcome)
+
+    def on_finish(self) -> None:
+        if self._exchange is None and self.request.method == "POST":
+            self._refused()
+
+    def _refused(self) -> None:
+        """Answered before it became an exchange (401, 400, 413, 503 while draining): still one outcome."""
+        status = self.get_status()
+        outcome = Outcome.SHUTDOWN if status == 503 and self.inflight.draining else Outcome.ERROR
+        self.metrics.refused(self.request.path, outcome.value, status)
+        log.info("request %s refused status=%d", self.request_id, status,
+                 extra={"outcome": outcome.value, "status": status})
 
     def on_connection_close(self) -> None:
         # Tornado's own handling ends the wait for a body the caller stopped sending.

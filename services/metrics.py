@@ -229,6 +229,10 @@ class Metrics:
         if outcome == "fallback":
             self.fallbacks.inc()
 
+    def refused(self, route: str, outcome: str, status: int) -> None:
+        """A chat request answered before it began (bad key, bad body, too large, shutting down)."""
+        self.requests.labels(route, outcome, str(status)).inc()
+
     # ---- the console ----
 
     def console_opened(self) -> None:
@@ -274,6 +278,9 @@ class NullMetrics(Metrics):
         return None
 
     def outcome(self, record: Timed) -> None:
+        return None
+
+    def refused(self, route: str, outcome: str, status: int) -> None:
         return None
 
     def console_opened(self) -> None:

@@ -355,3 +355,19 @@ def test_the_dashboard_is_grafana_importable_json():
     for needed in ("First-token split", "outcome", "ISS"):
         assert needed in titles
     assert Path(DASHBOARD).stat().st_size < 200_000
+
+
+@pytest.mark.parametrize("overrides", [{"server_api_key": "server-key-0123456789abcdef"}])
+async def test_requests_refused_before_they_begin_count_as_errors_with_their_status(base_url, overrides):
+    before = await scrape(base_url)
+    refused = await post_json(base_url, {"model": "m", "messages": MESSAGES})
+    assert refused.code == 401
+    bad = await post_json(base_url, None, raw=b"{not json",
+                          headers={"Authorization": "Bearer server-key-0123456789abcdef"})
+    assert bad.code == 400
+    after = await scrape(base_url)
+    changes = moved(before, after)
+    assert changes == {
+        ("iss_llm_chat_requests_total", (("outcome", "error"), ("route", ROUTE), ("status", "401"))): 1.0,
+        ("iss_llm_chat_requests_total", (("outcome", "error"), ("route", ROUTE), ("status", "400"))): 1.0,
+    }
