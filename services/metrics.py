@@ -32,6 +32,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     multiprocess,
     values,
 )
@@ -40,6 +41,10 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 log = logging.getLogger("iss_llm.metrics")
+
+# No `_created` series: a gauge per labelled counter and histogram that dashboards never query
+# (the multiprocess mode has none either, so both modes expose the same names).
+disable_created_metrics()
 
 PREFIX = "iss_llm"
 OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown")
