@@ -26,6 +26,7 @@ from handlers import metrics as metrics_handler
 from handlers.base import NotFoundHandler
 from handlers.static import StaticHandler
 from services import logs
+from services import metrics as metrics_multiprocess
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
 from services.exchange import Outcome
@@ -316,10 +317,16 @@ def before_workers(settings: Settings) -> None:
     """Once, in the parent, before the first worker forks: process-wide setup every worker inherits
     (prometheus_client's multiprocess mode sets and empties PROMETHEUS_MULTIPROC_DIR here). No event
     loop may run here: one must not cross a fork."""
+    if settings.metrics_enabled:
+        path = metrics_multiprocess.prepare_multiprocess()
+        log.info("metrics: %s workers write to %s; any worker's /metrics answers for all", settings.worker_count,
+                 path)
 
 
 def worker_exited(settings: Settings, pid: int) -> None:
     """In the parent, after a worker ended (prometheus_client: multiprocess.mark_process_dead(pid))."""
+    if settings.metrics_enabled:
+        metrics_multiprocess.worker_exited(pid)
 
 
 def run_workers(settings: Settings, count: int) -> int:
@@ -343,7 +350,13 @@ def run_workers(settings: Settings, count: int) -> int:
         count, work, sockets,
         Hooks(before_fork=lambda: before_workers(settings), worker_exited=lambda pid: worker_exited(settings, pid)),
     )
-    return supervisor.run()
+    chosen_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    try:
+        return supervisor.run()
+    finally:
+        made_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if os.getpid() == parent and made_dir and not chosen_dir:
+            metrics_multiprocess.cleanup_multiprocess(made_dir)  # a temporary one of ours
 
 
 def main(argv: list[str] | None = None) -> int:
