@@ -4,31 +4,81 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from server import build_services, make_app
+from services.iss.state import IssState
 from tests.conftest import open_stream, post_json
 from tests.fakes.openai_upstream import WORDS
 from tests.test_console import TOKEN
 
-CHROMIUM = "/usr/bin/chromium"
+# Debian's chromium, which the README's test command (scripts/test.sh) installs when `chromium` is not
+# on PATH; never playwright's own download.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update"]
 XSS = "<img src=x onerror=alert(1)>"
 ARTIFACTS = Path(os.environ.get("ARTIFACTS_DIR") or "/tmp/iss-llm-artifacts")
 WAIT_MS = 10_000
 
-# Outside CI a machine without Chromium skips these; in CI (scripts/test.sh installs it) they must run.
+# Wherever Chromium is installed (scripts/test.sh has run) or in CI, these run, and a Chromium that
+# does not start fails them. Only a machine without Chromium skips them, and the reason is printed
+# in the run's summary (pytest.ini asks for -rs): the console's XSS checks did not run there.
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (bash scripts/test.sh installs it)",
+    reason="NOT CHECKED: the console in a browser (XSS included): no chromium on PATH or at /usr/bin/chromium; "
+           "bash scripts/test.sh installs it",
 )
+
+
+# Text a model can be steered into writing (prompt injection), and place names as a future ISS
+# source could send them: all of it must reach the page as text, and none of it run.
+HOSTILE_WORDS = ["Sure! ", "<img src=x onerror=window.__pwned='answer'>", " then ",
+                 "<script>window.__pwned='script'</script>", " <svg onload=window.__pwned='svg'></svg>",
+                 " & <b>bold</b> &amp; done"]
+HOSTILE_OVER = "<img src=x onerror=window.__pwned='over'>"
+HOSTILE_CITY = "<b>Atlantis</b><script>window.__pwned='city'</script>"
+
+
+class HostileIss:
+    """The real tracker, but the places it names are HTML."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def current(self) -> IssState | None:
+        state = await self.real.current()
+        if state is None:
+            return None
+        return dataclasses.replace(state, over=HOSTILE_OVER, over_water=False, nearest_city=HOSTILE_CITY,
+                                   nearest_city_km=10.0)
+
+
+@pytest.fixture
+def hostile_iss() -> bool:
+    return False
+
+
+@pytest.fixture
+def app(settings, io_loop, hostile_iss):
+    services = build_services(settings)
+    if hostile_iss:
+        services.tracker = HostileIss(services.tracker)
+    application = make_app(settings, services)
+    yield application
+    io_loop.run_sync(application.services.close)
 
 
 @pytest.fixture
@@ -44,7 +94,10 @@ async def console_page(base_url: str) -> AsyncIterator:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Exception as exc:  # installed but broken is a failure, never a skip
+            pytest.fail(f"Chromium ({CHROMIUM}) is installed but did not start: {str(exc)[:1500]}")
         context = await browser.new_context(viewport={"width": 1440, "height": 1000})
         await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base_url)
         page = await context.new_page()
@@ -126,6 +179,43 @@ async def test_console_shows_a_streaming_request_as_text_in_a_real_browser(http_
 
         await page.screenshot(path=str(artifacts / "console.png"))
         await page.screenshot(path=str(artifacts / "console-full.png"), full_page=True)
+        assert not page.problems, page.problems
+
+
+@pytest.mark.parametrize("hostile_iss", [True])
+async def test_html_in_model_output_and_iss_data_shows_as_text_and_never_runs(
+    hostile_iss, http_server, base_url, app, upstream
+):
+    async with console_page(base_url) as page:
+        body = {"model": "nova-iss", "stream": True, "messages": [{"role": "user", "content": "Where is it?"}],
+                "x_fake": {"words": HOSTILE_WORDS, "gap": 0.02}}
+        response = await post_json(base_url, body, headers={"conversation-id": "conv-hostile"})
+        assert response.code == 200
+        answer = _streamed_text(response.body)
+        assert answer == "".join(HOSTILE_WORDS)
+        card = page.locator('.conv[data-key="c:conv-hostile"] .req[data-status="done"]')
+        await card.wait_for()
+        # The streamed answer, token by token, is exactly the text the caller got.
+        assert await card.locator("pre.output").text_content() == answer
+        # The ISS block the upstream received, shown as it was sent.
+        sent = upstream.bodies[-1]["messages"][-1]["content"]
+        block = re.search(r"\[ISS live data\].*?\[/ISS live data\]", sent, re.S)[0]
+        assert HOSTILE_OVER in block and HOSTILE_CITY in block
+        assert await card.locator(".iss-block .content").text_content() == block
+        # The station panel, from the same state.
+        await page.wait_for_function("() => document.querySelector('#iss-info').textContent.includes('Atlantis')")
+        info = await page.locator("#iss-info").text_content()
+        assert HOSTILE_OVER in info and HOSTILE_CITY in info
+        # No element came from the data, and nothing in it ran: a probe image that fails now (JSON
+        # is no image) reports after any injected one (same server, asked earlier) ran its onerror.
+        assert await page.locator(":is(#feed, #iss-info) :is(img, script, svg)").count() == 0
+        assert await page.locator(":is(#feed, #iss-info) b", has_text=re.compile("bold|Atlantis")).count() == 0
+        pwned = await page.evaluate(
+            """() => new Promise(done => { const probe = new Image();
+                 probe.onerror = () => done(window.__pwned === undefined ? null : String(window.__pwned));
+                 probe.src = '/healthz?probe'; })"""
+        )
+        assert pwned is None, f"script from the data ran: {pwned}"
         assert not page.problems, page.problems
 
 

@@ -16,6 +16,7 @@ passes upstream unchanged like every other field:
     {"x_fake": {"pause_after_role": 2}}                 the role chunk at once, then a pause
     {"x_fake": {"multiline": true}}                     each chunk's JSON over several data: lines
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
+    {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
 
 Hostile upstreams (each `bytes` is a size in bytes):
 
@@ -172,7 +173,7 @@ class FakeUpstream:
             return self._error(status, message, kind)
         if fault == "odd_completion":
             return web.json_response({"choices": [{"message": "hello"}]})
-        tokens = int(fake.get("tokens", self.tokens))
+        tokens = int(fake.get("tokens", len(fake["words"]) if fake.get("words") else self.tokens))
         gap = float(fake.get("gap", self.gap))
         first_delay = float(fake.get("first_token_delay", self.first_token_delay))
         model = body.get("model", "fake-model")
@@ -272,8 +273,9 @@ class FakeUpstream:
             yield event({"tool_calls": [{"index": 0, "function": {"arguments": '{"where": "iss"}'}}]})
             yield event({}, "tool_calls")
         else:
+            words = (body.get("x_fake") or {}).get("words") or WORDS
             for index in range(tokens):
-                yield event({"content": WORDS[index % len(WORDS)]})
+                yield event({"content": words[index % len(words)]})
             yield event({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 42, "completion_tokens": tokens, "total_tokens": 42 + tokens}
