@@ -1,4 +1,9 @@
-"""A caller that goes away mid-stream closes the upstream stream at once, quietly."""
+"""A caller that goes away mid-stream closes the upstream stream at once, quietly.
+
+Time bounds here: the 1 s for the upstream to be closed is the behaviour itself (the promise to
+callers who abandon requests; it takes milliseconds). Every other wait is only a ceiling on
+polling for something that follows at once, and is set well beyond what a busy machine needs.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
 
 
 async def _until(predicate, timeout: float) -> bool:
+    """True once `predicate()` holds, polled every 10 ms for at most `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
@@ -22,7 +28,7 @@ async def _until(predicate, timeout: float) -> bool:
     return True
 
 
-async def _healthz_counts(base_url: str, outcome: str, count: int, timeout: float = 2.0) -> bool:
+async def _healthz_counts(base_url: str, outcome: str, count: int, timeout: float) -> bool:
     """True once /healthz counts `count` chat requests that ended as `outcome`."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -46,7 +52,7 @@ async def test_disconnect_mid_stream_closes_upstream_within_a_second(base_url, u
     # few ms; a second is the promise, and leaves room for a busy machine).
     assert await upstream.wait_streams_closed(1.0), "upstream stream still open 1 s after the caller left"
     assert upstream.aborted_streams == 1 and upstream.completed_streams == 0
-    assert await _until(lambda: app.services.inflight.outcomes["cancelled"] == 1, 2.0)
+    assert await _until(lambda: app.services.inflight.outcomes["cancelled"] == 1, 5.0)
     messages = [r.getMessage() for r in caplog.records]
     assert any("cancelled" in m and "conv-cancel" in m for m in messages)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -67,7 +73,7 @@ async def test_disconnect_while_the_upstream_pauses_mid_stream_closes_it_within_
         # The behaviour is the time (as above): within 1 s, long before a keepalive (5 s) is due.
         assert await upstream.wait_streams_closed(1.0), "upstream stream still open 1 s after the caller left"
         assert upstream.aborted_streams == 1 and upstream.completed_streams == 0
-        assert await _healthz_counts(base_url, "cancelled", 1)
+        assert await _healthz_counts(base_url, "cancelled", 1, 5.0)
     finally:
         upstream.release.set()
 
@@ -78,8 +84,8 @@ async def test_disconnect_before_first_token_closes_upstream(base_url, upstream,
     )
     assert await _until(lambda: upstream.open_streams == 1, 5.0)
     writer.close()
-    assert await upstream.wait_streams_closed(1.0)
-    assert await _until(lambda: app.services.inflight.count == 0, 2.0)
+    assert await upstream.wait_streams_closed(1.0)  # the behaviour is the time (see above)
+    assert await _until(lambda: app.services.inflight.count == 0, 5.0)
     assert app.services.inflight.outcomes["cancelled"] == 1
 
 
@@ -93,7 +99,7 @@ async def test_openai_client_closing_a_stream_stops_upstream(client, upstream):
         if received == 3:
             break
     await stream.close()
-    assert await upstream.wait_streams_closed(1.0)
+    assert await upstream.wait_streams_closed(1.0)  # the behaviour is the time (see above)
     assert upstream.aborted_streams == 1
 
 
@@ -107,6 +113,7 @@ async def test_server_keeps_serving_after_many_abandoned_streams(overrides, base
         writers.append(writer)
     for writer in writers:
         writer.close()
+    # The behaviour is the time, as above, with a second more for twenty at once.
     assert await upstream.wait_streams_closed(2.0)
     completion = await client.chat.completions.create(model="m", messages=MESSAGES)
     assert completion.choices[0].message.content

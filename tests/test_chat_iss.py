@@ -87,7 +87,9 @@ async def test_source_hanging_chat_answers_within_the_timeout(overrides, base_ur
     response = await post_json(base_url, {"messages": MESSAGES, "stream": True})
     elapsed = time.monotonic() - started
     assert response.code == 200
-    assert elapsed < 0.5 + 1.0, f"chat waited {elapsed:.2f}s on a hanging ISS source"
+    # The behaviour is the time: the answer comes once ISS_TIMEOUT (0.5 s) has passed, not when the
+    # source gives up (the fake hangs for 30 s). 5 s leaves a busy machine plenty of room.
+    assert elapsed < 5.0, f"chat waited {elapsed:.2f}s on a hanging ISS source"
     assert "unavailable" in _block_of(upstream.bodies[-1]["messages"][-1]["content"])
 
 

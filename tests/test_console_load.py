@@ -122,8 +122,10 @@ async def test_a_socket_that_never_reads_loses_events_is_dropped_and_chat_goes_o
     watcher.cancel()
     stuck.close()
 
-    # The chat path did not wait for the console: the same load with no console, before and
-    # after, was no faster (medians; a blocked chat path would take seconds).
+    # The chat path did not wait for the console. The behaviour is the time, in seconds: a chat
+    # path held up by the stuck socket would take until it is dropped (stall_timeout, 3 s), while
+    # the same load with no console, before and after, is tens of milliseconds. The bound is
+    # half a second over twice that baseline, so a busy machine's noise cannot fail it.
     after = await _chat_burst(base_url, "after", REQUESTS // 2)
     baseline = max(statistics.median(before), statistics.median(after))
-    assert statistics.median(with_stuck) <= 2 * baseline + 0.02, (before, with_stuck, after)
+    assert statistics.median(with_stuck) <= 2 * baseline + 0.5, (before, with_stuck, after)
