@@ -29,6 +29,7 @@ from services import logs
 from services import metrics as metrics_multiprocess
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
+from services.events.redis_hub import RedisHub
 from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
@@ -123,7 +124,10 @@ def build_services(
         from services.llm import make_backend
 
         backend = make_backend(settings)
-    hub = hub or MemoryHub(settings.console_buffer)
+    if hub is None:
+        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
+            settings.console_buffer
+        )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:
         metrics = Metrics(configured_models=(settings.llm_model, settings.default_model))

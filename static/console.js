@@ -277,6 +277,7 @@
     kv(dl, "request", rec.request_id || rec.id);
     kv(dl, "arrived", new Date((rec.t || 0) * 1000).toLocaleString());
     kv(dl, "caller", rec.remote_ip);
+    kv(dl, "worker", rec.worker);
     kv(dl, "path", rec.path);
     kv(dl, "model", rec.model);
     kv(dl, "stream", rec.stream === undefined ? "" : String(rec.stream));
@@ -481,6 +482,9 @@
       case "station":
         showIss(event.state, "pushed by the server");
         break;
+      case "feed":
+        showFeed(event.state === "connected" ? "cluster" : "cluster-down", event.reason);
+        break;
       default:
         break;
     }
@@ -536,12 +540,33 @@
     else setFilter("");
   }
 
+  // The link of this page's worker to the cluster feed (Redis), when there is one.
+  function showFeed(feed, reason) {
+    const pill = $("cluster");
+    model.stats.feed = feed;
+    if (feed === "cluster") {
+      pill.hidden = false;
+      pill.textContent = "cluster feed";
+      pill.className = "pill pill-ok";
+      pill.title = "Requests of every worker, through Redis";
+    } else if (feed === "cluster-down") {
+      pill.hidden = false;
+      pill.textContent = "cluster feed lost: this worker only";
+      pill.className = "pill pill-bad";
+      pill.title = "Redis is unreachable" + (reason ? " (" + reason + ")" : "") + ": showing the requests of worker " + (model.stats.worker || "?") + " until it is back";
+    } else {
+      pill.hidden = true;
+    }
+  }
+
   function handleFrame(frame) {
     model.stats.frames += 1;
     model.stats.lastAt = Date.now();
     if (frame.type === "hello") {
       model.stats.buffer = frame.buffer;
       model.stats.batchMs = frame.batch_ms;
+      model.stats.worker = frame.worker;
+      showFeed(frame.feed);
       loadSnapshot(frame.requests);
     } else if (frame.type === "snapshot") {
       model.stats.resyncs += 1;
@@ -611,6 +636,8 @@
     dl.replaceChildren();
     const s = model.stats;
     kv(dl, "socket", socketState);
+    kv(dl, "worker", s.worker);
+    kv(dl, "feed", s.feed === "cluster" ? "every worker (Redis)" : s.feed === "cluster-down" ? "this worker only (Redis unreachable)" : s.feed ? "this process" : null);
     kv(dl, "server buffer", s.buffer ? "last " + s.buffer + " requests" : null);
     kv(dl, "batching", s.batchMs ? "every " + s.batchMs + " ms" : null);
     kv(dl, "frames · events", s.frames + " · " + s.events);

@@ -61,6 +61,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port, for this test alone (issue 11)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def upstream(io_loop) -> FakeUpstream:
     """A fake OpenAI-compatible server on loopback."""
     fake = FakeUpstream(tokens=5, api_key=UPSTREAM_KEY)

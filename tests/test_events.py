@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 import pytest
 
 from services.events import EVENT_TYPES, OUTCOMES, Hub, MemoryHub, SubscriberPolicy, coalesce
 from services.events.fanout import Fanout
+from services.events.redis_hub import RedisHub
 
-HubFactory = Callable[..., Hub]
+HubFactory = Callable[..., Awaitable[Hub]]
 
 
 def _request(rid: str, conversation: str = "c1", **extra) -> dict:
@@ -33,29 +34,43 @@ def _frames(sub) -> list[dict]:
 
 
 def _events(sub) -> list[dict]:
-    return [e for f in _frames(sub) if f["type"] == "events" for e in f["events"]]
+    """The events a subscription is handed now, less the hub's own pushes about its cluster link."""
+    return [e for f in _frames(sub) if f["type"] == "events" for e in f["events"] if e["type"] != "cluster"]
 
 
 # ---- the shared suite: every hub implementation ------------------------------------------------
 
 
-@pytest.fixture(params=["memory"])
-def make_hub(request, io_loop) -> Iterator[HubFactory]:
-    """Builds hubs of one implementation; each is started, and closed after the test."""
+@pytest.fixture(params=["memory", "redis"])
+def make_hub(request, io_loop, tmp_path) -> Iterator[HubFactory]:
+    """Builds hubs of one implementation, each closed after the test (Redis: a real redis-server)."""
     made: list[Hub] = []
+    redis = None
+    if request.param == "redis":
+        from tests.redis_server import RedisServer
 
-    def build(buffer_size: int = 10, policy: SubscriberPolicy | None = None) -> Hub:
-        hub = MemoryHub(buffer_size, policy)
+        redis = RedisServer(tmp_path / "redis")
+        redis.start()
+
+    async def build(buffer_size: int = 10, policy: SubscriberPolicy | None = None) -> Hub:
+        if redis is None:
+            hub: Hub = MemoryHub(buffer_size, policy)
+        else:
+            hub = RedisHub(redis.url, buffer_size, policy, key=f"test:{len(made)}")
+            await hub.start()
+            assert await hub.settle(10), "the hub did not connect"
         made.append(hub)
         return hub
 
     yield build
     for hub in made:
         io_loop.run_sync(hub.close)
+    if redis is not None:
+        redis.stop()
 
 
 async def test_buffer_aggregates_one_request_from_its_events(make_hub):
-    hub = make_hub(10)
+    hub = await make_hub(10)
     hub.publish(_request("r1"))
     hub.publish({"type": "iss", "id": "r1", "t": 1.0, "block": "[ISS live data] x", "state": {"latitude": 1}})
     for piece in ("Hel", "lo", "!"):
@@ -73,7 +88,7 @@ async def test_buffer_aggregates_one_request_from_its_events(make_hub):
 
 
 async def test_every_outcome_in_the_table_ends_a_record(make_hub):
-    hub = make_hub(len(OUTCOMES))
+    hub = await make_hub(len(OUTCOMES))
     for kind in OUTCOMES:
         hub.publish(_request(f"r-{kind}"))
         hub.publish({"type": kind, "id": f"r-{kind}", "t": 2.0})
@@ -82,7 +97,7 @@ async def test_every_outcome_in_the_table_ends_a_record(make_hub):
 
 
 async def test_buffer_keeps_only_the_last_n_requests_and_ignores_strays(make_hub):
-    hub = make_hub(3)
+    hub = await make_hub(3)
     for i in range(10):
         hub.publish(_request(f"r{i}"))
         hub.publish(_tokens(f"r{i}", f"t{i}"))
@@ -93,7 +108,7 @@ async def test_buffer_keeps_only_the_last_n_requests_and_ignores_strays(make_hub
 
 
 async def test_credentials_never_reach_the_buffer_or_subscribers(make_hub):
-    hub = make_hub(3)
+    hub = await make_hub(3)
     sub = hub.subscribe()
     hub.publish(_request(
         "r1",
@@ -113,7 +128,7 @@ async def test_credentials_never_reach_the_buffer_or_subscribers(make_hub):
 
 
 async def test_a_huge_request_is_bounded_before_it_is_kept_or_sent(make_hub):
-    hub = make_hub(3)
+    hub = await make_hub(3)
     sub = hub.subscribe()
     hub.publish(_request("r1", messages=[{"role": "user", "content": "x" * 1_000_000}]))
     assert await hub.settle()
@@ -123,7 +138,7 @@ async def test_a_huge_request_is_bounded_before_it_is_kept_or_sent(make_hub):
 
 
 async def test_publish_never_raises_on_malformed_events(make_hub):
-    hub = make_hub(3)
+    hub = await make_hub(3)
     sub = hub.subscribe()
     # Without a request id there is nothing to file it under: dropped, kept nowhere, sent nowhere.
     hub.publish({"type": "tokens"})
@@ -152,8 +167,9 @@ async def test_publish_never_raises_on_malformed_events(make_hub):
 
 
 async def test_events_reach_every_subscriber_in_one_shared_batch(make_hub):
-    hub = make_hub(10)
+    hub = await make_hub(10)
     one, two = hub.subscribe(), hub.subscribe()
+    one.drain(), two.drain()  # each socket's greeting (the latest pushes)
     hub.publish(_request("a"))
     for i in range(100):
         hub.publish(_tokens("a", f"{i},"))
@@ -169,7 +185,7 @@ async def test_events_reach_every_subscriber_in_one_shared_batch(make_hub):
 
 
 async def test_each_requests_events_keep_their_order(make_hub):
-    hub = make_hub(10)
+    hub = await make_hub(10)
     sub = hub.subscribe()
     for i in range(3):
         hub.publish(_request(f"r{i}"))
@@ -187,7 +203,7 @@ async def test_each_requests_events_keep_their_order(make_hub):
 
 
 async def test_a_new_subscriber_gets_nothing_twice(make_hub):
-    hub = make_hub(10)
+    hub = await make_hub(10)
     hub.publish(_request("a"))
     hub.publish(_tokens("a", "before"))
     assert await hub.settle()
@@ -203,7 +219,7 @@ async def test_a_new_subscriber_gets_nothing_twice(make_hub):
 
 
 async def test_resync_on_request_and_station_broadcasts(make_hub):
-    hub = make_hub(5)
+    hub = await make_hub(5)
     hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 0}})
     sub = hub.subscribe()
     assert [e["state"] for e in _events(sub)] == [{"latitude": 0}]  # the latest greets a new socket
@@ -215,7 +231,7 @@ async def test_resync_on_request_and_station_broadcasts(make_hub):
     frames = _frames(sub)
     assert frames[0]["type"] == "snapshot" and frames[0]["reason"] == "requested" and frames[0]["dropped"] == 0
     assert [r["id"] for r in frames[0]["requests"]] == ["r1"]
-    assert [e["state"]["latitude"] for f in frames[1:] for e in f["events"]] == [2]  # the latest only
+    assert [e["state"]["latitude"] for f in frames[1:] for e in f["events"] if e["type"] == "iss_state"] == [2]
     hub.broadcast({"type": "iss_state", "id": "-", "state": {"latitude": 3}})
     assert await hub.settle()
     assert [e["state"]["latitude"] for e in _events(sub)] == [3]
@@ -224,8 +240,9 @@ async def test_resync_on_request_and_station_broadcasts(make_hub):
 
 
 async def test_waiting_subscribers_are_woken_and_released_on_close(make_hub):
-    hub = make_hub(5, SubscriberPolicy(batch_interval=0.05))
+    hub = await make_hub(5, SubscriberPolicy(batch_interval=0.05))
     sub = hub.subscribe()
+    sub.drain()  # its greeting
     waiter = asyncio.ensure_future(sub.next_messages())
     await asyncio.sleep(0)
     assert not waiter.done()

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from services.events.kinds import role_of
+from services.events.kinds import PUSHES, role_of
 from services.events.replay import RequestLog
 
 log = logging.getLogger("iss_llm.events")
@@ -96,7 +96,7 @@ class Fanout:
         self.policy = policy or SubscriberPolicy()
         self.log = RequestLog(buffer_size)
         self.published = 0
-        self.station: dict[str, Any] | None = None  # the latest station push, for new sockets
+        self.latest: dict[str, dict[str, Any]] = {}  # the latest push of each kind, for new sockets
         self._subscriptions: list[Subscription] = []
         self._pending: list[dict[str, Any]] = []
         self._frames: deque[Frame] = deque()
@@ -132,8 +132,9 @@ class Fanout:
     def publish(self, event: dict[str, Any]) -> None:
         """Record one (sanitized) event and queue it for the sockets. O(1), never blocks."""
         self.published += 1
-        if role_of(event.get("type")) == "station":
-            self.station = event
+        role = role_of(event.get("type"))
+        if role in PUSHES:
+            self.latest[role] = event  # type: ignore[index]
         else:
             self.log.record(event)
         if self._subscriptions:
@@ -151,6 +152,13 @@ class Fanout:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self.log.snapshot()
+
+    def rebuild(self, events: list[dict[str, Any]], reason: str) -> None:
+        """Replace the replay buffer with one folded from `events`; every socket gets it as a snapshot."""
+        self.log.clear()
+        for event in events:
+            self.log.record(event)
+        self.resync_all(reason)
 
     def resync_all(self, reason: str) -> None:
         """Every socket gets a fresh snapshot next (the replay buffer was rebuilt)."""
@@ -260,8 +268,8 @@ class Subscription:
         self._cursor = fanout.head
         self._snapshot_reason: str | None = None
         self._lost = 0
-        # The station's latest position goes to a new socket right after its replay.
-        self._station = fanout.station
+        # The latest pushes (station position, feed state) go to a new socket right after its replay.
+        self._greeting = list(fanout.latest.values())
 
     @property
     def behind(self) -> int:
@@ -301,7 +309,7 @@ class Subscription:
             self._snapshot_reason = None
             self._lost = 0
             self._cursor = fanout.head
-            self._station = fanout.station  # a station push cut into the skipped batch is sent again
+            self._greeting = list(fanout.latest.values())  # pushes in the skipped batches, again
         elif oldest is not None and self._cursor.seq < fanout.head.seq:
             size = 0
             for frame in fanout.frames_from(self._cursor.seq):
@@ -310,9 +318,9 @@ class Subscription:
                 messages.append(frame.text)
                 size += len(frame.text)
                 self._cursor = Cursor(frame.seq + 1, frame.events_before + frame.events)
-        if self._station is not None:
-            messages.append(encode({"type": "events", "events": [self._station]}))
-            self._station = None
+        if self._greeting:
+            messages.append(encode({"type": "events", "events": self._greeting}))
+            self._greeting = []
         return messages
 
     async def next_messages(self) -> list[str] | None:

@@ -15,6 +15,7 @@ from types import MappingProxyType
 #   text     a piece of the streamed answer
 #   outcome  how the request ended (its record's status is the type's name)
 #   station  the station's position, pushed to every console, not part of any request
+#   feed     the state of this worker's link to the cluster feed (Redis): connected or not
 EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "request": "request",
     "iss": "iss",
@@ -23,9 +24,12 @@ EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "cancelled": "outcome",
     "error": "outcome",
     "iss_state": "station",
+    "cluster": "feed",
 })
 
-ROLES = frozenset(("request", "iss", "text", "outcome", "station"))
+ROLES = frozenset(("request", "iss", "text", "outcome", "station", "feed"))
+# Roles that are no request's: the latest of each greets a socket that connects.
+PUSHES = frozenset(("station", "feed"))
 OUTCOMES: tuple[str, ...] = tuple(name for name, role in EVENT_TYPES.items() if role == "outcome")
 
 

@@ -33,7 +33,7 @@ class RequestLog:
         kind = event.get("type")
         role = role_of(kind)
         rid = event.get("id")
-        if not isinstance(rid, str) or role in (None, "station"):
+        if not isinstance(rid, str) or role in (None, "station", "feed"):
             return
         record = self._records.get(rid)
         if record is None:

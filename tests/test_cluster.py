@@ -1,0 +1,172 @@
+"""Workers joined through a real Redis: one console for all of them, and what happens when Redis goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from tests.conftest import UPSTREAM_KEY
+from tests.fakes.openai_upstream import FakeUpstream
+from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
+from tests.test_workers import serving, wait_until
+
+TOKEN = "process-console-token"
+
+
+@pytest.fixture
+def fake_upstream(io_loop):
+    fake = FakeUpstream(tokens=8, gap=0.005, api_key=UPSTREAM_KEY)
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+class Console:
+    """A console socket read in the background: every frame kept, events by request."""
+
+    def __init__(self, ws: WebSocketClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while (message := await self.ws.read_message()) is not None:
+            self.frames.append(orjson.loads(message))
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        return self.frames[0]
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        return [e for f in self.frames[since:] if f["type"] == "events" for e in f["events"]]
+
+    def requests(self, since: int = 0) -> dict[str, dict[str, Any]]:
+        """Request events seen live (after frame `since`), by id."""
+        return {e["id"]: e for e in self.events(since) if e["type"] == "request"}
+
+    def workers(self, since: int = 0) -> set[str]:
+        return {e.get("worker") for e in self.requests(since).values()}
+
+    def close(self) -> None:
+        self.ws.close()
+        self._reader.cancel()
+
+
+async def open_console(base: str) -> Console:
+    client = AsyncHTTPClient(force_instance=True)
+    response = await client.fetch(f"{base}/console?token={TOKEN}", follow_redirects=False, raise_error=False)
+    client.close()
+    assert response.code == 303
+    cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    ws = await websocket_connect(HTTPRequest(base.replace("http://", "ws://") + "/console/ws",
+                                             headers={"Cookie": cookie}, request_timeout=5))
+    console = Console(ws)
+    await wait_until(lambda: bool(console.frames), 5, "no hello")
+    assert console.hello["type"] == "hello"
+    return console
+
+
+async def chat(base: str, label: str) -> str:
+    """One streamed chat request on a new connection; its answer's text (it must end with [DONE])."""
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(HTTPRequest(
+            base + "/v1/chat/completions", method="POST",
+            body=orjson.dumps({"model": "m", "stream": True, "messages": MESSAGES}),
+            headers={"Content-Type": "application/json", "conversation-id": label, "Connection": "close"},
+            request_timeout=15,
+        ), raise_error=False)
+    finally:
+        client.close()
+    assert response.code == 200, response.code
+    body = response.body.decode()
+    assert body.rstrip().endswith("data: [DONE]"), body[-200:]
+    return "".join(
+        (orjson.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content") or ""
+        for line in body.splitlines() if line.startswith("data: {")
+    )
+
+
+async def chat_until(base: str, console: Console, predicate, what: str, since: int = 0, limit: int = 60) -> None:
+    """Chat requests, one at a time on new connections, until the console shows what is wanted."""
+    for n in range(limit):
+        await chat(base, f"{what}-{n}")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError(f"{what}: not seen after {limit} requests; workers seen {console.workers(since)}")
+
+
+async def test_one_console_sees_every_worker_and_survives_redis_going_away(
+    io_loop, fake_upstream, tmp_path, redis_server
+):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+             REDIS_URL=redis_server.url),
+        "--port", str(port), "--workers", "2",
+    )
+    await server.start()
+    console = None
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        pids = serving(server)
+        console = await open_console(base)
+        await wait_until(lambda: any(e["type"] == "cluster" and e["state"] == "connected" for e in console.events())
+                         or console.hello.get("feed") == "cluster", 10, "the console's worker never joined the feed")
+        mine = console.hello["worker"]
+
+        # One console, requests served by both workers, each request's events in order.
+        await chat_until(base, console, lambda: len(console.workers()) == 2, "both")
+        assert {int(w.rsplit(":", 1)[1]) for w in console.workers()} == pids
+        await wait_until(lambda: set(console.requests()) <= {e["id"] for e in console.events() if e["type"] == "done"},
+                         10, "each request's outcome")
+        events = console.events()
+        for rid in console.requests():
+            kinds = [e["type"] for e in events if e["id"] == rid]
+            assert kinds[0] == "request" and kinds[-1] == "done" and kinds.count("done") == 1, kinds
+        # A second console, on whichever worker, replays the same history.
+        other = await open_console(base)
+        assert {r["id"] for r in other.hello["requests"]} >= set(console.requests())
+        other.close()
+
+        # Redis goes away: chat goes on, the console says it lost the cluster feed and shows its
+        # own worker's requests meanwhile.
+        redis_server.stop()
+        for n in range(4):
+            assert await chat(base, f"no-redis-{n}")
+        await wait_until(
+            lambda: any(e["type"] == "cluster" and e["state"] == "disconnected" for e in console.events()), 15,
+            "the console was not told the cluster feed was lost",
+        )
+        lost_at = len(console.frames)
+        await chat_until(base, console, lambda: mine in console.workers(lost_at), "own-worker", since=lost_at)
+
+        # Redis is back: the console is told, rebuilt from the cluster's stream, and sees both workers again.
+        redis_server.start()
+        await wait_until(
+            lambda: any(e["type"] == "cluster" and e["state"] == "connected" for e in console.events(lost_at)), 20,
+            "the cluster feed did not come back",
+        )
+        back_at = len(console.frames)
+        assert any(f["type"] == "snapshot" and f["reason"] == "cluster" for f in console.frames[lost_at:])
+        await chat_until(base, console, lambda: len(console.workers(back_at)) == 2, "both-again", since=back_at)
+        assert await server.stop() == 0
+        text = "".join(server.output)
+        assert re.search(r"cluster feed lost \(Redis at 127\.0\.0\.1:\d+/0: ", text)
+        assert "cluster feed back" in text
+        server.assert_clean_output()
+    finally:
+        if console is not None:
+            console.close()
+        server.kill()
