@@ -70,6 +70,7 @@ class RedisHub(Hub):
         self._changed = asyncio.Event()
         self._writing = False
         self._client: redis.Redis | None = None
+        self._reader: redis.Redis | None = None  # its own connection: XREAD blocks past the command timeout
         self._last_id = b"0-0"
         self._first_entry: OrderedDict[str, bytes] = OrderedDict()  # request id -> its first entry
         self._trimmed_to: bytes | None = None
@@ -160,6 +161,7 @@ class RedisHub(Hub):
         """Connect, load the stream's history, follow it; on any failure, degrade and retry with back-off."""
         while not self._closed:
             self._client = client(self.url, self.timeout)
+            self._reader = client(self.url, READ_BLOCK_MS / 1000 + self.timeout)
             tasks: list[asyncio.Task[None]] = []
             try:
                 await asyncio.wait_for(self._client.ping(), self.timeout)
@@ -181,8 +183,9 @@ class RedisHub(Hub):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-                with contextlib.suppress(Exception):
-                    await self._client.aclose()
+                for connection in (self._client, self._reader):
+                    with contextlib.suppress(Exception):
+                        await connection.aclose()
             await asyncio.sleep(self._backoff.next())
 
     def _set_connected(self, connected: bool, reason: str = "") -> None:
@@ -248,11 +251,11 @@ class RedisHub(Hub):
         return out
 
     async def _read_loop(self) -> None:
-        assert self._client is not None
+        assert self._reader is not None
         while not self._closed:
             reply = await asyncio.wait_for(
-                self._client.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
-                READ_BLOCK_MS / 1000 + self.timeout,
+                self._reader.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
+                READ_BLOCK_MS / 1000 + 2 * self.timeout,
             )
             for _stream, entries in reply or ():
                 for entry_id, fields in entries:
