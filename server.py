@@ -34,6 +34,7 @@ from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.metrics import IssCollector, Metrics, NullMetrics
+from services.redaction import install_log_sanitizer
 from services.station_feed import StationFeed
 from services.supervisor import Hooks, Supervisor
 
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                    with_pid=workers > 1)
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
     if workers > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -47,3 +48,40 @@ def _strip_userinfo(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+# --- log lines: one line each, whatever outside data they carry (issue 9) --------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """The text with every control character (newlines included) written as an escape."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: _ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                                              else f"\\u{ord(m.group()):04x}"), text)
+
+
+def install_log_sanitizer() -> None:
+    """Every log record's message (format string and arguments, from anywhere) kept to one line, so an
+    upstream's error message or a caller's header cannot forge a log line. Tracebacks are untouched.
+    Installed once at start, as the record factory: it holds whatever handlers and formats are used."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "one_line", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format: left for the handler to report as usual
+            return record
+        safe = one_line(message)
+        if safe is not message or record.args:
+            record.msg, record.args = safe, None
+        return record
+
+    factory.one_line = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
