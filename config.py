@@ -109,6 +109,8 @@ class Settings:
     max_connections: int = field(
         default=1000, metadata={"env": "MAX_CONNECTIONS", "parse": _positive_int}
     )
+    # Names (besides localhost and loopback addresses) the chat routes answer to without a key.
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata={"env": "ALLOWED_HOSTS", "parse": _csv})
     keepalive_interval: float = field(
         default=3.0, metadata={"env": "KEEPALIVE_INTERVAL", "parse": _positive_float}
     )

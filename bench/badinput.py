@@ -28,7 +28,7 @@ def request_bytes(
     content_length: int | None = None, raw_headers: bytes = b"",
 ) -> bytes:
     """A raw HTTP/1.1 request (Connection: close), with whatever body and headers it is given."""
-    head = [f"{method} {path} HTTP/1.1", "Host: soak", "Connection: close", "Content-Type: application/json"]
+    head = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close", "Content-Type: application/json"]
     head.append(f"Content-Length: {len(body) if content_length is None else content_length}")
     head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return "\r\n".join(head).encode("latin-1") + b"\r\n" + raw_headers + b"\r\n" + body
@@ -104,9 +104,9 @@ def corpus() -> list[Case]:
         Case("request line garbage", b"GARBAGE\r\n\r\n"),
         Case("HTTP/0.9 style", b"GET /\r\n\r\n"),
         Case("bare LF line ends", request_bytes(valid).replace(b"\r\n", b"\n")),
-        Case("chunked with a bad size", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: s\r\nConnection: close\r\n"
-             b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
-        Case("both Content-Length and chunked", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: s\r\n"
+        Case("chunked with a bad size", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
+             b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
+        Case("both Content-Length and chunked", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
              b"Connection: close\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
     ]
     return cases

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import tornado.web
 
 from handlers.base import ApiHandler
+from handlers.cross_site import check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services import request_context
 from services.context import inject, iss_block
@@ -80,6 +81,7 @@ class ChatHandler(ApiHandler):
             raise ApiError(503, "This server is shutting down; send the request again.",
                            type="server_error", code="server_shutting_down")
         self.check_bearer()
+        check_cross_site(self.request, self.config)
         length = self.request.headers.get("Content-Length", "")
         declared = int(length) if length.isdigit() else 0
         expects_continue = self.request.headers.get("Expect", "").lower() == "100-continue"

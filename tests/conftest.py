@@ -182,7 +182,7 @@ async def open_stream(
     reader, writer = await asyncio.open_connection(host, int(port))
     payload = orjson.dumps(body)
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n{extra}"
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{extra}"
                  f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
     await writer.drain()
     seen = b""

@@ -233,7 +233,8 @@ async def test_abandoned_uploads_leave_nothing_behind(base_url, app):
     host, port = base_url.removeprefix("http://").split(":")
     for _ in range(10):
         _reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 900000\r\n\r\n"
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 900000\r\n\r\n"
                      + b"{" * 100_000)
         await writer.drain()
         writer.close()

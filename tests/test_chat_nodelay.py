@@ -30,7 +30,7 @@ GAP = 0.010
 async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict) -> list[tuple[float, bytes]]:
     """One streamed request on an open keep-alive connection: each content event and when it arrived."""
     payload = orjson.dumps(body)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(payload) + payload)
     await writer.drain()
     buffer = b""
