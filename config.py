@@ -76,6 +76,18 @@ def _optional(value: str) -> str | None:
     return value.strip() or None
 
 
+def _model_map(value: str) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        caller, sep, upstream = part.partition("=")
+        if not sep or not caller.strip() or not upstream.strip():
+            raise ValueError(f"expected caller=upstream pairs separated by commas, got {part.strip()!r}")
+        pairs.append((caller.strip(), upstream.strip()))
+    return tuple(pairs)
+
+
 def _console_token(value: str) -> str | None:
     token = value.strip()
     if token and len(token) < 16:
@@ -126,6 +138,11 @@ class Settings:
     )
     llm_model: str | None = field(default=None, metadata={"env": "LLM_MODEL", "parse": _optional})
     default_model: str = field(default="gpt-4o-mini", metadata={"env": "DEFAULT_MODEL", "parse": str})
+    # Callers' model names to the upstream's: "nova-iss=gpt-4o-mini,*=gpt-4o-mini" (* for any other).
+    model_map: tuple[tuple[str, str], ...] = field(default=(), metadata={"env": "MODEL_MAP", "parse": _model_map})
+    models_cache_seconds: float = field(
+        default=300.0, metadata={"env": "MODELS_CACHE_SECONDS", "parse": _positive_float}
+    )
     openai_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "OPENAI_API_KEY", "parse": _optional}
     )

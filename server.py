@@ -34,6 +34,7 @@ from services.exchange import Outcome
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.metrics import IssCollector, Metrics, NullMetrics
+from services.models import ModelCatalog
 from services.redaction import install_log_sanitizer
 from services.station_feed import StationFeed
 from services.supervisor import Hooks, Supervisor
@@ -97,6 +98,7 @@ class Services:
     inflight: Inflight = field(default_factory=Inflight)
     connections: ConnectionStats = field(default_factory=ConnectionStats)
     metrics: Metrics = field(default_factory=NullMetrics)
+    models: ModelCatalog | None = None  # what /v1/models lists
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -143,6 +145,7 @@ def build_services(
         console_token=settings.console_token or secrets.token_urlsafe(24),
         inflight=Inflight(metrics),
         metrics=metrics,
+        models=ModelCatalog(settings, getattr(backend, "list_models", None)),
     )
 
 

@@ -24,6 +24,7 @@ from services.context import inject, iss_block
 from services.errors import ApiError, error_body
 from services.exchange import Ending, Exchange, Outcome
 from services.iss.state import IssState
+from services.models import resolve_model
 from services.openai_format import (
     DONE_EVENT,
     ChatRequest,
@@ -127,7 +128,7 @@ class ChatHandler(ApiHandler):
             observer=self.metrics,
         )
         self._exchange = exchange
-        model = self.config.llm_model or request.model or self.config.default_model
+        model = resolve_model(self.config, request.model)
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
         # is for following a request step by step.
         log.debug(

@@ -16,6 +16,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 # Fields this layer interprets itself; every other field of the request goes upstream unchanged.
 OWN_FIELDS = frozenset({"messages", "model", "stream"})
 
+MAX_MODEL_CHARS = 256
+
 DONE_EVENT = b"data: [DONE]\n\n"
 KEEPALIVE_EVENT = b": keepalive\n\n"
 
@@ -100,6 +102,8 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise _invalid("'model' must be a string", "model")
+    if isinstance(model, str) and len(model) > MAX_MODEL_CHARS:
+        raise _invalid(f"'model' is longer than {MAX_MODEL_CHARS} characters", "model", "model_too_long")
     stream = data.get("stream", False)
     if stream is None:
         stream = False

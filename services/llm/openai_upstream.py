@@ -30,6 +30,8 @@ from services.request_context import current_request_id
 log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
+MAX_MODELS = 1000
+MAX_MODEL_CHARS = 256
 _PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
 
 
@@ -91,6 +93,15 @@ def upstream_host(url: str) -> str:
         return "?"
     host = f"[{host}]" if ":" in host else host
     return f"{host}:{port}" if port else host
+
+
+def _shown_url(url: Any) -> str:
+    """scheme://host:port/path of a request URL: no user, password or query."""
+    try:
+        parts = urlsplit(str(url))
+    except ValueError:
+        return "?"
+    return f"{parts.scheme}://{upstream_host(str(url))}{parts.path}"
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -171,6 +182,21 @@ class OpenAIUpstream:
         except Exception as exc:
             raise self._translate(exc) from None
 
+    async def list_models(self) -> list[str]:
+        """The ids the upstream's GET /models lists (at most MAX_MODELS, each at most 256 characters)."""
+        try:
+            response = await self._client.get(
+                "/models", cast_to=httpx2.Response, options={"headers": _PER_REQUEST_TELEMETRY_OFF, "timeout": 5.0}
+            )
+            body = orjson.loads(response.content)
+        except Exception as exc:
+            raise self._translate(exc) from None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise upstream_error(502, "The upstream LLM's model list is not a list.", code="upstream_bad_response")
+        ids = [item["id"] for item in data[:MAX_MODELS] if isinstance(item, dict) and isinstance(item.get("id"), str)]
+        return [model for model in ids if 0 < len(model) <= MAX_MODEL_CHARS]
+
     async def close(self) -> None:
         await self._client.close()
 
@@ -197,6 +223,14 @@ class OpenAIUpstream:
                 return upstream_error(
                     400, f"The upstream LLM rejected the request: {detail}",
                     code="upstream_rejected", type="invalid_request_error",
+                )
+            if status == 404:
+                # Most often OPENAI_BASE_URL already ends in /chat/completions, or lacks /v1.
+                url = _shown_url(exc.request.url) if getattr(exc, "request", None) is not None else "?"
+                return upstream_error(
+                    502, f"The upstream LLM answered 404 for POST {url}: {detail} (OPENAI_BASE_URL should be the "
+                         "part before /chat/completions, e.g. https://api.openai.com/v1)",
+                    code="upstream_not_found",
                 )
             return upstream_error(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")
         # The aiohttp transport maps every connection error to a timeout; the aiohttp error it

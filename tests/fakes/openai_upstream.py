@@ -88,6 +88,7 @@ class FakeUpstream:
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
     requests: int = 0
+    model_lists: int = 0  # GET /v1/models answered
     open_streams: int = 0
     completed_streams: int = 0
     aborted_streams: int = 0
@@ -141,6 +142,7 @@ class FakeUpstream:
             self._changed.notify_all()
 
     async def models(self, request: web.Request) -> web.Response:
+        self.model_lists += 1
         return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
 
     def _error(self, status: int, message: str, type_: str = "server_error") -> web.Response:
