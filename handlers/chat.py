@@ -33,7 +33,7 @@ from services.openai_format import (
     sse_json,
     text_chunks,
 )
-from services.relay import Relay, read_completion
+from services.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.request_context import new_request_id
 
 if TYPE_CHECKING:
@@ -265,8 +265,9 @@ class ChatHandler(ApiHandler):
             return self._failed_before_first_token(error)
         self._whole = body
         choices = completion["choices"]
-        return Ending(Outcome.DONE, 200, finish_reason=choices[-1].get("finish_reason") if choices else None,
-                      usage=completion.get("usage"))
+        return Ending(Outcome.DONE, 200,
+                      finish_reason=record_finish_reason(choices[-1].get("finish_reason")) if choices else None,
+                      usage=record_usage(completion.get("usage")))
 
     # --- the last words, once the outcome is recorded ----------------------------------------
 

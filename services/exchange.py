@@ -46,6 +46,38 @@ class Ending:
     where: str | None = None  # for an error: where it happened
 
 
+MAX_TOOL_CALLS = 16
+MAX_TOOL_NAME = 256
+MAX_TOOL_ARGUMENTS = 8 * 1024
+
+
+class ToolCallRecord:
+    """One tool call as the record keeps it: its name and arguments as parts, joined once at the end."""
+
+    __slots__ = ("_arguments", "_arguments_len", "_name", "_name_len")
+
+    def __init__(self) -> None:
+        self._name: list[str] = []
+        self._name_len = 0
+        self._arguments: list[str] = []
+        self._arguments_len = 0
+
+    def add(self, name: Any, arguments: Any) -> None:
+        if isinstance(name, str) and name and self._name_len < MAX_TOOL_NAME:
+            self._name.append(name[: MAX_TOOL_NAME - self._name_len])
+            self._name_len += len(self._name[-1])
+        if isinstance(arguments, str) and arguments:
+            if self._arguments_len < MAX_TOOL_ARGUMENTS:
+                self._arguments.append(arguments[: MAX_TOOL_ARGUMENTS - self._arguments_len])
+            self._arguments_len += len(arguments)  # counted whole, kept up to the limit
+
+    def to_dict(self) -> dict[str, str]:
+        arguments = "".join(self._arguments)
+        if self._arguments_len > MAX_TOOL_ARGUMENTS:
+            arguments += f"… [{self._arguments_len - MAX_TOOL_ARGUMENTS} more characters not kept]"
+        return {"name": "".join(self._name), "arguments": arguments}
+
+
 class Exchange:
     """Records one request from arrival to its end (done, cancelled or error) and publishes each step.
 
@@ -91,7 +123,7 @@ class Exchange:
         self.outcome: Outcome | None = None
         self.status: int | None = None
         self.upstream_model: str | None = None
-        self.tool_calls: dict[int, dict[str, str]] = {}
+        self.tool_calls: dict[int, ToolCallRecord] = {}
 
     def _emit(self, kind: str, **fields: Any) -> None:
         self.hub.publish({"type": kind, "id": self.id, "t": time.time(), **fields})
@@ -146,15 +178,25 @@ class Exchange:
             self._emit("tokens", text=text)
 
     def tool_call(self, delta: Any) -> None:
-        """Fold one streamed tool-call delta (or a whole call) into the calls shown when done."""
+        """Fold one streamed tool-call delta (or a whole call) into the calls shown when done.
+
+        Bounded: an integer index (else the delta is left out of the record), at most
+        MAX_TOOL_CALLS calls, names and arguments kept as parts joined once at the end and cut at
+        MAX_TOOL_NAME / MAX_TOOL_ARGUMENTS characters.
+        """
         if not isinstance(delta, dict):
             return
-        call = self.tool_calls.setdefault(delta.get("index", len(self.tool_calls)), {"name": "", "arguments": ""})
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
-        if isinstance(function.get("name"), str):
-            call["name"] += function["name"]
-        if isinstance(function.get("arguments"), str):
-            call["arguments"] += function["arguments"]
+        index = delta.get("index", len(self.tool_calls))
+        if not isinstance(index, int) or isinstance(index, bool):
+            return
+        call = self.tool_calls.get(index)
+        if call is None:
+            if len(self.tool_calls) >= MAX_TOOL_CALLS:
+                return
+            call = self.tool_calls[index] = ToolCallRecord()
+        function = delta.get("function")
+        if isinstance(function, dict):
+            call.add(function.get("name"), function.get("arguments"))
 
     def end(self, ending: Ending) -> None:
         """Record how the request ended: the one place every outcome goes through, exactly once.
@@ -195,11 +237,13 @@ class Exchange:
         common = {key: extra[key] for key in ("outcome", "status", "ttft_ms", "total_ms", "chunks", "upstream_model")}
         if ending.outcome is Outcome.DONE:
             generating_s = (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
-            completion_tokens = (ending.usage or {}).get("completion_tokens") or self.chunks
+            counted = (ending.usage or {}).get("completion_tokens")
+            completion_tokens = counted if isinstance(counted, int) and counted > 0 else self.chunks
             tps = round(completion_tokens / generating_s, 1) if generating_s > 0 else None
             self._emit(
                 "done", finish_reason=ending.finish_reason, usage=ending.usage, tokens_per_second=tps,
-                tool_calls=[self.tool_calls[index] for index in sorted(self.tool_calls)] or None, **common,
+                tool_calls=[self.tool_calls[index].to_dict() for index in sorted(self.tool_calls)] or None,
+                **common,
             )
             log.info(
                 "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",

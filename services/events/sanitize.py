@@ -16,6 +16,16 @@ MAX_DEPTH = 16
 MAX_STRING = 16 * 1024
 MAX_ITEMS = 256
 MAX_REQUEST_CHARS = 64 * 1024
+MAX_KEY = 256  # a mapping key's characters
+MAX_NAME = 256  # a model name's
+
+
+def _bounded_key(key: Any, budget: list[int]) -> Any:
+    """A mapping key cut to MAX_KEY characters (its length counts against the budget too)."""
+    if not isinstance(key, str):
+        return key if isinstance(key, (int, float, bool)) or key is None else str(key)[:MAX_KEY]
+    budget[0] -= min(len(key), MAX_KEY)
+    return key if len(key) <= MAX_KEY else key[:MAX_KEY] + "…"
 
 
 def sanitize(event: dict[str, Any]) -> dict[str, Any]:
@@ -27,37 +37,51 @@ def sanitize(event: dict[str, Any]) -> dict[str, Any]:
         **event,
         "messages": bounded(event.get("messages")),
         "params": redact_fields(bounded(event.get("params"))),
-        "upstream": redact_fields(event.get("upstream")),
+        "upstream": redact_fields(bounded(event.get("upstream"))),
     }
+    for name in ("model", "requested_model"):
+        if isinstance(clean.get(name), str):
+            clean[name] = clean[name][:MAX_NAME]
     clean.pop("headers", None)
     return clean
 
 
 def bounded(value: Any, budget: list[int] | None = None, depth: int = 0) -> Any:
     """A copy cut to MAX_DEPTH levels, MAX_ITEMS items, MAX_STRING characters a string and
-    MAX_REQUEST_CHARS in all, each cut marked; keys that look like credentials are redacted."""
+    MAX_REQUEST_CHARS in all, each cut marked; keys that look like credentials are redacted.
+
+    Every item costs at least one unit of the budget, and once it is spent the rest of a list or
+    mapping is one marker: the copy stays about MAX_REQUEST_CHARS whatever the shape of the input
+    (a million one-character strings do not become a million markers).
+    """
     budget = [MAX_REQUEST_CHARS] if budget is None else budget
     if depth > MAX_DEPTH:
         return "[nested too deep]"
     if isinstance(value, str):
         room = max(0, min(MAX_STRING, budget[0]))
-        budget[0] -= min(len(value), room)
+        budget[0] -= min(len(value), room) + 1
         if len(value) <= room:
             return value
         return value[:room] + f"… [{len(value) - room} more characters not kept]"
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for index, (key, item) in enumerate(value.items()):
-            if index >= MAX_ITEMS:
-                out["…"] = f"[{len(value) - MAX_ITEMS} more keys not kept]"
+            if index >= MAX_ITEMS or budget[0] <= 0:
+                out["…"] = f"[{len(value) - index} more keys not kept]"
                 break
+            budget[0] -= 1
             secret = isinstance(key, str) and SECRET_KEY.search(key) and item
+            key = _bounded_key(key, budget)
             out[key] = REDACTED if secret else bounded(item, budget, depth + 1)
         return out
     if isinstance(value, list):
-        kept = [bounded(item, budget, depth + 1) for item in value[:MAX_ITEMS]]
-        if len(value) > MAX_ITEMS:
-            kept.append(f"[{len(value) - MAX_ITEMS} more items not kept]")
+        kept = []
+        for index, item in enumerate(value):
+            if index >= MAX_ITEMS or budget[0] <= 0:
+                kept.append(f"[{len(value) - index} more items not kept]")
+                break
+            budget[0] -= 1
+            kept.append(bounded(item, budget, depth + 1))
         return kept
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
         return str(value)
