@@ -20,7 +20,7 @@ import orjson
 
 PATH = "/v1/chat/completions"
 VALID = {"messages": [{"role": "user", "content": "Where is the ISS?"}], "stream": False}
-OK_KINDS = frozenset({"4xx_json", "200", "closed"})
+OK_KINDS = frozenset({"4xx_json", "4xx_page", "200", "closed"})
 
 
 def request_bytes(
@@ -43,6 +43,7 @@ class Case:
     piece: int = 0  # >0: send in pieces of this many bytes ...
     pause: float = 0.0  # ... this many seconds apart
     stop_after: int | None = None  # hang up after this many bytes (no answer expected)
+    page: bool = False  # not the API: any 4xx body will do (static files, the console page)
 
 
 def _nested(depth: int) -> bytes:
@@ -52,7 +53,7 @@ def _nested(depth: int) -> bytes:
 
 def _hang_up(case: Case) -> Case:
     """The same bytes, after which the caller hangs up instead of waiting for an answer."""
-    return Case(case.name, case.data, case.piece, case.pause, stop_after=len(case.data))
+    return Case(case.name, case.data, case.piece, case.pause, stop_after=len(case.data), page=case.page)
 
 
 def corpus() -> list[Case]:
@@ -106,6 +107,21 @@ def corpus() -> list[Case]:
         Case("bare LF line ends", request_bytes(valid).replace(b"\r\n", b"\n")),
         Case("chunked with a bad size", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
              b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
+        # Issue 9: what a browser on another site, a rebinding name or a hostile caller would send.
+        Case("foreign Origin", request_bytes(valid, headers={"Origin": "https://evil.example"})),
+        Case("null Origin", request_bytes(valid, headers={"Origin": "null"})),
+        Case("form content type", request_bytes(valid).replace(b"application/json",
+                                                               b"application/x-www-form-urlencoded")),
+        Case("rebound Host", request_bytes(valid).replace(b"Host: localhost", b"Host: attacker.example")),
+        Case("model of 100 000 characters", request_bytes(orjson.dumps({**VALID, "model": "m" * 100_000}))),
+        Case("a dict key of 900 000 characters",
+             request_bytes(orjson.dumps({**VALID, "metadata": {"k" * 900_000: 1}}))),
+        Case("400 000 tiny values", request_bytes(orjson.dumps({**VALID, "metadata": {"a": [0] * 400_000}}))),
+        Case("NUL in a static path", request_bytes(b"", method="GET", path="/static/console.js%00.css"), page=True),
+        Case("static path outside, with a token", request_bytes(
+            b"", method="GET", path="/static/../server.py?token=soak-secret"), page=True),
+        *[Case(f"console token guess #{i}", request_bytes(b"", method="GET", path="/console?token=guess-0123456789"),
+               page=True) for i in range(8)],
         Case("both Content-Length and chunked", b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: localhost\r\n"
              b"Connection: close\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
     ]
@@ -127,12 +143,15 @@ def drips(count: int, pause: float) -> list[Case]:
     return out
 
 
-def judge(status: int | None, body: bytes, closed: bool) -> str:
-    """The kind of answer: 4xx_json, 200, closed (acceptable) or 4xx_not_json, 5xx (not)."""
+def judge(status: int | None, body: bytes, closed: bool, page: bool = False) -> str:
+    """The kind of answer: 4xx_json, 4xx_page (a page's error), 200, closed (acceptable) or
+    4xx_not_json, 5xx (not)."""
     if status is None:
         return "closed"
     if status == 200:
         return "200"
+    if page and 400 <= status < 500 and b"Traceback" not in body:
+        return "4xx_page"
     if 400 <= status < 500:
         try:
             error = orjson.loads(body)["error"]
@@ -189,13 +208,33 @@ async def send_raw(port: int, case: Case, timeout: float) -> str:
                         break
                     raw += block
                 status, body = _split(raw)
-                return judge(status, body, closed=True)
+                return judge(status, body, closed=True, page=case.page)
             finally:
                 writer.close()
     except TimeoutError:
         return "stuck"
     except (ConnectionError, OSError):
         return "closed"
+
+
+async def idle_flood(port: int, count: int, hold: float, probe: Probe) -> None:
+    """`count` idle connections held for `hold` seconds (more than the server's MAX_CONNECTIONS in
+    the soak): /healthz must still answer meanwhile, on a new connection, within 5 s."""
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(count):
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5.0)
+            except (OSError, TimeoutError):
+                continue
+            writers.append(writer)
+        kind = await send_raw(port, Case("healthz during an idle flood", request_bytes(b"", method="GET",
+                                                                                        path="/healthz")), 5.0)
+        probe.record("200" if kind == "200" else "stuck", f"/healthz during {count} idle connections: {kind}")
+        await asyncio.sleep(hold)
+    finally:
+        for writer in writers:
+            writer.close()
 
 
 # --- hypothesis ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bench import badinput, procs, storm
 from tests.fakes.iss_sources import SOURCES, FakeIssSources
-from tests.fakes.openai_upstream import FakeUpstream
+from tests.fakes.openai_upstream import FakeUpstream, gzip_bomb
 
 # A /healthz answer slower than this, during the traffic, counts as a stuck worker.
 STUCK_SECONDS = 5.0
@@ -49,6 +49,8 @@ class SoakConfig:
     hypothesis_examples: int = 300
     drip_callers: int = 5
     drip_pause: float = 0.03
+    max_connections: int = 300  # the server's MAX_CONNECTIONS ...
+    idle_flood: int = 400  # ... and the idle connections opened past it, once per pass
     iss_flap_every: float = 0.4
     memory_tolerance: float = 0.10
     warmup_share: float = 0.5  # the warm-up pass's size, as a share of the measured one
@@ -161,6 +163,7 @@ class Soak:
 
     async def start(self) -> None:
         badinput.warm_hypothesis()  # before any fake has to answer
+        gzip_bomb(storm.FAULTS["gzip_bomb"]["bytes"], b": the same comment again\n")  # built once, before the storm
         await self.upstream.start()
         await self.iss.start()
         port = procs.free_port()
@@ -174,6 +177,10 @@ class Soak:
             ISS_REFRESH_INTERVAL="0.5",
             UPSTREAM_TIMEOUT=str(self.cfg.upstream_timeout),
             KEEPALIVE_INTERVAL="1",
+            MAX_CONNECTIONS=str(self.cfg.max_connections),
+            # The upstream bounds scaled down: the same paths, less memory churn to tell from a leak.
+            UPSTREAM_MAX_BYTES=str(1024 * 1024),
+            UPSTREAM_MAX_EVENT_BYTES=str(256 * 1024),
             LOG_LEVEL="warning",
         )
         # Off the event loop: the fakes here must answer the server while it starts.
@@ -255,7 +262,10 @@ class Soak:
         try:
             storm_task = asyncio.create_task(storm.run_storm(
                 self.base + "/v1/chat/completions", items, cfg.concurrency, cfg.request_timeout, deadline, self.tick))
-            await badinput.run_corpus(port, hostile, 15.0, report.bad, on_done=self.tick)
+            await asyncio.gather(
+                badinput.run_corpus(port, hostile, 15.0, report.bad, on_done=self.tick),
+                badinput.idle_flood(port, cfg.idle_flood, 2.0, report.bad),
+            )
             report.storm = await storm_task
             try:
                 await asyncio.wait_for(asyncio.shield(thread), max(1.0, deadline - time.monotonic()))
@@ -309,6 +319,9 @@ class Soak:
         """What the server logged that no code handled: a lost task error, any traceback."""
         for marker, count in procs.lost_in_log(text).items():
             self.report.leaks.append(f"server log: {count} x {marker!r}")
+        forged = sum(1 for line in text.splitlines() if line.startswith(storm.FORGED))
+        if forged:
+            self.report.leaks.append(f"server log: {forged} line(s) forged by an upstream's error message")
 
     async def run(self) -> SoakReport:
         cfg = self.cfg
