@@ -50,7 +50,8 @@ class SoakConfig:
     drip_callers: int = 5
     drip_pause: float = 0.03
     max_connections: int = 300  # the server's MAX_CONNECTIONS ...
-    idle_flood: int = 400  # ... and the idle connections opened past it, once per pass
+    idle_flood: int = 400  # ... and the idle connections opened past it, in the warm-up pass (its
+    # connection objects set the allocator's high-water mark, which the measured pass is compared to)
     iss_flap_every: float = 0.4
     memory_tolerance: float = 0.10
     warmup_share: float = 0.5  # the warm-up pass's size, as a share of the measured one
@@ -246,7 +247,8 @@ class Soak:
         if self.progress is not None:
             self.progress.update(1)
 
-    async def traffic(self, report: SoakReport, requests: int, examples: int, seed: int, deadline: float) -> None:
+    async def traffic(self, report: SoakReport, requests: int, examples: int, seed: int, deadline: float,
+                      flood: int = 0) -> None:
         """The storm, the ISS flapping, the corpus and drips, and hypothesis, all at once."""
         cfg = self.cfg
         assert self.server is not None
@@ -264,7 +266,7 @@ class Soak:
                 self.base + "/v1/chat/completions", items, cfg.concurrency, cfg.request_timeout, deadline, self.tick))
             await asyncio.gather(
                 badinput.run_corpus(port, hostile, 15.0, report.bad, on_done=self.tick),
-                badinput.idle_flood(port, cfg.idle_flood, 2.0, report.bad),
+                badinput.idle_flood(port, flood, 2.0, report.bad),
             )
             report.storm = await storm_task
             try:
@@ -334,7 +336,8 @@ class Soak:
             # the allocator's high-water mark; a leak then shows as growth over the measured pass.
             warm = SoakReport()
             await self.traffic(warm, max(150, int(cfg.requests * cfg.warmup_share)),
-                               max(20, int(cfg.hypothesis_examples * cfg.warmup_share)), cfg.seed + 1, deadline)
+                               max(20, int(cfg.hypothesis_examples * cfg.warmup_share)), cfg.seed + 1, deadline,
+                               flood=cfg.idle_flood)
             self.report.warmup_problems = warm.problems()
             await self.upstream.wait_streams_closed(10.0)
             await self.refill_ring()
