@@ -29,8 +29,10 @@ from services import logs
 from services import metrics as metrics_multiprocess
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
 from services.events import Hub, MemoryHub
+from services.events.hub import worker_name
 from services.events.redis_hub import RedisHub
 from services.exchange import Outcome
+from services.iss.cluster_feed import RedisIssFeed
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.metrics import IssCollector, Metrics, NullMetrics
@@ -99,16 +101,21 @@ class Services:
     connections: ConnectionStats = field(default_factory=ConnectionStats)
     metrics: Metrics = field(default_factory=NullMetrics)
     models: ModelCatalog | None = None  # what /v1/models lists
+    iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
         await self.hub.start()
+        if self.iss_lease is not None:
+            await self.iss_lease.start()
         await self.tracker.start()
 
     async def close(self) -> None:
         await self.station.close()
         await self.hub.close()
         await self.backend.close()
+        if self.iss_lease is not None:
+            await self.iss_lease.close()
         await self.tracker.close()
 
 
@@ -119,10 +126,15 @@ def build_services(
     backend: Backend | None = None,
     hub: Hub | None = None,
 ) -> Services:
+    iss_lease = None
     if tracker is None:
         from services.iss.tracker import IssTracker
 
-        tracker = IssTracker(settings)
+        if settings.redis_url:
+            iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
+        tracker = IssTracker(settings, feed=iss_lease)
+        if iss_lease is not None:
+            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
     if backend is None:
         from services.llm import make_backend
 
@@ -146,6 +158,7 @@ def build_services(
         inflight=Inflight(metrics),
         metrics=metrics,
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
+        iss_lease=iss_lease,
     )
 
 

@@ -170,3 +170,51 @@ async def test_one_console_sees_every_worker_and_survives_redis_going_away(
         if console is not None:
             console.close()
         server.kill()
+
+
+async def test_a_cluster_of_three_polls_open_notify_once_per_interval_and_the_lease_moves_on(
+    io_loop, tmp_path, redis_server
+):
+    from tests.fakes.iss_sources import FakeIssSources
+
+    fakes = FakeIssSources()
+    await fakes.start()
+    port = _free_port()
+    interval = 5.0  # Open Notify asks for no more than one poll per 5 s (the source keeps to it)
+    server = ServerProcess(
+        _env(tmp_path, REDIS_URL=redis_server.url, ISS_SOURCES="open-notify", ISS_API_URL=fakes.url("open-notify"),
+             ISS_REFRESH_INTERVAL=str(interval)),
+        "--port", str(port), "--workers", "3",
+    )
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 3, 30, "three workers serving")
+        holder_line = await server.wait_for_line("polls the ISS sources for the cluster")
+        holder = int(re.search(r"\[(\d+)\]", holder_line).group(1))
+        # Let the start settle (a worker may poll once before it has seen the lease), then count.
+        await asyncio.sleep(1.0)
+        before, started = fakes.requests["open-notify"], time.monotonic()
+        await asyncio.sleep(3 * interval)
+        polls, window = fakes.requests["open-notify"] - before, time.monotonic() - started
+        # One poller for the cluster: one poll per interval (3 here), where three workers on their
+        # own would make three each (9).
+        assert window / interval - 1 <= polls <= window / interval + 1, (polls, window)
+
+        # The holder dies: another worker takes the lease within seconds, and the polls go on at
+        # the same pace.
+        import psutil
+
+        psutil.Process(holder).kill()
+        await server.wait_for_line(f"(pid {holder}) died")
+        lines = len(server.output)
+        await wait_until(lambda: any("polls the ISS sources for the cluster" in line for line in server.output[lines:]),
+                         15, "the lease did not move on")
+        before, started = fakes.requests["open-notify"], time.monotonic()
+        await asyncio.sleep(2 * interval)
+        polls, window = fakes.requests["open-notify"] - before, time.monotonic() - started
+        assert 1 <= polls <= window / interval + 1, (polls, window)
+        assert await server.stop() == 0
+        server.assert_clean_output()
+    finally:
+        server.kill()
+        await fakes.close()

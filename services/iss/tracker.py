@@ -16,6 +16,7 @@ from services.iss import estimate
 from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
 from services.iss.estimate import LIVE_HOLD, Located
+from services.iss.feed import IssFeed, SelfPolling
 from services.iss.geography import Geography
 from services.iss.orbit import OrbitPoint, propagate
 from services.iss.sources import (
@@ -33,6 +34,7 @@ from services.iss.tle import Elements, TleError, load_tle_file
 log = logging.getLogger("iss_llm.iss")
 
 ENRICH_INTERVAL = 1.0
+FEED_RECHECK_S = 5.0
 PAIR_RENEW_S = 60.0
 MAX_TRACK_POINTS = 600
 # Fresh CelesTrak elements are already good to a few km: a cold caller need not wait for more.
@@ -42,8 +44,10 @@ GOOD_ELEMENTS_KM = 10.0
 class IssTracker:
     """The chat path's ISS: never raises, serves at once in steady state, waits at most iss_timeout cold."""
 
-    def __init__(self, settings: Settings, geography: Any | None = None) -> None:
+    def __init__(self, settings: Settings, geography: Any | None = None, feed: IssFeed | None = None) -> None:
         self.settings = settings
+        # Whether to poll, and who hears of what was fetched: the cluster's lease, or no one (issue 11).
+        self.feed: IssFeed = feed or SelfPolling()
         self._live: list[LiveSource] = []
         self._celestrak: CelestrakSource | None = None
         for name in settings.iss_sources:
@@ -390,6 +394,8 @@ class IssTracker:
 
     async def _live_cycle(self) -> None:
         """Try the live sources in order until one answers; a recent fix from a preferred one holds."""
+        if not self.feed.may_poll():
+            return  # another worker polls for the cluster and sends its fixes here
         for source in self._live:
             if not source.due():
                 if self._fix is not None and self._fix.source == source.name and not source.health.consecutive_failures:
@@ -400,6 +406,7 @@ class IssTracker:
             except SourceError:
                 continue
             self.fix_arrived(fix)
+            self.feed.fetched_fix(fix)
             self._refresh_place()
             return
 
@@ -410,6 +417,8 @@ class IssTracker:
             return
         while True:
             wait = celestrak.seconds_until_due()
+            if wait <= 0 and not self.feed.may_fetch_elements():
+                wait = FEED_RECHECK_S  # another worker of the cluster fetches them (or did, recently)
             if wait > 0:
                 # Cached elements (or a recent failed attempt) mean the cold start needn't wait.
                 self._tle_first.set()
@@ -417,6 +426,7 @@ class IssTracker:
                 continue
             try:
                 elements = await celestrak.fetch(self._http())
+                self.feed.fetched_elements(elements)
                 if self.elements_arrived(elements):
                     self._refresh_place()
             except asyncio.CancelledError:

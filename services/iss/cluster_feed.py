@@ -1,0 +1,275 @@
+"""One ISS poller per cluster: a lease in Redis elects it; it publishes each fix and element set, the others use them.
+
+The lease is a key set with NX and a short expiry, renewed by its holder (a compare-and-extend
+script); the others try to take it each renewal period, so it moves within a few seconds of its
+holder's death. While this worker cannot reach Redis there is no lease to be had: it polls on its
+own, at its own pace. CelesTrak's rule holds for the whole cluster: each attempt is recorded in
+Redis (10 minutes, the retry after a failure), each success for the full refresh interval, and no
+worker asks while the record stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+
+from services.iss.sources import Fix
+from services.iss.tle import Elements, TleError, parse_tle
+from services.redis_link import UNAVAILABLE, Backoff, client, describe, where
+
+log = logging.getLogger("iss_llm.iss")
+
+LEASE_TTL_S = 3.0
+RENEW_S = 1.0
+FAILED_ATTEMPT_HOLD_S = 600.0
+MAX_OUTGOING = 32
+
+# Extend the lease only if it is still ours.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# Give the lease up only if it is still ours.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def encode_fix(fix: Fix) -> dict[str, Any]:
+    data = asdict(fix)
+    data["measured_at"] = fix.measured_at.isoformat()
+    data["received_at"] = fix.received_at.isoformat()
+    return data
+
+
+def decode_fix(data: dict[str, Any]) -> Fix:
+    return Fix(**{
+        **data,
+        "measured_at": datetime.fromisoformat(data["measured_at"]),
+        "received_at": datetime.fromisoformat(data["received_at"]),
+    })
+
+
+def encode_elements(elements: Elements) -> dict[str, Any]:
+    return {
+        "text": elements.text(), "origin": elements.origin,
+        "fetched_at": elements.fetched_at.isoformat() if elements.fetched_at else None,
+    }
+
+
+def decode_elements(data: dict[str, Any]) -> Elements:
+    fetched = data.get("fetched_at")
+    return parse_tle(data["text"], str(data.get("origin") or "cluster"),
+                     datetime.fromisoformat(fetched) if fetched else None)
+
+
+class RedisIssFeed:
+    """This worker's part in the cluster's single ISS poller."""
+
+    def __init__(
+        self,
+        url: str,
+        worker: str,
+        tle_interval: float,
+        *,
+        prefix: str = "iss_llm:iss",
+        timeout: float = 1.0,
+        lease_ttl: float = LEASE_TTL_S,
+    ) -> None:
+        self.url = url
+        self.worker = worker
+        self.tle_interval = tle_interval
+        self.timeout = timeout
+        self.lease_ttl = lease_ttl
+        self.renew_every = min(RENEW_S, lease_ttl / 3)
+        self.lease_key = f"{prefix}:lease"
+        self.channel = f"{prefix}:updates"
+        self.elements_key = f"{prefix}:elements"
+        self.attempt_key = f"{prefix}:celestrak-attempt"
+        self.connected = False
+        self.holder = False
+        self.leader: str | None = None  # who holds the lease, as last seen
+        self._me = f"{worker}:{secrets.token_hex(4)}"
+        self._on_fix: Callable[[Fix], None] = lambda fix: None
+        self._on_elements: Callable[[Elements], Any] = lambda elements: None
+        self._celestrak_blocked_until = 0.0
+        self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_OUTGOING)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._backoff = Backoff()
+        self._warned = False
+
+    def attach(self, on_fix: Callable[[Fix], None], on_elements: Callable[[Elements], Any]) -> None:
+        """Where the fixes and element sets other workers fetched go (the tracker)."""
+        self._on_fix = on_fix
+        self._on_elements = on_elements
+
+    # ---- what the tracker asks (synchronous, from what the background loop last saw) ----
+
+    def may_poll(self) -> bool:
+        return self.holder or not self.connected
+
+    def may_fetch_elements(self) -> bool:
+        if not self.connected:
+            return True
+        if not self.holder or time.time() < self._celestrak_blocked_until:
+            return False
+        # Recorded for the cluster at once: a failure means no one asks for 10 minutes.
+        self._celestrak_blocked_until = time.time() + FAILED_ATTEMPT_HOLD_S
+        self._send("attempt", {"hold_s": FAILED_ATTEMPT_HOLD_S})
+        return True
+
+    def fetched_fix(self, fix: Fix) -> None:
+        if self.holder and self.connected:
+            self._send("fix", encode_fix(fix))
+
+    def fetched_elements(self, elements: Elements) -> None:
+        if self.connected:
+            self._celestrak_blocked_until = time.time() + self.tle_interval
+            self._send("elements", encode_elements(elements))
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # Redis is behind: the next fix will do
+            self._outgoing.put_nowait((kind, data))
+
+    # ---- life ----
+
+    async def start(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.holder = False
+
+    def health(self) -> dict[str, Any]:
+        return {"connected": self.connected, "polls": self.may_poll(), "lease_holder": self.leader}
+
+    async def _run(self) -> None:
+        while not self._closed:
+            commands = client(self.url, self.timeout)
+            listener = client(self.url, self.timeout)
+            pubsub = listener.pubsub(ignore_subscribe_messages=True)
+            tasks: list[asyncio.Task[None]] = []
+            try:
+                await asyncio.wait_for(commands.ping(), self.timeout)
+                await asyncio.wait_for(pubsub.subscribe(self.channel), self.timeout)
+                await self._load_elements(commands)
+                self.connected = True
+                self._backoff.reset()
+                if self._warned:
+                    log.info("ISS: cluster link back (Redis at %s): polling by lease again", where(self.url))
+                    self._warned = False
+                tasks = [asyncio.ensure_future(body) for body in
+                         (self._lease_loop(commands), self._listen(pubsub), self._publish_loop(commands))]
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            except asyncio.CancelledError:
+                await self._give_up_lease(commands)
+                raise
+            except UNAVAILABLE as exc:
+                if not self._warned:
+                    log.warning("ISS: no cluster lease (Redis at %s: %s): this worker polls on its own",
+                                where(self.url), describe(exc))
+                    self._warned = True
+            finally:
+                self.connected = False
+                self.holder = False
+                for task in tasks:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+                for connection in (pubsub, commands, listener):
+                    with contextlib.suppress(Exception):
+                        await connection.aclose()
+            await asyncio.sleep(self._backoff.next())
+
+    async def _give_up_lease(self, commands: redis.Redis) -> None:
+        if self.holder:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
+
+    async def _load_elements(self, commands: redis.Redis) -> None:
+        raw = await asyncio.wait_for(commands.get(self.elements_key), self.timeout)
+        if raw:
+            try:
+                self._take("elements", orjson.loads(raw))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TleError) as exc:
+                log.warning("ISS: ignoring the cluster's unreadable element set (%s)", type(exc).__name__)
+
+    async def _lease_loop(self, commands: redis.Redis) -> None:
+        ttl_ms = int(self.lease_ttl * 1000)
+        while True:
+            if self.holder:
+                kept = await asyncio.wait_for(
+                    commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
+                if not kept:
+                    self.holder = False
+                    log.warning("ISS: lost the polling lease")
+            if not self.holder:
+                taken = await asyncio.wait_for(
+                    commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
+                if taken:
+                    self.holder = True
+                    log.info("ISS: this worker polls the ISS sources for the cluster")
+            leader = await asyncio.wait_for(commands.get(self.lease_key), self.timeout)
+            self.leader = leader.decode(errors="replace").rsplit(":", 1)[0] if leader else None
+            left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
+            if left_ms and left_ms > 0:
+                self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
+            await asyncio.sleep(self.renew_every)
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                envelope = orjson.loads(message["data"])
+                if envelope.get("from") != self._me:
+                    self._take(envelope["kind"], envelope["data"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TleError) as exc:
+                log.warning("ISS: ignoring an unreadable cluster update (%s)", type(exc).__name__)
+            except Exception:  # the tracker refused it: one bad update must not end the link
+                log.exception("ISS: a cluster update could not be used")
+
+    def _take(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "fix":
+            self._on_fix(decode_fix(data))
+        elif kind == "elements":
+            self._on_elements(decode_elements(data))
+
+    async def _publish_loop(self, commands: redis.Redis) -> None:
+        while True:
+            kind, data = await self._outgoing.get()
+            if kind == "attempt":
+                await asyncio.wait_for(
+                    commands.set(self.attempt_key, self.worker, px=int(data["hold_s"] * 1000)), self.timeout)
+                continue
+            envelope = orjson.dumps({"from": self._me, "kind": kind, "data": data})
+            if kind == "elements":
+                await asyncio.wait_for(commands.set(self.elements_key, orjson.dumps(data)), self.timeout)
+                await asyncio.wait_for(
+                    commands.set(self.attempt_key, self.worker, px=int(self.tle_interval * 1000)), self.timeout)
+            await asyncio.wait_for(commands.publish(self.channel, envelope), self.timeout)
