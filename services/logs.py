@@ -32,7 +32,9 @@ class JsonFormatter(logging.Formatter):
 
     def __init__(self, secrets: Iterable[str | None] = (), with_pid: bool = False) -> None:
         super().__init__()
-        self._secrets = tuple(secret for secret in secrets if secret)
+        kept = [secret for secret in secrets if secret]
+        # Redacted once, in the finished line: each secret as written and as JSON escapes it.
+        self._secrets = tuple({*kept, *(orjson.dumps(secret).decode()[1:-1] for secret in kept)})
         self._with_pid = with_pid
 
     def format(self, record: logging.LogRecord) -> str:
@@ -41,7 +43,7 @@ class JsonFormatter(logging.Formatter):
                 "+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage(), self._secrets),
+            "message": record.getMessage(),
         }
         if self._with_pid:
             line["pid"] = record.process
@@ -55,11 +57,11 @@ class JsonFormatter(logging.Formatter):
         for name in FIELDS:
             value = fields.get(name)
             if value is not None:
-                line[name] = redact(value, self._secrets) if isinstance(value, str) else value
+                line[name] = value
         if record.exc_info and record.exc_info[0] is not None:
             line["exc_type"] = record.exc_info[0].__name__
-            line["traceback"] = redact(self.formatException(record.exc_info), self._secrets)
-        return orjson.dumps(line, default=str).decode()
+            line["traceback"] = self.formatException(record.exc_info)
+        return redact(orjson.dumps(line, default=str).decode(), self._secrets)
 
 
 class TextFormatter(logging.Formatter):

@@ -127,6 +127,7 @@ class Metrics:
     def __init__(self, configured_models: Iterable[str | None] = ()) -> None:
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         reg = self.registry
         self.models = ModelLabels(configured_models)
 
@@ -210,33 +211,43 @@ class Metrics:
 
     def outcome(self, record: Timed) -> None:
         """One chat request ended: count it and observe its timings, once (from Exchange.end)."""
+        child = self._child
         route = record.route
         outcome = str(record.outcome or "error")
-        self.requests.labels(route, outcome, str(record.status)).inc()
+        child(self.requests, route, outcome, str(record.status)).inc()
         ended = record.ended if record.ended is not None else time.monotonic()
-        self.duration.labels(route, outcome).observe(ended - record.received)
+        child(self.duration, route, outcome).observe(ended - record.received)
         if record.upstream_sent is not None:
-            self.added_before.labels(route).observe(record.upstream_sent - record.received)
+            child(self.added_before, route).observe(record.upstream_sent - record.received)
         if record.stream:
             # The first-token split, for streamed answers (a whole answer has no first token).
             first = record.upstream_first
             if first is not None and record.upstream_sent is not None:
-                self.upstream_ttft.labels(self.models(record.upstream_model)).observe(first - record.upstream_sent)
+                child(self.upstream_ttft, self.models(record.upstream_model)).observe(first - record.upstream_sent)
             if record.first_written is not None:
-                self.ttft.labels(route).observe(record.first_written - record.received)
+                child(self.ttft, route).observe(record.first_written - record.received)
                 if first is not None:
-                    self.added_after.labels(route).observe(record.first_written - first)
+                    child(self.added_after, route).observe(record.first_written - first)
         if outcome == "done":
-            self.tokens.labels(route).observe(record.tokens)
+            child(self.tokens, route).observe(record.tokens)
         code = record.error_code
         if code is not None and _UPSTREAM_CODE.fullmatch(code):
-            self.upstream_errors.labels(code).inc()
+            child(self.upstream_errors, code).inc()
         if outcome == "fallback":
             self.fallbacks.inc()
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """metric.labels(*values), kept: the client's labels() costs as much as the observation itself.
+        Every label here has a bounded set of values, so this cache is bounded too."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def refused(self, route: str, outcome: str, status: int) -> None:
         """A chat request answered before it began (bad key, bad body, too large, shutting down)."""
-        self.requests.labels(route, outcome, str(status)).inc()
+        self._child(self.requests, route, outcome, str(status)).inc()
 
     # ---- the console ----
 

@@ -151,13 +151,14 @@ def _record(message: str, *args: object, exc: BaseException | None = None, **ext
 
 
 def test_json_formatter_fields_redaction_and_exceptions():
-    formatter = logs.JsonFormatter(secrets=("super-secret-value",))
+    formatter = logs.JsonFormatter(secrets=("super-secret-value", 'quote"and\\slash-secret'))
 
     async def inside_a_request() -> str:
         context = request_context.begin("rid-1", "/v1/chat/completions")
         context.conversation_id = "conv-1"
         return formatter.format(_record("key super-secret-value and sk-abcdefghijklmnop", status=200,
-                                        outcome="done", not_a_field="dropped"))
+                                        outcome="done", not_a_field="dropped",
+                                        upstream_model='echo quote"and\\slash-secret'))
 
     line = asyncio.run(inside_a_request())
     record = orjson.loads(line)
@@ -165,6 +166,7 @@ def test_json_formatter_fields_redaction_and_exceptions():
     assert record["route"] == "/v1/chat/completions"
     assert record["status"] == 200 and record["outcome"] == "done" and "not_a_field" not in record
     assert "super-secret-value" not in line and "sk-abcdefghijklmnop" not in line
+    assert record["upstream_model"] == "echo ***"  # a secret JSON had to escape is found too
     try:
         raise ValueError("boom super-secret-value")
     except ValueError as exc:

@@ -1,0 +1,329 @@
+"""What metrics and JSON logs cost the chat path: the same server with them off and on, in one run.
+
+    python -m bench.metrics_cost           # 4 interleaved rounds (about 4 minutes on 2 cores)
+    python -m bench.metrics_cost --quick   # 2 rounds, fewer requests (about 1 minute)
+
+Three servers against one fake upstream, all with the console on and LOG_LEVEL=info:
+  off           METRICS_ENABLED=false, LOG_FORMAT=text (the cost floor)
+  metrics       METRICS_ENABLED=true,  LOG_FORMAT=text
+  metrics+json  METRICS_ENABLED=true,  LOG_FORMAT=json
+Each round runs every server in a rotated order: a latency batch (one caller, back to back on a
+reused connection, time to the first *content* token as the caller reads it) and a CPU batch
+(`--concurrency` callers; the server's CPU seconds over the requests answered). Prometheus is
+played by a scraper reading each server's /metrics every `--scrape-interval` seconds (default 5,
+three times the usual rate), so the scrapes' cost is in the figures too.
+
+In-process figures beside them: what the metrics calls of one request (in flight, ISS lookup,
+outcome, with its histograms) and one JSON log line cost, timed over many calls, exactly.
+Loopback only. Writes bench/results/metrics_cost.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import re
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import procs
+from bench.loadgen import chat_body, make_session
+from bench.stats import percentile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CHAT_PATH = "/v1/chat/completions"
+VARIANTS: dict[str, dict[str, str]] = {
+    "off": {"METRICS_ENABLED": "false", "LOG_FORMAT": "text"},
+    "metrics": {"METRICS_ENABLED": "true", "LOG_FORMAT": "text"},
+    "metrics+json": {"METRICS_ENABLED": "true", "LOG_FORMAT": "json"},
+}
+_CONTENT = re.compile(rb'"content":"[^"]')
+
+
+@dataclass
+class Config:
+    rounds: int = 4
+    latency_requests: int = 250
+    cpu_requests: int = 1200
+    concurrency: int = 50
+    tokens: int = 20
+    gap: float = 0.002
+    first_token_delay: float = 0.01
+    scrape_interval: float = 5.0
+    micro_calls: int = 20000
+
+
+@dataclass
+class Variant:
+    name: str
+    ttft: list[float] = field(default_factory=list)  # seconds, to the first content token
+    cpu_s: float = 0.0
+    answered: int = 0
+    failed: int = 0
+    round_medians: list[float] = field(default_factory=list)
+    round_cpu: list[float] = field(default_factory=list)  # CPU ms per request, per round
+    scrapes: int = 0
+
+
+async def first_content(session: aiohttp.ClientSession, url: str, body: bytes, timeout: float) -> float | None:
+    """One streamed request read to its end; seconds to the first content token, None on failure."""
+    started = time.perf_counter()
+    ttft = None
+    done = False
+    try:
+        async with asyncio.timeout(timeout), session.post(url, data=body) as response:
+            tail = b""
+            async for block in response.content.iter_any():
+                window = tail + block
+                if ttft is None and _CONTENT.search(window):
+                    ttft = time.perf_counter() - started
+                done = done or b"data: [DONE]" in window
+                tail = window[-32:]
+            if response.status != 200:
+                return None
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None
+    return ttft if done else None
+
+
+async def closed_loop(url: str, body: bytes, concurrency: int, requests: int, timeout: float = 30.0
+                      ) -> tuple[list[float], int]:
+    """`concurrency` callers on kept-alive connections, `requests` in all; the TTFTs and failures."""
+    ttfts: list[float] = []
+    failures = 0
+    issued = 0
+
+    async def caller(session: aiohttp.ClientSession) -> None:
+        nonlocal issued, failures
+        while issued < requests:
+            issued += 1
+            ttft = await first_content(session, url, body, timeout)
+            if ttft is None:
+                failures += 1
+            else:
+                ttfts.append(ttft)
+
+    async with make_session(concurrency) as session:
+        await asyncio.gather(*(caller(session) for _ in range(concurrency)))
+    return ttfts, failures
+
+
+async def scraper(urls: list[str], interval: float, counts: dict[str, int], stop: asyncio.Event) -> None:
+    """Prometheus's part: GET /metrics of every server with metrics on, every `interval` seconds."""
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            for url in urls:
+                try:
+                    async with session.get(url + "/metrics") as response:
+                        await response.read()
+                        if response.status == 200:
+                            counts[url] += 1
+                except aiohttp.ClientError:
+                    pass
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+
+async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
+    upstream = kids.start("upstream", procs.fake_upstream_argv(cfg.tokens, cfg.gap, cfg.first_token_delay))
+    servers = {}
+    for name, extra in VARIANTS.items():
+        env = procs.server_env(upstream.url, kids.log_dir / f"cache-{name}", LOG_LEVEL="info", **extra)
+        port = procs.free_port()
+        servers[name] = kids.start(name.replace("+", "-"), procs.server_argv(port), env=env, port=port)
+    variants = {name: Variant(name) for name in VARIANTS}
+    body = chat_body(cfg.tokens, cfg.gap, cfg.first_token_delay)
+    stop = asyncio.Event()
+    scraped = {servers[name].url: 0 for name in VARIANTS if VARIANTS[name]["METRICS_ENABLED"] == "true"}
+    scraping = asyncio.ensure_future(scraper(list(scraped), cfg.scrape_interval, scraped, stop))
+    try:
+        for child in servers.values():  # warm-up: connections, the ISS warm-up, first imports
+            await closed_loop(child.url + CHAT_PATH, body, 4, 40)
+        names = list(VARIANTS)
+        for index in range(cfg.rounds):
+            order = names[index % len(names):] + names[:index % len(names)]
+            for name in order:
+                child, variant = servers[name], variants[name]
+                ttfts, failed = await closed_loop(child.url + CHAT_PATH, body, 1, cfg.latency_requests)
+                variant.ttft += ttfts
+                variant.failed += failed
+                variant.round_medians.append(statistics.median(ttfts) if ttfts else float("nan"))
+                before = procs.cpu_seconds(child.process())
+                ttfts, failed = await closed_loop(child.url + CHAT_PATH, body, cfg.concurrency, cfg.cpu_requests)
+                cpu = procs.cpu_seconds(child.process()) - before
+                variant.cpu_s += cpu
+                variant.answered += len(ttfts)
+                variant.failed += failed
+                variant.round_cpu.append(1000 * cpu / max(1, len(ttfts)))
+                for kid in servers.values():
+                    if not kid.alive():
+                        raise RuntimeError(f"{kid.name} died:\n{kid.log_tail()}")
+                print(f"  round {index + 1}/{cfg.rounds} {name:13} ttft p50 {1000 * variant.round_medians[-1]:.3f} ms"
+                      f"  cpu {variant.round_cpu[-1]:.3f} ms/request", file=sys.stderr, flush=True)
+    finally:
+        stop.set()
+        await scraping
+    for name, child in servers.items():
+        variants[name].scrapes = scraped.get(child.url, 0)
+    return {name: variant for name, variant in variants.items()}
+
+
+def micro_figures(calls: int) -> dict[str, float]:
+    """The chat path's metrics calls for one request, and one JSON log line, in µs (in this process)."""
+    from services import logs, request_context
+    from services.exchange import Exchange, Outcome
+    from services.metrics import Metrics
+
+    class Nowhere:
+        def publish(self, event: dict[str, Any]) -> None:
+            return None
+
+    metrics = Metrics(configured_models=("bench-model",))
+    records = []
+    for _ in range(calls):
+        exchange = Exchange(Nowhere(), request_id="r", conversation_id=None, remote_ip=None, path=CHAT_PATH)
+        exchange.stream = True
+        exchange.upstream_sent = exchange.received + 0.0002
+        exchange.first_token_at = exchange.received + 0.05
+        exchange.first_written = exchange.first_token_at + 0.0001
+        exchange.ended = exchange.received + 0.2
+        exchange.outcome = Outcome.DONE
+        exchange.status = 200
+        exchange.tokens = 20
+        exchange.upstream_model = "bench-model"
+        records.append(exchange)
+    started = time.perf_counter()
+    for record in records:
+        metrics.started()
+        metrics.iss_looked_up(0.00003)
+        metrics.outcome(record)
+        metrics.ended()
+    per_request = (time.perf_counter() - started) / calls
+
+    stream = io.StringIO()
+    handler = logs.configure("json", "info", secrets=("sk-bench-not-a-real-key",), stream=stream)
+    text_stream = io.StringIO()
+    text = logging.StreamHandler(text_stream)
+    text.setFormatter(logs.TextFormatter(("sk-bench-not-a-real-key",)))
+    log = logging.getLogger("iss_llm.chat")
+    extra = {"outcome": "done", "status": 200, "ttft_ms": 51.2, "total_ms": 201.3, "chunks": 20,
+             "upstream_model": "bench-model", "upstream_ttft_ms": 50.1, "finish_reason": "stop"}
+
+    async def lines(target: logging.Handler) -> float:
+        request_context.begin("req_0123456789abcdef01234567", CHAT_PATH).conversation_id = "conv-1"
+        root = logging.getLogger()
+        root.handlers = [target]
+        begun = time.perf_counter()
+        for _ in range(calls):
+            log.info("request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
+                     "req_0123456789abcdef01234567", "conv-1", "stop", 51.2, 201.3, 20, extra=extra)
+        return (time.perf_counter() - begun) / calls
+
+    previous = logging.getLogger().handlers[:]
+    try:
+        json_line = asyncio.run(lines(handler))
+        text_line = asyncio.run(lines(text))
+    finally:
+        logging.getLogger().handlers = previous
+    return {"metrics_per_request_us": per_request * 1e6, "json_line_us": json_line * 1e6,
+            "text_line_us": text_line * 1e6}
+
+
+def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]) -> dict[str, Any]:
+    base = variants["off"]
+    rows = []
+    for name, variant in variants.items():
+        p50 = percentile(variant.ttft, 50)
+        p90 = percentile(variant.ttft, 90)
+        cpu = 1000 * variant.cpu_s / max(1, variant.answered)
+        base_cpu = 1000 * base.cpu_s / max(1, base.answered)
+        paired = [a - b for a, b in zip(variant.round_medians, base.round_medians, strict=True)]
+        rows.append({
+            "variant": name, "env": VARIANTS[name], "latency_requests": len(variant.ttft), "failed": variant.failed,
+            "ttft_p50_ms": 1000 * (p50 or 0), "ttft_p90_ms": 1000 * (p90 or 0),
+            "added_ttft_p50_ms": 1000 * ((p50 or 0) - (percentile(base.ttft, 50) or 0)),
+            "added_ttft_round_medians_ms": [1000 * d for d in paired],
+            "cpu_ms_per_request": cpu, "cpu_vs_off_pct": 100 * (cpu / base_cpu - 1) if base_cpu else None,
+            "cpu_rounds_ms": variant.round_cpu, "scrapes": variant.scrapes,
+        })
+    return {"started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "config": asdict(cfg), "rows": rows,
+            "micro": micro}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        f"Metrics and JSON logs, off against on, one run ({result['started']}; {cfg['rounds']} interleaved rounds;"
+        f" latency: 1 caller x {cfg['latency_requests']} requests a round; CPU: {cfg['concurrency']} callers x "
+        f"{cfg['cpu_requests']}; {cfg['tokens']} tokens, upstream first token {1000 * cfg['first_token_delay']:g} ms;"
+        f" /metrics scraped every {cfg['scrape_interval']:g} s)",
+        "",
+        "| server | TTFT p50 | TTFT p90 | added TTFT (p50 vs off) | per-round differences | CPU per request"
+        " | CPU vs off |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in result["rows"]:
+        rounds = " ".join(f"{d:+.3f}" for d in row["added_ttft_round_medians_ms"])
+        lines.append(
+            f"| {row['variant']} | {row['ttft_p50_ms']:.3f} ms | {row['ttft_p90_ms']:.3f} ms | "
+            f"{row['added_ttft_p50_ms']:+.3f} ms | {rounds} | {row['cpu_ms_per_request']:.3f} ms | "
+            f"{row['cpu_vs_off_pct']:+.1f}% |")
+    micro = result["micro"]
+    lines += [
+        "",
+        f"In process: the metrics calls of one request (in flight, ISS lookup, outcome and its histograms) "
+        f"{micro['metrics_per_request_us']:.1f} µs; one outcome log line {micro['json_line_us']:.1f} µs as JSON, "
+        f"{micro['text_line_us']:.1f} µs as text (formatted and written to memory).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 rounds, fewer requests (about 1 minute)")
+    parser.add_argument("--rounds", type=int)
+    parser.add_argument("--latency-requests", type=int)
+    parser.add_argument("--cpu-requests", type=int)
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--scrape-interval", type=float)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    cfg = Config()
+    if args.quick:
+        cfg.rounds, cfg.latency_requests, cfg.cpu_requests, cfg.micro_calls = 2, 80, 300, 5000
+    for name in ("rounds", "latency_requests", "cpu_requests", "concurrency", "scrape_interval"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    procs.raise_nofile(4 * cfg.concurrency + 1024)
+    with procs.Children() as kids, procs.stop_on_signals(kids):
+        try:
+            variants = asyncio.run(run(cfg, kids))
+        except KeyboardInterrupt:
+            return 130
+        except RuntimeError as exc:
+            print(f"benchmark failed: {exc}\nlogs: {kids.log_dir}", file=sys.stderr)
+            return 1
+    result = summarize(cfg, variants, micro_figures(cfg.micro_calls))
+    result["command"] = "python -m bench.metrics_cost " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = markdown(result)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "metrics_cost.md").write_text(text + "\n")
+    (args.out / "metrics_cost.json").write_text(json.dumps(result, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
