@@ -1,17 +1,19 @@
 """What metrics and JSON logs cost the chat path: the same server with them off and on, in one run.
 
-    python -m bench.metrics_cost           # 4 interleaved rounds (about 4 minutes on 2 cores)
+    python -m bench.metrics_cost           # 4 rounds (about 5 minutes on 2 cores)
     python -m bench.metrics_cost --quick   # 2 rounds, fewer requests (about 1 minute)
 
 Three servers against one fake upstream, all with the console on and LOG_LEVEL=info:
   off           METRICS_ENABLED=false, LOG_FORMAT=text (the cost floor)
   metrics       METRICS_ENABLED=true,  LOG_FORMAT=text
   metrics+json  METRICS_ENABLED=true,  LOG_FORMAT=json
-Each round runs every server in a rotated order: a latency batch (one caller, back to back on a
-reused connection, time to the first *content* token as the caller reads it) and a CPU batch
-(`--concurrency` callers; the server's CPU seconds over the requests answered). Prometheus is
-played by a scraper reading each server's /metrics every `--scrape-interval` seconds (default 5,
-three times the usual rate), so the scrapes' cost is in the figures too.
+The three are measured side by side, not one after the other: every caller sends its requests to
+each server in turn, so a spell of load from elsewhere on the machine falls on all three alike.
+Each round has a latency phase (one caller, back to back on kept-alive connections, time to the
+first *content* token as the caller reads it) and a CPU phase (`--concurrency` callers; each
+server's CPU seconds over that same span, per request answered). Prometheus is played by a
+scraper reading /metrics of both servers that have it every `--scrape-interval` seconds (default
+5, three times the usual rate), so the scrapes' cost is in the figures too.
 
 In-process figures beside them: what the metrics calls of one request (in flight, ISS lookup,
 outcome, with its histograms) and one JSON log line cost, timed over many calls, exactly.
@@ -96,25 +98,31 @@ async def first_content(session: aiohttp.ClientSession, url: str, body: bytes, t
     return ttft if done else None
 
 
-async def closed_loop(url: str, body: bytes, concurrency: int, requests: int, timeout: float = 30.0
-                      ) -> tuple[list[float], int]:
-    """`concurrency` callers on kept-alive connections, `requests` in all; the TTFTs and failures."""
-    ttfts: list[float] = []
-    failures = 0
+async def round_robin(urls: dict[str, str], body: bytes, callers: int, per_server: int, timeout: float = 30.0
+                      ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """`callers` callers, each sending its requests to every server in turn (its own connection to
+    each, kept alive): every server meets the same load at the same moments, so the machine's
+    drift falls on all alike. `per_server` requests each; the TTFTs and failures by server."""
+    names = list(urls)
+    ttfts: dict[str, list[float]] = {name: [] for name in names}
+    failures = dict.fromkeys(names, 0)
     issued = 0
 
-    async def caller(session: aiohttp.ClientSession) -> None:
-        nonlocal issued, failures
-        while issued < requests:
+    async def caller(index: int, session: aiohttp.ClientSession) -> None:
+        nonlocal issued
+        turn = index
+        while issued < per_server * len(names):
             issued += 1
-            ttft = await first_content(session, url, body, timeout)
+            name = names[turn % len(names)]
+            turn += 1
+            ttft = await first_content(session, urls[name], body, timeout)
             if ttft is None:
-                failures += 1
+                failures[name] += 1
             else:
-                ttfts.append(ttft)
+                ttfts[name].append(ttft)
 
-    async with make_session(concurrency) as session:
-        await asyncio.gather(*(caller(session) for _ in range(concurrency)))
+    async with make_session(callers * len(names)) as session:
+        await asyncio.gather(*(caller(index, session) for index in range(callers)))
     return ttfts, failures
 
 
@@ -148,30 +156,29 @@ async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
     stop = asyncio.Event()
     scraped = {servers[name].url: 0 for name in VARIANTS if VARIANTS[name]["METRICS_ENABLED"] == "true"}
     scraping = asyncio.ensure_future(scraper(list(scraped), cfg.scrape_interval, scraped, stop))
+    urls = {name: child.url + CHAT_PATH for name, child in servers.items()}
     try:
-        for child in servers.values():  # warm-up: connections, the ISS warm-up, first imports
-            await closed_loop(child.url + CHAT_PATH, body, 4, 40)
-        names = list(VARIANTS)
+        await round_robin(urls, body, 4, 20)  # warm-up: connections, the ISS warm-up, first imports
         for index in range(cfg.rounds):
-            order = names[index % len(names):] + names[:index % len(names)]
-            for name in order:
-                child, variant = servers[name], variants[name]
-                ttfts, failed = await closed_loop(child.url + CHAT_PATH, body, 1, cfg.latency_requests)
-                variant.ttft += ttfts
-                variant.failed += failed
-                variant.round_medians.append(statistics.median(ttfts) if ttfts else float("nan"))
-                before = procs.cpu_seconds(child.process())
-                ttfts, failed = await closed_loop(child.url + CHAT_PATH, body, cfg.concurrency, cfg.cpu_requests)
-                cpu = procs.cpu_seconds(child.process()) - before
+            # Latency: one caller, requests back to back, to each server in turn (paired samples).
+            ttfts, failed = await round_robin(urls, body, 1, cfg.latency_requests)
+            # CPU: `concurrency` callers, each going round the servers; each server's CPU over the same span.
+            before = {name: procs.cpu_seconds(child.process()) for name, child in servers.items()}
+            loaded, loaded_failed = await round_robin(urls, body, cfg.concurrency, cfg.cpu_requests)
+            after = {name: procs.cpu_seconds(child.process()) for name, child in servers.items()}
+            for name, variant in variants.items():
+                variant.ttft += ttfts[name]
+                variant.failed += failed[name] + loaded_failed[name]
+                variant.round_medians.append(statistics.median(ttfts[name]) if ttfts[name] else float("nan"))
+                cpu = after[name] - before[name]
                 variant.cpu_s += cpu
-                variant.answered += len(ttfts)
-                variant.failed += failed
-                variant.round_cpu.append(1000 * cpu / max(1, len(ttfts)))
-                for kid in servers.values():
-                    if not kid.alive():
-                        raise RuntimeError(f"{kid.name} died:\n{kid.log_tail()}")
+                variant.answered += len(loaded[name])
+                variant.round_cpu.append(1000 * cpu / max(1, len(loaded[name])))
                 print(f"  round {index + 1}/{cfg.rounds} {name:13} ttft p50 {1000 * variant.round_medians[-1]:.3f} ms"
                       f"  cpu {variant.round_cpu[-1]:.3f} ms/request", file=sys.stderr, flush=True)
+            for kid in servers.values():
+                if not kid.alive():
+                    raise RuntimeError(f"{kid.name} died:\n{kid.log_tail()}")
     finally:
         stop.set()
         await scraping
@@ -265,9 +272,10 @@ def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
-        f"Metrics and JSON logs, off against on, one run ({result['started']}; {cfg['rounds']} interleaved rounds;"
-        f" latency: 1 caller x {cfg['latency_requests']} requests a round; CPU: {cfg['concurrency']} callers x "
-        f"{cfg['cpu_requests']}; {cfg['tokens']} tokens, upstream first token {1000 * cfg['first_token_delay']:g} ms;"
+        f"Metrics and JSON logs, off against on, side by side in one run ({result['started']}; {cfg['rounds']} rounds;"
+        f" latency: 1 caller, {cfg['latency_requests']} requests a server a round; CPU: {cfg['concurrency']} callers,"
+        f" {cfg['cpu_requests']} a server; {cfg['tokens']} tokens, upstream first token"
+        f" {1000 * cfg['first_token_delay']:g} ms;"
         f" /metrics scraped every {cfg['scrape_interval']:g} s)",
         "",
         "| server | TTFT p50 | TTFT p90 | added TTFT (p50 vs off) | per-round differences | CPU per request"

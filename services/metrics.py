@@ -64,7 +64,8 @@ LOOKUP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.
 MAX_MODELS = 16
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
-_UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}")  # this server's codes for an upstream failure
+# This server's codes for an upstream failure (FIRST_TOKEN_TIMEOUT's included).
+_UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}|first_token_timeout")
 _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own words ("overflow", "requested")
 
 
