@@ -219,10 +219,9 @@ def micro_figures(calls: int) -> dict[str, float]:
         metrics.ended()
     per_request = (time.perf_counter() - started) / calls
 
-    stream = io.StringIO()
-    handler = logs.configure("json", "info", secrets=("sk-bench-not-a-real-key",), stream=stream)
-    text_stream = io.StringIO()
-    text = logging.StreamHandler(text_stream)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(logs.JsonFormatter(("sk-bench-not-a-real-key",)))
+    text = logging.StreamHandler(io.StringIO())
     text.setFormatter(logs.TextFormatter(("sk-bench-not-a-real-key",)))
     log = logging.getLogger("iss_llm.chat")
     extra = {"outcome": "done", "status": 200, "ttft_ms": 51.2, "total_ms": 201.3, "chunks": 20,
@@ -230,25 +229,27 @@ def micro_figures(calls: int) -> dict[str, float]:
 
     async def lines(target: logging.Handler) -> float:
         request_context.begin("req_0123456789abcdef01234567", CHAT_PATH).conversation_id = "conv-1"
-        root = logging.getLogger()
-        root.handlers = [target]
+        logging.getLogger().handlers = [target]
         begun = time.perf_counter()
         for _ in range(calls):
             log.info("request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
                      "req_0123456789abcdef01234567", "conv-1", "stop", 51.2, 201.3, 20, extra=extra)
         return (time.perf_counter() - begun) / calls
 
-    previous = logging.getLogger().handlers[:]
+    root = logging.getLogger()
+    previous, level = root.handlers[:], root.level
+    root.setLevel(logging.INFO)
     try:
         json_line = asyncio.run(lines(handler))
         text_line = asyncio.run(lines(text))
     finally:
-        logging.getLogger().handlers = previous
+        root.handlers, root.level = previous, level
     return {"metrics_per_request_us": per_request * 1e6, "json_line_us": json_line * 1e6,
             "text_line_us": text_line * 1e6}
 
 
-def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]) -> dict[str, Any]:
+def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float],
+              started: datetime | None = None) -> dict[str, Any]:
     base = variants["off"]
     rows = []
     for name, variant in variants.items():
@@ -265,14 +266,17 @@ def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]
             "cpu_ms_per_request": cpu, "cpu_vs_off_pct": 100 * (cpu / base_cpu - 1) if base_cpu else None,
             "cpu_rounds_ms": variant.round_cpu, "scrapes": variant.scrapes,
         })
-    return {"started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "config": asdict(cfg), "rows": rows,
+    started = started or datetime.now(UTC)
+    return {"started": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "elapsed_s": round((datetime.now(UTC) - started).total_seconds()), "config": asdict(cfg), "rows": rows,
             "micro": micro}
 
 
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
-        f"Metrics and JSON logs, off against on, side by side in one run ({result['started']}; {cfg['rounds']} rounds;"
+        f"Metrics and JSON logs, off against on, side by side in one run (`{result.get('command', '')}`,"
+        f" started {result['started']}, {result.get('elapsed_s', 0) / 60:.1f} min; {cfg['rounds']} rounds;"
         f" latency: 1 caller, {cfg['latency_requests']} requests a server a round; CPU: {cfg['concurrency']} callers,"
         f" {cfg['cpu_requests']} a server; {cfg['tokens']} tokens, upstream first token"
         f" {1000 * cfg['first_token_delay']:g} ms;"
@@ -315,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     procs.raise_nofile(4 * cfg.concurrency + 1024)
+    started = datetime.now(UTC)
     with procs.Children() as kids, procs.stop_on_signals(kids):
         try:
             variants = asyncio.run(run(cfg, kids))
@@ -323,8 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"benchmark failed: {exc}\nlogs: {kids.log_dir}", file=sys.stderr)
             return 1
-    result = summarize(cfg, variants, micro_figures(cfg.micro_calls))
-    result["command"] = "python -m bench.metrics_cost " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = summarize(cfg, variants, micro_figures(cfg.micro_calls), started)
+    result["command"] = " ".join(["python -m bench.metrics_cost", *(sys.argv[1:] if argv is None else argv)])
     text = markdown(result)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics_cost.md").write_text(text + "\n")
