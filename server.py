@@ -145,7 +145,9 @@ def build_services(
         )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:
-        metrics = Metrics(configured_models=(settings.llm_model, settings.default_model))
+        # The model label's values: the configured models always, a few others at most.
+        configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
+        metrics = Metrics(configured_models=configured)
         metrics.add_collector(IssCollector(tracker.health))
         hub.fanout.on_resync = metrics.console_resynced
     return Services(
