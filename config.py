@@ -72,6 +72,13 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in value.split(",") if part.strip())
 
 
+def _optional_seconds(value: str) -> float | None:
+    """Seconds, or off: empty, 0 or "off" turn the limit off."""
+    if value.strip().lower() in {"", "0", "off"}:
+        return None
+    return _positive_float(value)
+
+
 def _optional(value: str) -> str | None:
     return value.strip() or None
 
@@ -132,6 +139,17 @@ class Settings:
     fallback_reply: str | None = field(
         default=None, metadata={"env": "FALLBACK_REPLY", "parse": _optional}
     )
+
+    # --- the chat path's limits and speculative bursts (issue 8) ---
+    # No content token by then: the upstream is treated as failed before the first token.
+    first_token_timeout: float | None = field(
+        default=None, metadata={"env": "FIRST_TOKEN_TIMEOUT", "parse": _optional_seconds}
+    )
+    # "conversation": a newer request with the same conversation-id ends the older one in flight.
+    supersede: str = field(
+        default="off", metadata={"env": "SUPERSEDE", "parse": _choice("off", "conversation")}
+    )
+    # --- end of issue 8's block ---
 
     llm_backend: str = field(
         default="auto", metadata={"env": "LLM_BACKEND", "parse": _choice("auto", "openai", "builtin")}

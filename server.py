@@ -28,6 +28,7 @@ from handlers.static import StaticHandler
 from services import logs
 from services import metrics as metrics_multiprocess
 from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
+from services.conversations import Conversations
 from services.events import Hub, MemoryHub
 from services.events.hub import worker_name
 from services.events.redis_hub import RedisHub
@@ -102,6 +103,7 @@ class Services:
     metrics: Metrics = field(default_factory=NullMetrics)
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
+    conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""

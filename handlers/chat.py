@@ -21,6 +21,8 @@ from handlers.cross_site import check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services import request_context
 from services.context import inject, iss_block
+from services.deadline import Deadline
+from services.endings import CALLER_LEFT, Stop, clean_end_chunks, failed_before_first_token, fallback_chunks, stopped
 from services.errors import ApiError, error_body
 from services.exchange import Ending, Exchange, Outcome
 from services.iss.state import IssState
@@ -31,7 +33,6 @@ from services.openai_format import (
     completion_from_chunks,
     parse_chat_request,
     sse_json,
-    text_chunks,
 )
 from services.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.request_context import new_request_id
@@ -46,9 +47,6 @@ _CONVERSATION_ID = re.compile(r"[^A-Za-z0-9._:\-]")
 # An oversized body is read to its end and thrown away, so the caller gets its 413 rather than a
 # reset connection; past this much it is cut off instead.
 _DISCARD_LIMIT = 64 * 1024 * 1024
-
-# The status recorded for a caller that went away (nginx's "client closed request").
-CALLER_LEFT = 499
 
 
 @tornado.web.stream_request_body
@@ -66,9 +64,12 @@ class ChatHandler(ApiHandler):
         self._secrets = (services.settings.openai_api_key, services.settings.server_api_key)
         self._body = bytearray()
         self._too_large = False
+        self.conversations = services.conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
-        self._shutting_down = False
+        self._stopped: Stop | None = None
+        self._first_token: Deadline | None = None
+        self._relay: Relay | None = None
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
         self._exchange: Exchange | None = None
@@ -145,6 +146,10 @@ class ChatHandler(ApiHandler):
         )
         self._streamed = request.stream
         self.inflight.enter(self)
+        self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
+        conversation_id = exchange.conversation_id if self.config.supersede == "conversation" else None
+        if conversation_id:
+            self.conversations.claim(conversation_id, self)
         ending: Ending | None = None
         try:
             try:
@@ -158,6 +163,9 @@ class ChatHandler(ApiHandler):
             await self._last_words(ending, model, request.include_usage)
         finally:
             self.sse.stop_keepalive()
+            self._first_token.cancel()
+            if conversation_id:
+                self.conversations.release(conversation_id, self)
             self.inflight.leave(self, exchange.outcome)
 
     def on_finish(self) -> None:
@@ -178,12 +186,20 @@ class ChatHandler(ApiHandler):
         # The caller went away: stop the upstream at once, so nothing more is generated or billed.
         self._gone = True
         self.sse.stop_keepalive()
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
+        self.stop(Stop.CALLER_GONE)
 
     def end_for_shutdown(self) -> None:
         """The drain timeout passed: end this answer now, with an error the caller can see."""
-        self._shutting_down = True
+        self.stop(Stop.SHUTDOWN)
+
+    def supersede(self) -> None:
+        """A newer request of this conversation arrived: end this one now, cleanly."""
+        self.stop(Stop.SUPERSEDED)
+
+    def stop(self, reason: Stop) -> None:
+        """End the answer from outside its task (the task is cancelled, its upstream stream closed)."""
+        if self._stopped is None:
+            self._stopped = reason
         if self._work is not None and not self._work.done():
             self._work.cancel()
 
@@ -194,7 +210,7 @@ class ChatHandler(ApiHandler):
         looking = time.perf_counter()
         state = await self.tracker.current()
         self.metrics.iss_looked_up(time.perf_counter() - looking)
-        if self._gone or self._shutting_down:
+        if self._stopped is not None:
             return self._ended_early()
         messages = request.messages
         if self.config.iss_inject != "off":
@@ -212,28 +228,20 @@ class ChatHandler(ApiHandler):
         return self._work.result()
 
     def _ended_early(self) -> Ending:
-        """The work stopped before its end: the caller left, or the server is shutting down."""
-        if self._shutting_down and not self._gone:
-            error = ApiError(503, "This server is shutting down; the answer was cut short.",
-                             code="server_shutting_down", type="server_error")
-            return Ending(Outcome.SHUTDOWN, error.status, error=error, where="server shutdown")
-        return Ending(Outcome.CANCELLED, CALLER_LEFT)
-
-    def _failed_before_first_token(self, error: ApiError) -> Ending:
-        """The fallback reply when one is set; else the error (an HTTP status while one can be sent)."""
-        if self.config.fallback_reply:
-            return Ending(Outcome.FALLBACK, 200, error=error,
-                          where="upstream, before the first token; fallback reply sent")
-        return Ending(Outcome.ERROR, error.status, error=error, where="upstream, before the first token")
+        """The work was stopped before its end (see Stop): how that ends the request."""
+        return stopped(self._stopped, caller_gone=self._gone, first_token_timeout=self.config.first_token_timeout,
+                       fallback_reply=self.config.fallback_reply)
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
         exchange.upstream_sent = time.monotonic()
         chunks = self.backend.stream(params, state)
-        relay = Relay(exchange, self._secrets)
+        relay = self._relay = Relay(exchange, self._secrets)
         self.sse.start_keepalive()
         try:
             async with contextlib.aclosing(relay.events(chunks)) as events:
                 async for event in events:
+                    if relay.content:
+                        self._first_token.cancel()  # type: ignore[union-attr]
                     if relay.payloads == 1:
                         await self.sse.send(event)  # the first event leaves at once, with the headers
                         if exchange.first_token_at is not None:
@@ -248,7 +256,7 @@ class ChatHandler(ApiHandler):
             return Ending(Outcome.DONE, 200, finish_reason=relay.finish_reason, usage=relay.usage)
         except ApiError as error:
             if relay.payloads == 0:
-                return self._failed_before_first_token(error)
+                return failed_before_first_token(error, self.config.fallback_reply)
             return Ending(Outcome.ERROR, error.status, error=error, where="upstream, mid-stream")
         except CallerGone:
             return Ending(Outcome.CANCELLED, CALLER_LEFT)
@@ -260,9 +268,10 @@ class ChatHandler(ApiHandler):
         exchange.upstream_sent = time.monotonic()
         try:
             body = await self.backend.complete(params, state)
+            self._first_token.cancel()  # type: ignore[union-attr]
             completion = read_completion(body, exchange)
         except ApiError as error:
-            return self._failed_before_first_token(error)
+            return failed_before_first_token(error, self.config.fallback_reply)
         self._whole = body
         choices = completion["choices"]
         return Ending(Outcome.DONE, 200,
@@ -275,28 +284,26 @@ class ChatHandler(ApiHandler):
         if self._finished or self._gone or ending.outcome is Outcome.CANCELLED:
             return
         try:
-            if ending.outcome is Outcome.DONE:
-                if self._streamed:
-                    await self.sse.send(DONE_EVENT)
+            if ending.outcome is Outcome.DONE and not self._streamed:
+                self.set_header("Content-Type", "application/json")
+                self.finish(self._whole)
+            elif ending.outcome is Outcome.DONE:
+                await self.sse.send(DONE_EVENT)
+            elif ending.outcome in (Outcome.FALLBACK, Outcome.SUPERSEDED):
+                if ending.outcome is Outcome.FALLBACK:
+                    items = fallback_chunks(self.config.fallback_reply or "", model,
+                                            usage=include_usage or not self._streamed)
+                else:  # a clean end: finish_reason "stop" and [DONE]
+                    relay = self._relay if self.sse.started else None
+                    items = clean_end_chunks(relay.first if relay is not None else None, model)
+                if not self._streamed:
+                    self.write_json(completion_from_chunks(items))
                 else:
-                    self.set_header("Content-Type", "application/json")
-                    self.finish(self._whole)
-            elif ending.outcome is Outcome.FALLBACK:
-                await self._send_fallback(model, include_usage)
+                    await self.sse.send(b"".join(sse_json(item) for item in items) + DONE_EVENT)
             elif ending.error is not None:
                 await self._send_error(ending.error)
         except CallerGone:
             pass
-
-    async def _send_fallback(self, model: str, include_usage: bool) -> None:
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        stream = self._streamed
-        items = list(text_chunks([self.config.fallback_reply or ""], model,
-                                 usage=usage if include_usage or not stream else None))
-        if not stream:
-            self.write_json(completion_from_chunks(items))
-            return
-        await self.sse.send(b"".join(sse_json(item) for item in items) + DONE_EVENT)
 
     async def _send_error(self, error: ApiError) -> None:
         """The error as an HTTP status, or as an SSE error event and [DONE] once the stream began."""

@@ -31,6 +31,7 @@ class Relay:
         self.usage: dict[str, Any] | None = None
         self.payloads = 0
         self.content = False  # a content token or tool call came (a role chunk alone does not count)
+        self.first: dict[str, Any] | None = None  # the first chunk's id, model and created
 
     async def events(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for payload in payloads:
@@ -62,8 +63,9 @@ class Relay:
         if chunk.get("error") is not None and not choices:
             detail = redact_text(_error_message(chunk), self.secrets)
             raise upstream_error(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
-        if exchange.upstream_model is None and isinstance(chunk.get("model"), str):
-            exchange.upstream_model = chunk["model"][:MAX_MODEL_CHARS]
+        if self.first is None:
+            self.first = _identity(chunk)
+            exchange.upstream_model = self.first["model"]
         for choice in choices or ():
             delta = choice.get("delta")
             if isinstance(delta, dict):
@@ -143,6 +145,16 @@ def read_completion(body: bytes, exchange: Exchange) -> dict[str, Any]:
             if isinstance(call, dict):
                 exchange.tool_call({**call, "index": index})
     return completion
+
+
+def _identity(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The id, model and creation time of a completion, as its chunks carry them (bounded, typed)."""
+    model, cid, created = chunk.get("model"), chunk.get("id"), chunk.get("created")
+    return {
+        "id": cid[:200] if isinstance(cid, str) else "chatcmpl-unknown",
+        "model": model[:MAX_MODEL_CHARS] if isinstance(model, str) else None,
+        "created": created if isinstance(created, int) and not isinstance(created, bool) else 0,
+    }
 
 
 def _error_message(chunk: dict[str, Any]) -> str:

@@ -219,7 +219,7 @@
     if (prev.status === "streaming") return true;
     const end = prev.endT || prev.t;
     if (end > rec.t) return true;
-    return prev.status === "cancelled" && rec.t - end <= SAME_TURN_GRACE_S;
+    return (prev.status === "cancelled" || prev.status === "superseded") && rec.t - end <= SAME_TURN_GRACE_S;
   }
 
   function newTurn(conv) {
@@ -235,8 +235,10 @@
   function updateTurnHead(turn) {
     const n = turn.recs.length;
     const cancelled = turn.recs.filter((r) => r.status === "cancelled").length;
+    const superseded = turn.recs.filter((r) => r.status === "superseded").length;
     turn.head.textContent =
-      "turn at " + clock(turn.recs[0].t) + (n > 1 ? " · speculative burst of " + n + " requests" + (cancelled ? ", " + cancelled + " abandoned" : "") : "");
+      "turn at " + clock(turn.recs[0].t) + (n > 1 ? " · speculative burst of " + n + " requests" +
+      (cancelled ? ", " + cancelled + " abandoned" : "") + (superseded ? ", " + superseded + " superseded" : "") : "");
     turn.el.classList.toggle("burst", n > 1);
   }
 
@@ -387,6 +389,10 @@
     } else if (status === "cancelled") {
       ui.right.textContent = "abandoned at " + ms(o.at_ms) + " · " + (o.chunks || 0) + " chunks";
       kv(dl, "cancelled", "the caller went away at " + ms(o.at_ms) + " (" + clock(o.t) + ")");
+      kv(dl, "chunks sent", o.chunks || 0);
+    } else if (status === "superseded") {
+      ui.right.textContent = "superseded at " + ms(o.at_ms) + " · " + (o.chunks || 0) + " chunks";
+      kv(dl, "superseded", "a newer request of this conversation replaced it at " + ms(o.at_ms) + " (" + clock(o.t) + ")");
       kv(dl, "chunks sent", o.chunks || 0);
     } else if (status === "error") {
       ui.right.textContent = "error " + (o.status || "") + " · " + (o.where || "");

@@ -87,3 +87,18 @@ def test_redis_url_is_checked_and_kept_out_of_repr():
     assert "pw-secret" not in repr(settings)
     with pytest.raises(ConfigError, match="REDIS_URL"):
         load_settings([], environ={"REDIS_URL": "http://127.0.0.1:6379"}, env_file=None)
+
+
+# ---- the chat path's limits (issue 8) ----
+
+
+def test_first_token_timeout_and_supersede():
+    defaults = load_settings([], environ={}, env_file=None)
+    assert defaults.first_token_timeout is None and defaults.supersede == "off"
+    settings = load_settings([], environ={"FIRST_TOKEN_TIMEOUT": "2.5", "SUPERSEDE": "Conversation"}, env_file=None)
+    assert settings.first_token_timeout == 2.5 and settings.supersede == "conversation"
+    for off in ("0", "off", ""):
+        assert load_settings([], environ={"FIRST_TOKEN_TIMEOUT": off}, env_file=None).first_token_timeout is None
+    for name, bad in (("FIRST_TOKEN_TIMEOUT", "-1"), ("FIRST_TOKEN_TIMEOUT", "soon"), ("SUPERSEDE", "always")):
+        with pytest.raises(ConfigError, match=name):
+            load_settings([], environ={name: bad}, env_file=None)

@@ -22,6 +22,7 @@ EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "tokens": "text",
     "done": "outcome",
     "cancelled": "outcome",
+    "superseded": "outcome",
     "error": "outcome",
     "iss_state": "station",
     "cluster": "feed",

@@ -14,6 +14,8 @@ passes upstream unchanged like every other field:
     {"x_fake": {"fault": "odd_completion"}}             a non-streamed answer that is not a completion
     {"x_fake": {"fault": "status", "echo_key": true}}   an error message repeating the key it got
     {"x_fake": {"pause_after_role": 2}}                 the role chunk at once, then a pause
+    {"x_fake": {"pause_after_role": 2, "pause_comments": 0.1}}   ... an SSE comment every 0.1 s of it
+    {"x_fake": {"pause_after_role": 2, "pause_partial": true}}   ... half the next chunk's line before it
     {"x_fake": {"multiline": true}}                     each chunk's JSON over several data: lines
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
     {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
@@ -223,7 +225,9 @@ class FakeUpstream:
             pause_after_role = float(fake.get("pause_after_role", 0))
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
                 if index == 1 and pause_after_role:
-                    await asyncio.sleep(pause_after_role)
+                    await self._pause(response, pause_after_role, fake, payload)
+                    if fake.get("pause_partial"):
+                        payload = payload[len(payload) // 2:]
                 if fake.get("multiline"):
                     # The same JSON spread over several data: lines, as SSE allows.
                     pretty = orjson.dumps(orjson.loads(payload[6:]), option=orjson.OPT_INDENT_2)
@@ -260,6 +264,19 @@ class FakeUpstream:
                 self.completed_streams += 1
             else:
                 self.aborted_streams += 1
+
+    async def _pause(self, response: web.StreamResponse, seconds: float, fake: dict, payload: bytes) -> None:
+        """A model that thinks: nothing but, when asked, SSE comments or a partial line meanwhile."""
+        if fake.get("pause_partial"):
+            await response.write(payload[: len(payload) // 2])
+        every = float(fake.get("pause_comments") or 0)
+        if every <= 0:
+            await asyncio.sleep(seconds)
+            return
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(every, left))
+            await response.write(b": thinking\n\n")
 
     def _chunks(self, cid: str, created: int, model: str, tokens: int, tools: bool, body: dict) -> Any:
         def event(delta: dict, finish: str | None = None) -> bytes:
