@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from handlers.base import ApiHandler
+from handlers.body import BoundedBodyHandler
 from handlers.cross_site import check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services import request_context
@@ -44,13 +44,9 @@ log = logging.getLogger("iss_llm.chat")
 
 _CONVERSATION_ID = re.compile(r"[^A-Za-z0-9._:\-]")
 
-# An oversized body is read to its end and thrown away, so the caller gets its 413 rather than a
-# reset connection; past this much it is cut off instead.
-_DISCARD_LIMIT = 64 * 1024 * 1024
-
 
 @tornado.web.stream_request_body
-class ChatHandler(ApiHandler):
+class ChatHandler(BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, services: Services) -> None:
@@ -62,8 +58,7 @@ class ChatHandler(ApiHandler):
         self.metrics = services.metrics
         self.server_api_key = services.settings.server_api_key
         self._secrets = (services.settings.openai_api_key, services.settings.server_api_key)
-        self._body = bytearray()
-        self._too_large = False
+        self.body_limit = services.settings.max_body_bytes
         self.conversations = services.conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
@@ -84,34 +79,10 @@ class ChatHandler(ApiHandler):
                            type="server_error", code="server_shutting_down")
         self.check_bearer()
         check_cross_site(self.request, self.config)
-        length = self.request.headers.get("Content-Length", "")
-        declared = int(length) if length.isdigit() else 0
-        expects_continue = self.request.headers.get("Expect", "").lower() == "100-continue"
-        if declared > self.config.max_body_bytes and (expects_continue or declared > _DISCARD_LIMIT):
-            # The caller has not sent the body yet (or it is absurdly large): refuse before reading it.
-            raise self._too_large_error()
-        self.request.connection.set_max_body_size(max(_DISCARD_LIMIT, self.config.max_body_bytes))
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._too_large:
-            return
-        self._body += chunk
-        if len(self._body) > self.config.max_body_bytes:
-            self._too_large = True
-            self._body = bytearray()
-
-    def _too_large_error(self) -> ApiError:
-        return ApiError(
-            413,
-            f"The request body is larger than the limit of {self.config.max_body_bytes} bytes.",
-            code="request_too_large",
-        )
+        self.check_declared_size()
 
     async def post(self) -> None:
-        if self._too_large:
-            raise self._too_large_error()
-        request = parse_chat_request(bytes(self._body))
-        self._body = bytearray()
+        request = parse_chat_request(self.read_body())
         assert self.request_id is not None  # named in prepare()
         conversation = self.request.headers.get("conversation-id")
         conversation_id = _CONVERSATION_ID.sub("", conversation)[:128] if conversation else None
@@ -147,9 +118,9 @@ class ChatHandler(ApiHandler):
         self._streamed = request.stream
         self.inflight.enter(self)
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
-        conversation_id = exchange.conversation_id if self.config.supersede == "conversation" else None
-        if conversation_id:
-            self.conversations.claim(conversation_id, self)
+        superseding = conversation_id if self.config.supersede == "conversation" else None
+        if superseding:
+            self.conversations.claim(superseding, self)
         ending: Ending | None = None
         try:
             try:
@@ -164,8 +135,8 @@ class ChatHandler(ApiHandler):
         finally:
             self.sse.stop_keepalive()
             self._first_token.cancel()
-            if conversation_id:
-                self.conversations.release(conversation_id, self)
+            if superseding:
+                self.conversations.release(superseding, self)
             self.inflight.leave(self, exchange.outcome)
 
     def on_finish(self) -> None:
