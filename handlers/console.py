@@ -174,6 +174,18 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     def ping_interval(self) -> float:
         return 30.0
 
+    def check_origin(self, origin: str) -> bool:
+        """Tornado's rule (the page's Origin names this Host), with the reason logged when it refuses:
+        behind a proxy that rewrites Host, that line is the only clue."""
+        if super().check_origin(origin):
+            return True
+        log.warning(
+            "console socket refused: its Origin %r is not this server's Host %r (behind a reverse proxy, "
+            "pass the Host on: nginx `proxy_set_header Host $http_host;`)",
+            origin[:200], self.request.host[:200],
+        )
+        return False
+
     def prepare(self) -> None:
         if not self.auth.cookie_ok(self):
             raise tornado.web.HTTPError(403, "console session cookie missing or invalid")
