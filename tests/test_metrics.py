@@ -371,3 +371,47 @@ async def test_requests_refused_before_they_begin_count_as_errors_with_their_sta
         ("iss_llm_chat_requests_total", (("outcome", "error"), ("route", ROUTE), ("status", "401"))): 1.0,
         ("iss_llm_chat_requests_total", (("outcome", "error"), ("route", ROUTE), ("status", "400"))): 1.0,
     }
+
+
+async def test_console_sockets_and_requested_resyncs_are_counted(base_url):
+    from tests.test_console import connect, console_cookie, read_frame
+
+    before = await scrape(base_url)
+    assert value(before, "iss_llm_console_sockets") == 0
+    ws = await connect(base_url, await console_cookie(base_url))
+    assert (await read_frame(ws))["type"] == "hello"
+    assert value(await scrape(base_url), "iss_llm_console_sockets") == 1
+    ws.write_message(orjson.dumps({"op": "resync"}).decode())
+    while (await read_frame(ws))["type"] != "snapshot":
+        pass
+    after = await scrape(base_url)
+    assert value(after, "iss_llm_console_resyncs_total", reason="requested") == 1
+    assert value(after, "iss_llm_console_events_dropped_total") == 0
+    ws.close()
+    closed = await until(lambda: _scrape_if(base_url, lambda s: value(s, "iss_llm_console_sockets") == 0))
+    assert closed is not None
+
+
+async def _scrape_if(base_url: str, check) -> Samples | None:
+    samples = await scrape(base_url)
+    return samples if check(samples) else None
+
+
+async def test_a_console_that_fell_behind_counts_its_lost_events():
+    from services.events import MemoryHub, SubscriberPolicy
+    from services.metrics import Metrics
+
+    metrics = Metrics()
+    hub = MemoryHub(10, SubscriberPolicy(max_frames=3))
+    hub.fanout.on_resync = metrics.console_resynced
+    subscription = hub.subscribe()
+    for index in range(10):  # ten batches of one event; the backlog keeps three
+        hub.publish({"type": "request", "id": f"r{index}", "t": 0.0, "messages": [], "params": {}})
+        hub.flush()
+    messages = subscription.drain()
+    snapshot = orjson.loads(messages[0])
+    assert snapshot["type"] == "snapshot" and snapshot["reason"] == "overflow"
+    samples = parse(metrics.exposition(None)[0].decode())[0]
+    assert value(samples, "iss_llm_console_events_dropped_total") == snapshot["dropped"] == 7
+    assert value(samples, "iss_llm_console_resyncs_total", reason="overflow") == 1
+    subscription.close()
