@@ -402,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     if workers > 1:
         code = run_workers(settings, workers)
     else:
+        if settings.metrics_enabled and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # The client reads this variable at import: one process uses the directory too, so it is
+            # emptied here as it is for workers (an earlier run's counts would add to this one's).
+            metrics_multiprocess.prepare_multiprocess()
         code = asyncio.run(serve(settings))
     # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
     # shutdown into death by signal.

@@ -77,3 +77,27 @@ async def test_every_worker_reports_the_whole_servers_totals(io_loop, fake_upstr
         server.kill()
     # The operator's PROMETHEUS_MULTIPROC_DIR is kept (emptied at the next start), holding only the client's files.
     assert {p.suffix for p in (tmp_path / "prom").iterdir()} == {".db"}
+
+
+async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, fake_upstream, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR set without workers: the directory is emptied at start, then used."""
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    (directory / "counter_4242.db").write_bytes(b"\0" * 16)  # an earlier run's counts
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, fake_upstream, PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                           "--port", str(port))
+    await server.start()
+    try:
+        await server.wait_for_line("listening on")
+        response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                          "x_fake": {"tokens": 3, "gap": 0}})
+        assert sse_events(response.body)[-1] == "[DONE]"
+        [samples] = await _scrapes(base, 1)
+        assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 1
+        assert not (directory / "counter_4242.db").exists()
+        assert await server.stop() == 0
+        server.assert_clean_output()
+    finally:
+        server.kill()
