@@ -415,3 +415,40 @@ async def test_a_console_that_fell_behind_counts_its_lost_events():
     assert value(samples, "iss_llm_console_events_dropped_total") == snapshot["dropped"] == 7
     assert value(samples, "iss_llm_console_resyncs_total", reason="overflow") == 1
     subscription.close()
+
+
+@pytest.mark.parametrize("overrides", [{"supersede": "conversation"}])
+async def test_a_superseded_stream_counts_as_superseded(base_url, upstream, overrides):
+    before = await scrape(base_url)
+    slow = {"model": "m", "messages": MESSAGES, "stream": True, "x_fake": {"tokens": 300, "gap": 0.02}}
+    _reader, writer, _ = await open_stream(base_url, slow, headers={"conversation-id": "turns"}, events=2)
+    newer = await post_json(base_url, {"model": "m", "messages": MESSAGES, "stream": True},
+                            headers={"conversation-id": "turns"})
+    assert sse_events(newer.body)[-1] == "[DONE]"
+    after = await until(lambda: _scrape_when(base_url, "iss_llm_chat_requests_total", outcome="superseded"))
+    writer.close()
+    changes = moved(before, after)
+    assert {k: v for k, v in changes.items() if k[0] == "iss_llm_chat_requests_total"} == {
+        ("iss_llm_chat_requests_total", (("outcome", "superseded"), ("route", ROUTE), ("status", "200"))): 1.0,
+        ("iss_llm_chat_requests_total", (("outcome", "done"), ("route", ROUTE), ("status", "200"))): 1.0,
+    }
+    histograms = counts(changes)
+    assert histograms["iss_llm_chat_duration_seconds"] == {
+        (("outcome", "superseded"), ("route", ROUTE)): 1.0, (("outcome", "done"), ("route", ROUTE)): 1.0}
+    assert histograms["iss_llm_chat_ttft_seconds"] == {(("route", ROUTE),): 2.0}  # both reached their caller
+    assert histograms["iss_llm_answer_tokens"] == {(("route", ROUTE),): 1.0}  # only the whole answer has a size
+    assert value(after, "iss_llm_chat_in_flight") == 0.0
+
+
+@pytest.mark.parametrize("overrides", [{"first_token_timeout": 0.3}])
+async def test_a_first_token_timeout_counts_as_an_upstream_error(base_url, upstream, overrides):
+    before = await scrape(base_url)
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "x_fake": {"first_token_delay": 3}}
+    response = await post_json(base_url, body)
+    assert response.code == 504
+    after = await until(lambda: _scrape_when(base_url, "iss_llm_upstream_errors_total", code="first_token_timeout"))
+    changes = moved(before, after)
+    assert {k: v for k, v in changes.items() if k[0].endswith("_total")} == {
+        ("iss_llm_chat_requests_total", (("outcome", "error"), ("route", ROUTE), ("status", "504"))): 1.0,
+        ("iss_llm_upstream_errors_total", (("code", "first_token_timeout"),)): 1.0,
+    }
