@@ -441,7 +441,8 @@ async def test_a_superseded_stream_counts_as_superseded(base_url, upstream, over
 
 
 @pytest.mark.parametrize("overrides", [{"first_token_timeout": 0.3}])
-async def test_a_first_token_timeout_counts_as_an_upstream_error(base_url, upstream, overrides):
+async def test_a_first_token_timeout_counts_as_an_upstream_error(app, base_url, upstream, overrides):
+    await app.services.tracker.current()  # warm: the deadline is the upstream's alone
     before = await scrape(base_url)
     body = {"model": "m", "messages": MESSAGES, "stream": True, "x_fake": {"first_token_delay": 3}}
     response = await post_json(base_url, body)
