@@ -187,7 +187,7 @@ class Settings:
         default="user", metadata={"env": "ISS_INJECT", "parse": _choice("user", "system", "off")}
     )
     iss_sources: tuple[str, ...] = field(
-        default=("open-notify", "wheretheiss", "tle"), metadata={"env": "ISS_SOURCES", "parse": _csv}
+        default=("open-notify", "wheretheiss", "tle", "crew"), metadata={"env": "ISS_SOURCES", "parse": _csv}
     )
     iss_api_url: str = field(
         default="http://api.open-notify.org/iss-now.json", metadata={"env": "ISS_API_URL", "parse": str}
@@ -197,8 +197,16 @@ class Settings:
         metadata={"env": "WHERETHEISS_URL", "parse": str},
     )
     tle_url: str = field(
-        default="https://celestrak.org/NORAD/elements/gp.php?CATNR=25544&FORMAT=TLE",
+        # OMM JSON, the format CelesTrak points people to; a body that is not usable JSON is asked
+        # for again once as FORMAT=TLE. A URL without FORMAT=JSON is read as a TLE.
+        default="https://celestrak.org/NORAD/elements/gp.php?CATNR=25544&FORMAT=JSON",
         metadata={"env": "TLE_URL", "parse": str},
+    )
+    astros_url: str = field(
+        default="http://api.open-notify.org/astros.json", metadata={"env": "ASTROS_URL", "parse": str}
+    )
+    crew_refresh_interval: float = field(
+        default=6 * 3600.0, metadata={"env": "CREW_REFRESH_INTERVAL", "parse": _positive_float}
     )
     iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
     iss_refresh_interval: float = field(

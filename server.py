@@ -34,6 +34,7 @@ from services.events.hub import worker_name
 from services.events.redis_hub import RedisHub
 from services.exchange import Outcome
 from services.iss.cluster_feed import RedisIssFeed
+from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.llm.base import Backend
 from services.metrics import IssCollector, Metrics, NullMetrics
@@ -98,6 +99,7 @@ class Services:
     hub: Hub
     station: StationFeed
     console_token: str
+    iss: IssQueries
     inflight: Inflight = field(default_factory=Inflight)
     connections: ConnectionStats = field(default_factory=ConnectionStats)
     metrics: Metrics = field(default_factory=NullMetrics)
@@ -137,10 +139,11 @@ def build_services(
         tracker = IssTracker(settings, feed=iss_lease)
         if iss_lease is not None:
             iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
+    queries = IssQueries(tracker)
     if backend is None:
         from services.llm import make_backend
 
-        backend = make_backend(settings)
+        backend = make_backend(settings, queries)
     if hub is None:
         hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
             settings.console_buffer
@@ -163,6 +166,7 @@ def build_services(
         metrics=metrics,
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
         iss_lease=iss_lease,
+        iss=queries,
     )
 
 

@@ -9,6 +9,8 @@ from typing import Any
 from handlers.base import ApiHandler
 from services.errors import ApiError
 from services.iss.describe import describe_state
+from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
+from services.iss.queries import MAX_PASSES, IssQueries
 
 MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60
@@ -69,5 +71,47 @@ class IssHandler(ApiHandler):
         self.write_json(body)
 
 
+def _parse_bool(value: str, param: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ApiError(400, f"'{param}' must be true or false.", param=param)
+
+
+class PassesHandler(ApiHandler):
+    """Public, read-only: the next passes over ?place= (a city) or ?lat=&lon=, in UTC and local time."""
+
+    def initialize(self, services: Any) -> None:
+        self.queries: IssQueries = services.iss
+
+    async def get(self) -> None:
+        place = self.get_query_argument("place", None)
+        lat_arg, lon_arg = self.get_query_argument("lat", None), self.get_query_argument("lon", None)
+        latitude = _parse_number(lat_arg, "lat", -90, 90) if lat_arg is not None else None
+        longitude = _parse_number(lon_arg, "lon", -180, 180) if lon_arg is not None else None
+        days = _parse_number(self.get_query_argument("days", "3"), "days", 0.01, MAX_DAYS)
+        elevation = _parse_number(self.get_query_argument("min_elevation", str(DEFAULT_MIN_ELEVATION)),
+                                  "min_elevation", 0, 80)
+        limit = int(_parse_number(self.get_query_argument("limit", "5"), "limit", 1, MAX_PASSES))
+        visible_only = _parse_bool(self.get_query_argument("visible_only", "false"), "visible_only")
+        observer = self.queries.observer(place, latitude, longitude)
+        body = await self.queries.passes(observer, days=days, min_elevation=elevation,
+                                         visible_only=visible_only, limit=limit)
+        self.write_json(body)
+
+
+class CrewHandler(ApiHandler):
+    """Public, read-only: who is aboard the ISS, as Open Notify last said, with the list's age."""
+
+    def initialize(self, services: Any) -> None:
+        self.queries: IssQueries = services.iss
+
+    def get(self) -> None:
+        self.write_json(self.queries.crew())
+
+
 def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(r"/iss", IssHandler, {"services": services})]
+    args = {"services": services}
+    return [(r"/iss", IssHandler, args), (r"/iss/passes", PassesHandler, args), (r"/iss/crew", CrewHandler, args)]

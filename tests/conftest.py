@@ -107,6 +107,7 @@ def settings(upstream, open_notify, tmp_path, overrides) -> Settings:
         keepalive_interval=5.0,
         iss_sources=("open-notify",),
         iss_api_url=open_notify.url("open-notify"),
+        astros_url=open_notify.url("astros"),
         iss_timeout=1.0,
         iss_cache_dir=tmp_path / "cache",
         console_token="test-console-token",

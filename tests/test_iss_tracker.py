@@ -269,7 +269,7 @@ async def test_health_is_json_and_failures_log_no_traceback(io_loop, tmp_path, c
                 await wait_until(lambda: tracker.tle_cycles >= 1 and tracker.cycles >= 1, 5.0, "a cycle")
             health = orjson.loads(orjson.dumps(tracker.health()))
             assert health["status"] == "propagating"
-            assert set(health["sources"]) == {"open-notify", "wheretheiss", "celestrak"}
+            assert set(health["sources"]) == {"open-notify", "wheretheiss", "celestrak", "astros"}
             assert health["sources"]["wheretheiss"]["last_error"].startswith("malformed body")
             assert health["sources"]["open-notify"]["last_error"].startswith("connection failed")
             assert caplog.records

@@ -21,10 +21,14 @@ def over_phrase(name: str, water: bool | None) -> str:
     return name
 
 
+def coordinates(latitude: float, longitude: float) -> str:
+    """'48.85°N, 2.35°E'."""
+    return (f"{abs(latitude):.2f}°{'N' if latitude >= 0 else 'S'}, "
+            f"{abs(longitude):.2f}°{'E' if longitude >= 0 else 'W'}")
+
+
 def _where(state: IssState) -> str:
-    lat = f"{abs(state.latitude):.2f}°{'N' if state.latitude >= 0 else 'S'}"
-    lon = f"{abs(state.longitude):.2f}°{'E' if state.longitude >= 0 else 'W'}"
-    text = f"{lat}, {lon}"
+    text = coordinates(state.latitude, state.longitude)
     if state.over:
         text += f", over {over_phrase(state.over, state.over_water)}"
     if state.nearest_city and state.nearest_city_km is not None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.iss.accuracy import ROUGH_AFTER_DAYS, age_words, elements_error_km, round_km
 from services.iss.anchor import Anchor
 from services.iss.geography import Place
-from services.iss.orbit import OrbitPoint, bearing_deg, ground_distance_km, ground_in_daylight, propagate
+from services.iss.orbit import (
+    OrbitPoint,
+    Vector,
+    bearing_deg,
+    ground_distance_km,
+    ground_in_daylight,
+    propagate,
+    teme_state,
+)
 from services.iss.sources import Fix
 from services.iss.state import IssState
 from services.iss.tle import Elements
@@ -26,6 +35,37 @@ _COMPASS = (
     "north", "northeast", "east", "southeast", "south", "southwest", "west", "northwest",
 )
 _ORIGIN_LABEL = {"celestrak": "CelesTrak", "bundled": "bundled"}
+
+
+@dataclass(frozen=True)
+class OrbitModel:
+    """Where the station is at any moment, how far off that can be, and what it rests on."""
+
+    teme: Callable[[datetime], tuple[Vector, Vector]]
+    point: Callable[[datetime], OrbitPoint]
+    error_km: Callable[[datetime], float]
+    basis: str
+
+    def position(self, when: datetime) -> Vector:
+        return self.teme(when)[0]
+
+
+def anchored_model(anchor: Anchor) -> OrbitModel:
+    fix = anchor.fix
+    return OrbitModel(
+        anchor.teme, anchor.point,
+        lambda when: anchored_error_km(anchor, (when - fix.measured_at).total_seconds()),
+        f"the {fix.source} fix moved along the orbit with {_elements_phrase(anchor.elements, fix.measured_at)}",
+    )
+
+
+def elements_model(elements: Elements, now: datetime) -> OrbitModel:
+    satrec = elements.satrec
+    return OrbitModel(
+        lambda when: teme_state(satrec, when), lambda when: propagate(satrec, when),
+        lambda when: elements_error_km(elements.age_days(when)),
+        f"{_elements_phrase(elements, now)} (no live fix)",
+    )
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,9 @@ class Geography:
     @staticmethod
     def _read_cities(path: Path) -> tuple[list[tuple[str, float, float]], list[tuple[float, float, float]]]:
         cities, vectors = [], []
-        with path.open(encoding="utf-8") as handle:
-            next(handle)
-            for line in handle:
-                name, country, lat_text, lon_text, _population = line.rstrip("\n").split("\t")
-                lat, lon = float(lat_text), float(lon_text)
-                cities.append((f"{name}, {country}", lat, lon))
-                vectors.append(_unit(lat, lon))
+        for name, country, lat, lon, _population in read_city_rows(path):
+            cities.append((f"{name}, {country}", lat, lon))
+            vectors.append(_unit(lat, lon))
         return cities, vectors
 
     def area(self, latitude: float, longitude: float) -> tuple[str, bool] | None:
@@ -118,6 +114,17 @@ class Geography:
             city_latitude=city[1] if city else None,
             city_longitude=city[2] if city else None,
         )
+
+
+def read_city_rows(path: Path = DATA_DIR / "cities.tsv") -> list[tuple[str, str, float, float, int]]:
+    """The shipped cities table: (name, country, latitude, longitude, population), most populous first."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        next(handle)
+        for line in handle:
+            name, country, lat_text, lon_text, population = line.rstrip("\n").split("\t")
+            rows.append((name, country, float(lat_text), float(lon_text), int(population or 0)))
+    return rows
 
 
 def _unit(latitude: float, longitude: float) -> tuple[float, float, float]:

@@ -17,7 +17,7 @@ import aiohttp
 
 from services.futures import retrieve_outcome
 from services.iss.orbit import ground_distance_km
-from services.iss.tle import Elements, TleError, parse_tle
+from services.iss.tle import Elements, TleError, parse_omm, parse_omm_json, parse_tle
 
 log = logging.getLogger("iss_llm.iss")
 
@@ -115,7 +115,7 @@ def describe_error(exc: BaseException) -> str:
     return f"unexpected error ({type(exc).__name__})"
 
 
-async def _get_text(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
+async def get_text(session: aiohttp.ClientSession, url: str, timeout: float) -> str:
     """The body of one GET, the whole exchange (connect, headers, body) bounded by `timeout`."""
     # The request runs in a task of its own: when aiohttp's timer fires just as the caller is
     # cancelled (the tracker shutting down), aiohttp can turn that cancellation into a
@@ -249,7 +249,7 @@ class LiveSource:
         """One request; records health; raises on any failure (already described)."""
         self.health.attempt()
         try:
-            text = await _get_text(session, self.url, self.timeout)
+            text = await get_text(session, self.url, self.timeout)
             fix = self._parse(text, datetime.now(UTC))
             check_moving(fix, self._last_fix)
         except asyncio.CancelledError:
@@ -282,78 +282,153 @@ def wheretheiss(url: str, timeout: float) -> LiveSource:
     return LiveSource("wheretheiss", url, parse_wheretheiss, timeout, 1.0)
 
 
-class CelestrakSource:
-    """The current TLE from CelesTrak, cached on disk with its fetch time so restarts don't refetch."""
+class PeriodicSource:
+    """A source asked rarely (hours apart): the last attempt and the last good answer are kept on disk,
+    so a restart neither refetches nor starts empty; a failure is retried after 10 min, doubling up to
+    the full interval (CelesTrak blocks clients that keep asking, and asks them to stop on a non-200)."""
 
-    name = "celestrak"
+    name = "periodic"
 
-    def __init__(self, url: str, timeout: float, interval: float, cache_dir: Path) -> None:
-        self.url = url
+    def __init__(self, timeout: float, interval: float, cache_path: Path) -> None:
         self.timeout = timeout
         self.interval = interval
-        self.cache_path = cache_dir / "celestrak_25544.json"
+        self.cache_path = cache_path
         self.health = SourceHealth(self.name)
-        self.elements: Elements | None = None
+        self.value: Any = None
         self._last_attempt_wall: float | None = None
         self._load_cache()
+
+    # What a subclass supplies.
+    async def _download(self, session: aiohttp.ClientSession) -> Any:
+        raise NotImplementedError
+
+    def _to_cache(self, value: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _from_cache(self, data: dict[str, Any], fetched_at: datetime) -> Any:
+        raise NotImplementedError
+
+    def _describe_failure(self, exc: Exception) -> str:
+        return describe_error(exc)
 
     def _load_cache(self) -> None:
         try:
             data = json.loads(self.cache_path.read_text(encoding="utf-8"))
             self._last_attempt_wall = float(data["attempted_at"])
-            if data.get("text"):
+            if data.get("fetched_at") is not None:
                 fetched = datetime.fromtimestamp(float(data["fetched_at"]), UTC)
-                self.elements = parse_tle(data["text"], "celestrak", fetched)
+                self.value = self._from_cache(data, fetched)
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, TleError) as exc:
-            log.warning("ignoring unreadable TLE cache %s: %s", self.cache_path.name, type(exc).__name__)
+            log.warning("ignoring unreadable cache %s: %s", self.cache_path.name, type(exc).__name__)
 
-    def _save_cache(self) -> None:
-        elements = self.elements
-        data = {
-            "attempted_at": self._last_attempt_wall,
-            "fetched_at": elements.fetched_at.timestamp() if elements and elements.fetched_at else None,
-            "text": elements.text() if elements else None,
-        }
+    def _save_cache(self, fetched_at: datetime | None) -> None:
+        data: dict[str, Any] = {"attempted_at": self._last_attempt_wall, "fetched_at": None}
+        if self.value is not None and fetched_at is not None:
+            data.update(self._to_cache(self.value), fetched_at=fetched_at.timestamp())
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.cache_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data), encoding="utf-8")
             os.replace(tmp, self.cache_path)
         except OSError as exc:
-            log.warning("could not write the TLE cache: %s", type(exc).__name__)
+            log.warning("could not write the %s cache: %s", self.name, type(exc).__name__)
+
+    def _fetched_at(self) -> datetime | None:
+        return getattr(self.value, "fetched_at", None)
 
     def seconds_until_due(self) -> float:
-        """Seconds until CelesTrak may be asked again (0 when due); failures retry sooner, backing off."""
+        """Seconds until the source may be asked again (0 when due); failures retry sooner, backing off."""
         if self._last_attempt_wall is None:
             return 0.0
         wait = self.interval
-        if self.health.consecutive_failures or self.elements is None:
+        if self.health.consecutive_failures or self.value is None:
             # 10 min, 20, 40 ... up to the full interval: a client that hammers gets blocked.
             doublings = max(0, min(self.health.consecutive_failures - 1, 8))
             wait = min(self.interval, 600.0 * 2**doublings)
         return max(0.0, self._last_attempt_wall + wait - time.time())
 
-    async def fetch(self, session: aiohttp.ClientSession) -> Elements:
-        """Download, verify and cache the TLE; the attempt time is persisted even on failure."""
+    async def fetch(self, session: aiohttp.ClientSession) -> Any:
+        """One attempt (persisted even when it fails); the new value, or SourceError."""
         self.health.attempt()
         self._last_attempt_wall = time.time()
         try:
-            text = await _get_text(session, self.url, self.timeout)
-            elements = parse_tle(text, "celestrak", datetime.now(UTC))
-            if elements.catalog_number != 25544:
-                raise SourceError(f"elements are for catalog number {elements.catalog_number}, not 25544")
+            value = await self._download(session)
         except asyncio.CancelledError:
             self.health.failed("cancelled")
             raise
         except Exception as exc:
-            message = f"bad TLE: {exc}" if isinstance(exc, TleError) else describe_error(exc)
+            message = self._describe_failure(exc)
             self.health.failed(message)
-            log.warning("ISS source celestrak failed: %s", message)
-            self._save_cache()
+            log.warning("ISS source %s failed: %s", self.name, message)
+            self._save_cache(self._fetched_at())
             raise SourceError(message) from None
-        self.elements = elements
+        self.value = value
         self.health.ok()
-        self._save_cache()
+        self._save_cache(self._fetched_at())
+        return value
+
+
+class CelestrakSource(PeriodicSource):
+    """The current elements from CelesTrak's GP query: OMM JSON first, the TLE when JSON is unusable.
+
+    A non-200 or a network failure ends the attempt at once (no second request to the TLE URL):
+    CelesTrak asks clients to stop on any non-200. The disk cache keeps whichever form arrived.
+    """
+
+    name = "celestrak"
+
+    def __init__(self, url: str, timeout: float, interval: float, cache_dir: Path) -> None:
+        self.url = url
+        self.format: str | None = None  # "omm" or "tle": what the elements in hand came as
+        super().__init__(timeout, interval, cache_dir / "celestrak_25544.json")
+
+    @property
+    def elements(self) -> Elements | None:
+        return self.value
+
+    async def _download(self, session: aiohttp.ClientSession) -> Elements:
+        received = datetime.now(UTC)
+        text = await get_text(session, self.url, self.timeout)
+        if text.lstrip()[:1] in {"[", "{"}:
+            try:
+                return self._checked(parse_omm_json(text, "celestrak", received), "omm")
+            except (TleError, SourceError) as exc:
+                tle_url = _tle_form(self.url)
+                if tle_url is None:
+                    raise
+                # An answer came (a 200), so one more request for the other form is within the rules.
+                log.warning("CelesTrak OMM unusable (%s); asking for the TLE", exc)
+                text = await get_text(session, tle_url, self.timeout)
+        return self._checked(parse_tle(text, "celestrak", received), "tle")
+
+    def _checked(self, elements: Elements, form: str) -> Elements:
+        if elements.catalog_number != 25544:
+            raise SourceError(f"elements are for catalog number {elements.catalog_number}, not 25544")
+        self.format = form
         return elements
+
+    def _describe_failure(self, exc: Exception) -> str:
+        return f"bad elements: {exc}" if isinstance(exc, TleError) else describe_error(exc)
+
+    def _to_cache(self, value: Elements) -> dict[str, Any]:
+        if value.omm is not None:
+            return {"format": "omm", "omm": value.omm}
+        return {"format": "tle", "text": value.text()}
+
+    def _from_cache(self, data: dict[str, Any], fetched_at: datetime) -> Elements:
+        if data.get("format") == "omm":
+            self.format = "omm"
+            return parse_omm(data["omm"], "celestrak", fetched_at)
+        self.format = "tle"
+        return parse_tle(data["text"], "celestrak", fetched_at)
+
+
+def _tle_form(url: str) -> str | None:
+    """The same GP query asking for FORMAT=TLE, or None when the URL has no FORMAT=JSON."""
+    marker = "FORMAT=JSON"
+    index = url.upper().find(marker)
+    if index < 0:
+        return None
+    return url[:index] + "FORMAT=TLE" + url[index + len(marker):]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from services.iss.crew import Crew
+    from services.iss.estimate import OrbitModel
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,12 @@ class Tracker(Protocol):
     async def start(self) -> None: ...
 
     async def current(self) -> IssState | None: ...
+
+    def state_at(self, when: datetime) -> IssState | None: ...
+
+    def orbit(self) -> OrbitModel | None: ...
+
+    def crew(self) -> Crew | None: ...
 
     def health(self) -> dict[str, Any]: ...
 

@@ -1,11 +1,15 @@
-"""Two-line element sets: parse, verify checksums, and load from text or disk."""
+"""Orbital elements: two-line sets (checksums verified) and OMM records (CelesTrak's JSON), for SGP4."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from sgp4 import omm as sgp4_omm
 from sgp4.api import WGS72, Satrec
 
 
@@ -42,9 +46,13 @@ class Elements:
     origin: str
     fetched_at: datetime | None = None
     satrec: Satrec = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    # The OMM fields when the elements came as OMM (then line1 and line2 are empty).
+    omm: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def catalog_number(self) -> int:
+        if self.omm is not None:
+            return int(self.omm["NORAD_CAT_ID"])
         return int(self.line1[2:7])
 
     def age_days(self, when: datetime) -> float:
@@ -84,3 +92,56 @@ def parse_tle(text: str, origin: str, fetched_at: datetime | None = None) -> Ele
 def load_tle_file(path: Path, origin: str) -> Elements:
     """Read and verify a TLE file; raises OSError or TleError."""
     return parse_tle(path.read_text(encoding="ascii"), origin)
+
+
+_OMM_NUMBERS = (
+    "MEAN_MOTION", "ECCENTRICITY", "INCLINATION", "RA_OF_ASC_NODE", "ARG_OF_PERICENTER", "MEAN_ANOMALY",
+    "BSTAR", "MEAN_MOTION_DOT", "MEAN_MOTION_DDOT",
+)
+_OMM_INTEGERS = ("NORAD_CAT_ID", "ELEMENT_SET_NO", "REV_AT_EPOCH", "EPHEMERIS_TYPE")
+
+
+def parse_omm(fields: Any, origin: str, fetched_at: datetime | None = None) -> Elements:
+    """Elements from one OMM record (CelesTrak's JSON keys); raises TleError when it is unusable."""
+    if not isinstance(fields, dict):
+        raise TleError("OMM record is not an object")
+    record: dict[str, Any] = {}
+    try:
+        for key in _OMM_NUMBERS:
+            value = fields[key]
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise TleError(f"OMM {key} is not a number")
+            number = float(value)
+            if not math.isfinite(number):
+                raise TleError(f"OMM {key} is not finite")
+            record[key] = number
+        for key in _OMM_INTEGERS:
+            record[key] = int(fields.get(key, 0) if key != "NORAD_CAT_ID" else fields[key])
+        epoch_text = str(fields["EPOCH"])[:40]
+        record["EPOCH"] = epoch_text if "." in epoch_text else epoch_text + ".000000"
+        record["OBJECT_NAME"] = str(fields.get("OBJECT_NAME", "UNKNOWN"))[:40]
+        record["OBJECT_ID"] = str(fields.get("OBJECT_ID", "1998-067A"))[:20]
+        record["CLASSIFICATION_TYPE"] = str(fields.get("CLASSIFICATION_TYPE", "U"))[:1] or "U"
+        satrec = Satrec()
+        sgp4_omm.initialize(satrec, record)
+        epoch = datetime.strptime(record["EPOCH"], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    except TleError:
+        raise
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        raise TleError(f"unreadable OMM record ({type(exc).__name__}: {str(exc)[:60]})") from None
+    if satrec.error or not 0 < record["MEAN_MOTION"] < 20 or not 0 <= record["ECCENTRICITY"] < 1:
+        raise TleError("sgp4 rejected the OMM elements")
+    return Elements(record["OBJECT_NAME"], "", "", epoch, origin, fetched_at, satrec, record)
+
+
+def parse_omm_json(text: str, origin: str, fetched_at: datetime | None = None) -> Elements:
+    """Elements from CelesTrak's GP query in JSON: a list holding one OMM record."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise TleError("OMM body is not JSON") from None
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise TleError(f"expected one OMM record, got {len(data)}")
+        data = data[0]
+    return parse_omm(data, origin, fetched_at)

@@ -15,10 +15,10 @@ from config import Settings
 from services.iss import estimate
 from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
-from services.iss.estimate import LIVE_HOLD, Located
+from services.iss.crew import Crew, CrewSource
+from services.iss.estimate import LIVE_HOLD, Located, OrbitModel
 from services.iss.feed import IssFeed, SelfPolling
 from services.iss.geography import Geography
-from services.iss.orbit import OrbitPoint, propagate
 from services.iss.sources import (
     CelestrakSource,
     Fix,
@@ -50,6 +50,7 @@ class IssTracker:
         self.feed: IssFeed = feed or SelfPolling()
         self._live: list[LiveSource] = []
         self._celestrak: CelestrakSource | None = None
+        self._crew_source: CrewSource | None = None
         for name in settings.iss_sources:
             if name == "open-notify":
                 self._live.append(open_notify(settings.iss_api_url, settings.iss_timeout))
@@ -59,6 +60,10 @@ class IssTracker:
                 self._celestrak = CelestrakSource(
                     settings.tle_url, settings.iss_timeout, settings.tle_refresh_interval,
                     settings.iss_cache_dir,
+                )
+            elif name == "crew":
+                self._crew_source = CrewSource(
+                    settings.astros_url, settings.iss_timeout, settings.crew_refresh_interval, settings.iss_cache_dir,
                 )
             else:
                 log.warning("ignoring unknown ISS source %r", name)
@@ -134,14 +139,14 @@ class IssTracker:
 
     def track(self, start: datetime, end: datetime, step_s: float) -> list[dict[str, Any]]:
         """Ground-track points (latitude, longitude, at) from start to end, at most 600 of them."""
-        position = self.model()
-        if position is None or step_s <= 0 or end < start:
+        orbit = self.orbit()
+        if orbit is None or step_s <= 0 or end < start:
             return []
         count = min(MAX_TRACK_POINTS, int((end - start).total_seconds() // step_s) + 1)
         points = []
         for index in range(count):
             when = start + timedelta(seconds=index * step_s)
-            point = position(when)
+            point = orbit.point(when)
             points.append({
                 "latitude": round(point.latitude, 4),
                 "longitude": round(point.longitude, 4),
@@ -156,7 +161,12 @@ class IssTracker:
         if self._celestrak is not None:
             tle = self._celestrak.health.to_dict()
             tle["next_fetch_in_seconds"] = round(self._celestrak.seconds_until_due(), 1)
+            tle["format"] = self._celestrak.format
             sources["celestrak"] = tle
+        if self._crew_source is not None:
+            crew = self._crew_source.health.to_dict()
+            crew["next_fetch_in_seconds"] = round(self._crew_source.seconds_until_due(), 1)
+            sources["astros"] = crew
         elements = self._elements()
         fix = self._fix
         state = None
@@ -211,7 +221,7 @@ class IssTracker:
     def _elements(self) -> Elements | None:
         return self._current_elements
 
-    def model(self) -> Callable[[datetime], OrbitPoint] | None:
+    def orbit(self) -> OrbitModel | None:
         """Where the station is at any moment: the anchored model while a live fix holds, else the elements."""
         elements = self._elements()
         if elements is None:
@@ -219,9 +229,12 @@ class IssTracker:
         anchor_, fix = self._anchor, self._fix
         live = fix is not None and datetime.now(UTC) - fix.measured_at <= LIVE_HOLD
         if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
-            return anchor_.point
-        satrec = elements.satrec
-        return lambda when: propagate(satrec, when)
+            return estimate.anchored_model(anchor_)
+        return estimate.elements_model(elements, datetime.now(UTC))
+
+    def crew(self) -> Crew | None:
+        """Who is aboard, as last fetched (or cached); never waits."""
+        return self._crew_source.value if self._crew_source is not None else None
 
     def elements(self) -> Elements | None:
         """The element set in use (the freshest known)."""
@@ -364,6 +377,7 @@ class IssTracker:
             self._spawn(self._run_live),
             self._spawn(self._run_tle),
             self._spawn(self._run_geography),
+            self._spawn(self._run_crew),
         ]
         self._warmup = asyncio.ensure_future(self._warm())
 
@@ -438,6 +452,25 @@ class IssTracker:
             finally:
                 self.tle_cycles += 1
                 self._tle_first.set()
+
+    async def _run_crew(self) -> None:
+        """astros.json every few hours; nobody ever waits for it (the cold start does not either)."""
+        source = self._crew_source
+        if source is None:
+            return
+        while True:
+            wait = source.seconds_until_due()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await source.fetch(self._http())
+            except asyncio.CancelledError:
+                raise
+            except SourceError:
+                pass
+            except Exception as exc:
+                log.warning("crew refresh failed: %s", describe_error(exc))
 
     async def _run_geography(self) -> None:
         try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from config import Settings
+from services.iss.queries import IssQueries
 from services.llm.base import Backend
 
 
-def make_backend(settings: Settings) -> Backend:
+def make_backend(settings: Settings, queries: IssQueries | None = None) -> Backend:
     """The upstream when a key is set (or LLM_BACKEND=openai), else the offline responder."""
     if settings.use_openai:
         from services.llm.openai_upstream import OpenAIUpstream
@@ -14,4 +15,4 @@ def make_backend(settings: Settings) -> Backend:
         return OpenAIUpstream(settings)
     from services.llm.builtin import BuiltinResponder
 
-    return BuiltinResponder()
+    return BuiltinResponder(queries)

@@ -23,23 +23,28 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sgp4.exporter import export_omm
+
 from config import BUNDLED_TLE, Settings
 from services.iss.orbit import Matrix, OrbitPoint, point_from_teme, rotate, rotation_about, teme_state
 from services.iss.tle import Elements, checksum, parse_tle
 
-SOURCES = ("open-notify", "wheretheiss", "celestrak")
+SOURCES = ("open-notify", "wheretheiss", "celestrak", "astros")
 # frozen: the same answer every time; stuck-position: the timestamp moves, the position does not;
 # skewed: a consistent answer whose timestamp (and position) is `SKEW_S` behind the local clock.
 MODES = ("ok", "500", "hang", "drop", "malformed", "frozen", "stuck-position", "skewed")
 SKEW_S = 600.0
-_PATHS = {"/iss-now.json": "open-notify", "/v1/satellites/25544": "wheretheiss", "/gp.php": "celestrak"}
+_PATHS = {
+    "/iss-now.json": "open-notify", "/v1/satellites/25544": "wheretheiss", "/gp.php": "celestrak",
+    "/astros.json": "astros",
+}
 _HANG_LIMIT_S = 30.0
 
 
@@ -66,6 +71,11 @@ class FakeIssSources:
         self.tle_text = text
         self._frozen: dict[str, tuple[float, float, float]] = {}
         self.requests: Counter[str] = Counter()
+        # The query string of each request, per source (CelesTrak's FORMAT=JSON or FORMAT=TLE).
+        self.queries: dict[str, list[str]] = defaultdict(list)
+        # When set, the body /gp.php?FORMAT=JSON answers instead of the OMM made from `tle_text`.
+        self.omm_text: str | None = None
+        self.astros_text = fixture_path("open_notify_astros.json").read_text(encoding="utf-8")
         self.modes: dict[str, str] = dict.fromkeys(SOURCES, "ok")
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -113,7 +123,8 @@ class FakeIssSources:
             base or Settings(),
             iss_api_url=self.url("open-notify"),
             wheretheiss_url=self.url("wheretheiss"),
-            tle_url=self.url("celestrak"),
+            tle_url=self.url("celestrak") + "?CATNR=25544&FORMAT=JSON",
+            astros_url=self.url("astros"),
             **overrides,
         )
 
@@ -196,7 +207,8 @@ class FakeIssSources:
             if mode == "malformed":
                 await self._respond(writer, 200, b'{"message": "success", "iss_posit', "application/json")
                 return
-            body, kind = self._body(source)
+            self.queries[source].append(target.partition("?")[2])
+            body, kind = self._body(source, target.partition("?")[2])
             await self._respond(writer, 200, body, kind)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             pass  # the client went away or sent no complete head: nothing to answer
@@ -204,7 +216,11 @@ class FakeIssSources:
             self._writers.discard(writer)
             writer.close()
 
-    def _body(self, source: str) -> tuple[bytes, str]:
+    def _body(self, source: str, query: str = "") -> tuple[bytes, str]:
+        if source == "astros":
+            return self.astros_text.encode(), "application/json"
+        if source == "celestrak" and "FORMAT=JSON" in query.upper():
+            return self._omm_body(), "application/json"
         if source in {"open-notify", "wheretheiss"}:
             now, lat, lon = self.reported(source)
         if source == "open-notify":
@@ -224,6 +240,16 @@ class FakeIssSources:
             }
             return json.dumps(data).encode(), "application/json"
         return self.tle_text.encode("ascii"), "text/plain"
+
+    def _omm_body(self) -> bytes:
+        """CelesTrak's GP JSON: a list of one OMM record, made from `tle_text` (or `omm_text` as set)."""
+        if self.omm_text is not None:
+            return self.omm_text.encode()
+        try:
+            elements = parse_tle(self.tle_text, "fake")
+        except ValueError:
+            return b'[{"OBJECT_NAME": "ISS (ZARYA)"}]'  # a record CelesTrak would never send: unusable
+        return json.dumps([export_omm(elements.satrec, elements.name)]).encode()
 
     @staticmethod
     async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, kind: str) -> None:

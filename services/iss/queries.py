@@ -1,0 +1,129 @@
+"""The questions people ask about the station, answered from what the tracker knows.
+
+One place for /iss/passes, /iss/crew, the built-in responder and the tools the layer runs for a
+model: each answer is plain JSON-able data with its source and how good it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.errors import ApiError
+from services.iss.estimate import ORBIT_SPEED_KMS
+from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS, Pass, find_passes, pass_dict
+from services.iss.places import Observer, PlaceError, Places
+from services.iss.state import IssState, Tracker
+
+MAX_PASSES = 20
+MAX_OFFSET = timedelta(days=1)
+_CACHE_SIZE = 64
+_CACHE_SECONDS = 300.0
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat().replace("+00:00", "Z") if when else None
+
+
+class IssQueries:
+    """Position at a moment, passes over a place, the crew: from the tracker, never from the network."""
+
+    def __init__(self, tracker: Tracker, places: Places | None = None) -> None:
+        self.tracker = tracker
+        self.places = places or Places()
+        self._passes_cache: dict[tuple[Any, ...], tuple[float, list[Pass]]] = {}
+
+    # ---- where ----
+
+    async def position(self, at: datetime | None = None) -> IssState:
+        """The state now, or at `at` (within a day); ApiError(503) when nothing is known."""
+        if at is None:
+            state = await self.tracker.current()
+        else:
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)
+            if abs(at - datetime.now(UTC)) > MAX_OFFSET:
+                raise ApiError(400, "'at' must be within one day of now.", param="at")
+            state = self.tracker.state_at(at)
+        if state is None:
+            raise ApiError(503, "The ISS position is unavailable: no source answered and no orbital elements "
+                           "are known.", type="server_error", code="iss_unavailable")
+        return state
+
+    # ---- passes ----
+
+    def observer(self, place: str | None, latitude: float | None = None, longitude: float | None = None) -> Observer:
+        """The place named, or the coordinates given; ApiError(400) naming the bad parameter."""
+        try:
+            if place:
+                return self.places.find(place)
+            if latitude is None or longitude is None:
+                raise ApiError(400, "Give 'place' (a city, e.g. 'Paris, France') or both 'lat' and 'lon'.",
+                               param="place")
+            return self.places.at(latitude, longitude)
+        except PlaceError as exc:
+            param = "place" if place else ("lat" if "Latitude" in str(exc) else "lon")
+            raise ApiError(400, str(exc), param=param, code="unknown_place" if place else "invalid_value") from None
+
+    async def passes(
+        self, observer: Observer, *, days: float = 3.0, min_elevation: float = DEFAULT_MIN_ELEVATION,
+        visible_only: bool = False, limit: int = 5, start: datetime | None = None,
+    ) -> dict[str, Any]:
+        """The next passes over `observer` (computed in a thread: tens of milliseconds a day)."""
+        if not (math.isfinite(days) and 0 < days <= MAX_DAYS):
+            raise ApiError(400, f"'days' must be a number above 0 and at most {MAX_DAYS:g}.", param="days")
+        if not (math.isfinite(min_elevation) and 0 <= min_elevation <= 80):
+            raise ApiError(400, "'min_elevation' must be a number from 0 to 80 (degrees).", param="min_elevation")
+        limit = max(1, min(limit, MAX_PASSES))
+        orbit = self.tracker.orbit()
+        if orbit is None:
+            raise ApiError(503, "Passes are unavailable: no orbital elements are known.", type="server_error",
+                           code="iss_unavailable")
+        start = start or datetime.now(UTC)
+        key = (observer.latitude, observer.longitude, days, min_elevation, orbit.basis, visible_only, limit)
+        cached = self._passes_cache.get(key)
+        now = asyncio.get_running_loop().time()
+        if cached is not None and now - cached[0] < _CACHE_SECONDS:
+            found = [item for item in cached[1] if item.set > start]
+        else:
+            found = await asyncio.to_thread(find_passes, orbit.position, observer, start, days, min_elevation,
+                                            MAX_PASSES * 3)
+            if len(self._passes_cache) >= _CACHE_SIZE:
+                self._passes_cache.pop(next(iter(self._passes_cache)))
+            self._passes_cache[key] = (now, found)
+        shown = [item for item in found if item.visible or not visible_only][:limit]
+        timing = [orbit.error_km(item.culmination) / ORBIT_SPEED_KMS for item in shown]
+        return {
+            "place": {
+                "name": observer.name, "latitude": observer.latitude, "longitude": observer.longitude,
+                "timezone": observer.timezone,
+            },
+            "from": _iso(start),
+            "days": days,
+            "min_elevation_deg": min_elevation,
+            "passes": [
+                {**pass_dict(item, observer), "timing_uncertainty_seconds": round(seconds)}
+                for item, seconds in zip(shown, timing, strict=True)
+            ],
+            "visible_count": sum(1 for item in found if item.visible),
+            "basis": orbit.basis,
+            "visible_means": "the observer is in darkness (Sun 6° or more below the horizon) and the station "
+                             "is in sunlight, above the minimum elevation",
+        }
+
+    # ---- who ----
+
+    def crew(self) -> dict[str, Any]:
+        """Who is aboard, as Open Notify last said, with its age; `known` False when never fetched."""
+        crew = self.tracker.crew()
+        if crew is None:
+            return {"known": False, "count": None, "names": [], "source": None, "fetched_at": None,
+                    "age_seconds": None}
+        return {
+            "known": True, "count": len(crew.names), "names": list(crew.names), "source": crew.source,
+            "fetched_at": _iso(crew.fetched_at),
+            "age_seconds": round((datetime.now(UTC) - crew.fetched_at).total_seconds()),
+            "note": "Open Notify's list is kept by hand and can lag a crew change by days",
+        }
