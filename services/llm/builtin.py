@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from services.iss.describe import describe_state
+from services.iss.queries import IssQueries
 from services.iss.state import IssState
 from services.openai_format import completion_from_chunks, estimate_tokens, text_chunks
 
@@ -43,6 +44,9 @@ class BuiltinResponder:
     """Streams `answer_text` word by word in the same chunk format as an upstream."""
 
     name = "builtin"
+
+    def __init__(self, queries: IssQueries | None = None) -> None:
+        self.queries = queries
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "host": None}
