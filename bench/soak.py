@@ -49,9 +49,8 @@ class SoakConfig:
     hypothesis_examples: int = 300
     drip_callers: int = 5
     drip_pause: float = 0.03
-    max_connections: int = 300  # the server's MAX_CONNECTIONS ...
-    idle_flood: int = 400  # ... and the idle connections opened past it, in the warm-up pass (its
-    # connection objects set the allocator's high-water mark, which the measured pass is compared to)
+    idle_flood: int = 100  # idle connections opened past the server's MAX_CONNECTIONS (in the warm-up pass:
+    # their objects set the allocator's high-water mark, which the measured pass is compared to)
     iss_flap_every: float = 0.4
     memory_tolerance: float = 0.10
     warmup_share: float = 0.5  # the warm-up pass's size, as a share of the measured one
@@ -63,6 +62,12 @@ class SoakConfig:
     def quick(cls) -> SoakConfig:
         return cls(requests=600, concurrency=60, hypothesis_examples=40, drip_callers=1, drip_pause=0.01,
                    warmup_share=1.0, max_seconds=60.0)
+
+    @property
+    def max_connections(self) -> int:
+        """The server's MAX_CONNECTIONS: room for the traffic's busy connections (abandoned requests stay
+        busy until the server notices, a few per caller), well under what the idle flood opens."""
+        return 6 * self.concurrency
 
     @property
     def request_timeout(self) -> float:
@@ -337,7 +342,7 @@ class Soak:
             warm = SoakReport()
             await self.traffic(warm, max(150, int(cfg.requests * cfg.warmup_share)),
                                max(20, int(cfg.hypothesis_examples * cfg.warmup_share)), cfg.seed + 1, deadline,
-                               flood=cfg.idle_flood)
+                               flood=cfg.max_connections + cfg.idle_flood)
             self.report.warmup_problems = warm.problems()
             await self.upstream.wait_streams_closed(10.0)
             await self.refill_ring()
