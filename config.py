@@ -145,6 +145,11 @@ class Settings:
     first_token_timeout: float | None = field(
         default=None, metadata={"env": "FIRST_TOKEN_TIMEOUT", "parse": _optional_seconds}
     )
+    # The whole answer, from the request's arrival to its end (issue 9): comments, keepalives and a
+    # byte at a time do not stretch it. Off with 0.
+    max_stream_seconds: float | None = field(
+        default=300.0, metadata={"env": "MAX_STREAM_SECONDS", "parse": _optional_seconds}
+    )
     # "conversation": a newer request with the same conversation-id ends the older one in flight.
     supersede: str = field(
         default="off", metadata={"env": "SUPERSEDE", "parse": _choice("off", "conversation")}

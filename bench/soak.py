@@ -1,7 +1,7 @@
 """The soak: a speculative-inference storm with upstream faults, flapping ISS sources and hostile input.
 
     python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about a minute)
-    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (about 20 seconds)
+    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (under a minute and a half)
 
 The server runs in its own process; the fake upstream and the fake ISS sources run in this one,
 so their counters (open upstream streams) are read directly. Loopback only, bounded in time.
@@ -46,6 +46,7 @@ class SoakConfig:
     abandon_window: float = 0.5
     fault_share: float = 0.1
     upstream_timeout: float = 2.0
+    max_stream_seconds: float = 10.0  # a clean answer takes about 1.5 s, several under load
     hypothesis_examples: int = 300
     drip_callers: int = 5
     drip_pause: float = 0.03
@@ -60,8 +61,10 @@ class SoakConfig:
 
     @classmethod
     def quick(cls) -> SoakConfig:
+        # 90 s: the two passes each wait for their slowest request, a comments-only or dripping
+        # upstream cut at MAX_STREAM_SECONDS.
         return cls(requests=600, concurrency=60, hypothesis_examples=40, drip_callers=1, drip_pause=0.01,
-                   warmup_share=1.0, max_seconds=60.0)
+                   warmup_share=1.0, max_stream_seconds=8.0, max_seconds=90.0)
 
     @property
     def max_connections(self) -> int:
@@ -72,7 +75,7 @@ class SoakConfig:
     @property
     def request_timeout(self) -> float:
         """No caller waits longer than this; anything slower counts as a hang."""
-        return self.upstream_timeout + 6.0
+        return max(self.upstream_timeout + 6.0, self.max_stream_seconds + 4.0)
 
 
 @dataclass
@@ -184,6 +187,7 @@ class Soak:
             UPSTREAM_TIMEOUT=str(self.cfg.upstream_timeout),
             KEEPALIVE_INTERVAL="1",
             MAX_CONNECTIONS=str(self.cfg.max_connections),
+            MAX_STREAM_SECONDS=str(self.cfg.max_stream_seconds),
             # The upstream bounds scaled down: the same paths, less memory churn to tell from a leak.
             UPSTREAM_MAX_BYTES=str(1024 * 1024),
             UPSTREAM_MAX_EVENT_BYTES=str(256 * 1024),

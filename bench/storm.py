@@ -34,7 +34,8 @@ FAULTS: dict[str, dict[str, Any]] = {
     "big_event": {"fault": "big_event", "bytes": 4 * 1024 * 1024},
     "flood": {"fault": "flood", "bytes": 8 * 1024 * 1024},
     "gzip_bomb": {"fault": "gzip_bomb", "bytes": 100 * 1024 * 1024},
-    "comments_only": {"fault": "comments", "seconds": 2.5},
+    "comments_only": {"fault": "comments", "seconds": 20.0},  # past the soak's MAX_STREAM_SECONDS
+    "drip": {"fault": "drip", "seconds": 20.0},
     "forged_log_line": {"fault": "status", "status": 500, "message": "boom\n" + "FORGED log line"},
     # Odd bookkeeping values: the answer completes, the odd chunks passed through.
     "odd_values": {"extra_chunks": [

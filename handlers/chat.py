@@ -64,6 +64,7 @@ class ChatHandler(BoundedBodyHandler):
         self._gone = False
         self._stopped: Stop | None = None
         self._first_token: Deadline | None = None
+        self._max_stream: Deadline | None = None
         self._relay: Relay | None = None
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
@@ -118,6 +119,7 @@ class ChatHandler(BoundedBodyHandler):
         self._streamed = request.stream
         self.inflight.enter(self)
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
+        self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
         superseding = conversation_id if self.config.supersede == "conversation" else None
         if superseding:
             self.conversations.claim(superseding, self)
@@ -135,6 +137,7 @@ class ChatHandler(BoundedBodyHandler):
         finally:
             self.sse.stop_keepalive()
             self._first_token.cancel()
+            self._max_stream.cancel()
             if superseding:
                 self.conversations.release(superseding, self)
             self.inflight.leave(self, exchange.outcome)
@@ -201,7 +204,8 @@ class ChatHandler(BoundedBodyHandler):
     def _ended_early(self) -> Ending:
         """The work was stopped before its end (see Stop): how that ends the request."""
         return stopped(self._stopped, caller_gone=self._gone, first_token_timeout=self.config.first_token_timeout,
-                       fallback_reply=self.config.fallback_reply)
+                       fallback_reply=self.config.fallback_reply, max_stream_seconds=self.config.max_stream_seconds,
+                       content_sent=self._relay is not None and self._relay.content)
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
         exchange.upstream_sent = time.monotonic()

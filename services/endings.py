@@ -24,6 +24,7 @@ class Stop(Enum):
     SHUTDOWN = "server shutdown"
     SUPERSEDED = "superseded by a newer request of the conversation"
     FIRST_TOKEN_TIMEOUT = "no content token within FIRST_TOKEN_TIMEOUT"
+    MAX_STREAM_SECONDS = "the answer took longer than MAX_STREAM_SECONDS"
 
 
 def failed_before_first_token(error: ApiError, fallback_reply: str | None) -> Ending:
@@ -34,8 +35,9 @@ def failed_before_first_token(error: ApiError, fallback_reply: str | None) -> En
 
 
 def stopped(reason: Stop | None, *, caller_gone: bool, first_token_timeout: float | None,
-            fallback_reply: str | None) -> Ending:
-    """The Ending of an answer stopped before its end for `reason`."""
+            fallback_reply: str | None, max_stream_seconds: float | None = None, content_sent: bool = False) -> Ending:
+    """The Ending of an answer stopped before its end for `reason` (`content_sent`: a content token
+    or tool call already reached the caller)."""
     if reason is Stop.SHUTDOWN and not caller_gone:
         error = ApiError(503, "This server is shutting down; the answer was cut short.",
                          code="server_shutting_down", type="server_error")
@@ -46,6 +48,12 @@ def stopped(reason: Stop | None, *, caller_gone: bool, first_token_timeout: floa
         error = ApiError(504, f"The upstream LLM sent no token within {first_token_timeout or 0:g} s.",
                          type="upstream_error", code="first_token_timeout")
         return failed_before_first_token(error, fallback_reply)
+    if reason is Stop.MAX_STREAM_SECONDS:
+        error = ApiError(504, f"The answer took longer than {max_stream_seconds or 0:g} s (MAX_STREAM_SECONDS).",
+                         type="upstream_error", code="stream_too_long")
+        if not content_sent:
+            return failed_before_first_token(error, fallback_reply)
+        return Ending(Outcome.ERROR, error.status, error=error, where="upstream, mid-stream")
     return Ending(Outcome.CANCELLED, CALLER_LEFT)
 
 
