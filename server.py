@@ -37,7 +37,7 @@ from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.llm.base import Backend
-from services.metrics import IssCollector, Metrics, NullMetrics
+from services.metrics import Metrics, NullMetrics
 from services.models import ModelCatalog
 from services.redaction import install_log_sanitizer
 from services.station_feed import StationFeed
@@ -113,8 +113,10 @@ class Services:
         if self.iss_lease is not None:
             await self.iss_lease.start()
         await self.tracker.start()
+        await self.metrics.start()
 
     async def close(self) -> None:
+        await self.metrics.close()
         await self.station.close()
         await self.hub.close()
         await self.backend.close()
@@ -153,7 +155,7 @@ def build_services(
         # The model label's values: the configured models always, a few others at most.
         configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
         metrics = Metrics(configured_models=configured)
-        metrics.add_collector(IssCollector(tracker.health))
+        metrics.watch_iss(tracker.health)
         hub.fanout.on_resync = metrics.console_resynced
     return Services(
         settings=settings,

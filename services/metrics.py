@@ -14,6 +14,7 @@ PROMETHEUS_MULTIPROC_DIR, and whichever worker answers a scrape merges them all.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -62,6 +63,7 @@ LOOKUP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.
                   5.0)
 
 MAX_MODELS = 16
+FETCH_SYNC_S = 5.0  # with workers: how often each copies its ISS fetch counts into the shared counters
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
 # This server's codes for an upstream failure (FIRST_TOKEN_TIMEOUT's included).
@@ -178,6 +180,12 @@ class Metrics:
             "console_events_dropped", "Live events a console socket missed because it fell behind.")
         self.console_resyncs = counter(
             "console_resyncs", "Snapshots sent to a console socket instead of live events, by reason.", ("reason",))
+        # With workers, fetch counts are real counters every worker adds to (summed across workers);
+        # one process reads them from the tracker at scrape time instead.
+        self.iss_fetches = counter("iss_fetches", IssCollector.FETCHES_DOC, ("source", "result")) if (
+            self.multiprocess) else None
+        self._fetches_seen: dict[tuple[str, str], float] = {}
+        self._sync: asyncio.Task[None] | None = None
         self._scrape_registry = self._exposed_registry()
 
     def _exposed_registry(self) -> CollectorRegistry:
@@ -195,6 +203,43 @@ class Metrics:
     def add_collector(self, collector: Collector) -> None:
         """A scrape-time collector (ISS, console): it reports this process's view."""
         self._scrape_registry.register(collector)
+
+    def watch_iss(self, health: Callable[[], dict[str, Any]]) -> None:
+        """The ISS figures: read at scrape time; with workers, fetch counts also copied every few seconds."""
+        self.add_collector(IssCollector(health, fetches=self.iss_fetches is None))
+        self._health = health
+
+    async def start(self) -> None:
+        """Background work, with workers only: the fetch counts copied into the shared counters."""
+        if self.iss_fetches is not None and self._sync is None and getattr(self, "_health", None) is not None:
+            self._sync = asyncio.ensure_future(self._sync_fetches_every(FETCH_SYNC_S))
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            self._sync.cancel()
+            await asyncio.gather(self._sync, return_exceptions=True)
+            self._sync = None
+            self.sync_iss_fetches()  # what was fetched since the last copy
+
+    async def _sync_fetches_every(self, interval: float) -> None:
+        while True:
+            self.sync_iss_fetches()
+            await asyncio.sleep(interval)
+
+    def sync_iss_fetches(self) -> None:
+        """Add what this worker's sources fetched since the last call to the counters every worker shares."""
+        if self.iss_fetches is None:
+            return
+        try:
+            sources = self._health().get("sources") or {}
+        except Exception as exc:  # never let the ISS break the metrics
+            log.warning("ISS health unavailable for metrics: %s", type(exc).__name__)
+            return
+        for (name, result), total in _fetch_counts(sources):
+            delta = total - self._fetches_seen.get((name, result), 0.0)
+            if delta > 0:
+                self._child(self.iss_fetches, name, result).inc(delta)
+                self._fetches_seen[(name, result)] = total
 
     # ---- the chat path: each a handful of microseconds, never a wait ----
 
@@ -282,6 +327,18 @@ class NullMetrics(Metrics):
     def add_collector(self, collector: Collector) -> None:
         return None
 
+    def watch_iss(self, health: Callable[[], dict[str, Any]]) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def sync_iss_fetches(self) -> None:
+        return None
+
     def started(self) -> None:
         return None
 
@@ -320,14 +377,24 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
 
 
+def _fetch_counts(sources: dict[str, Any]) -> Iterator[tuple[tuple[str, str], float]]:
+    """((source, "ok" | "error"), count so far) for each source in tracker.health()["sources"]."""
+    for name, source in sources.items():
+        if isinstance(source, dict):
+            yield (name, "ok"), float(source.get("successes") or 0)
+            yield (name, "error"), float(source.get("failures") or 0)
+
+
 class IssCollector(Collector):
     """The ISS tracker's health, read when Prometheus scrapes (tracker.health(), nothing cached)."""
 
     STATES = ("ok", "failing", "idle")
     STATUSES = ("live", "propagating", "unavailable")
+    FETCHES_DOC = "Fetches from each ISS source by result."
 
-    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, health: Callable[[], dict[str, Any]], fetches: bool = True) -> None:
         self._health = health
+        self._fetches = fetches  # False with workers: the counts are shared counters (Metrics.iss_fetches)
 
     def describe(self) -> Iterable[Metric]:
         return []  # nothing fixed to check at registration; collect() runs only on a scrape
@@ -362,19 +429,19 @@ class IssCollector(Collector):
         sources = health.get("sources") or {}
         state = _gauge("iss_source_state", "Each ISS source's state (1 for the current one).", ("source", "state"))
         failures = _gauge("iss_source_consecutive_failures", "Failures in a row of each ISS source.", ("source",))
-        fetches = CounterMetricFamily(f"{PREFIX}_iss_fetches", "Fetches from each ISS source by result.",
-                                      labels=["source", "result"])
         for name, source in sources.items():
             if not isinstance(source, dict):
                 continue
             for candidate in self.STATES:
                 state.add_metric([name, candidate], 1.0 if source.get("state") == candidate else 0.0)
             failures.add_metric([name], float(source.get("consecutive_failures") or 0))
-            fetches.add_metric([name, "ok"], float(source.get("successes") or 0))
-            fetches.add_metric([name, "error"], float(source.get("failures") or 0))
         yield state
         yield failures
-        yield fetches
+        if self._fetches:
+            fetches = CounterMetricFamily(f"{PREFIX}_iss_fetches", self.FETCHES_DOC, labels=["source", "result"])
+            for (name, result), count in _fetch_counts(sources):
+                fetches.add_metric([name, result], count)
+            yield fetches
 
 
 class WorkerProcessCollector(Collector):

@@ -315,6 +315,12 @@ MULTIPROCESS = textwrap.dedent("""
             worker_metrics.started()
             for _ in range(worker + 1):
                 worker_metrics.outcome(Record())
+            fetched = {{"successes": worker + 1, "failures": 1}}
+            worker_metrics.watch_iss(lambda: {{"sources": {{"open-notify": dict(fetched)}}}})
+            worker_metrics.sync_iss_fetches()
+            fetched["successes"] += 10
+            worker_metrics.sync_iss_fetches()  # adds the 10 new ones, not the totals again
+            worker_metrics.sync_iss_fetches()
             os._exit(0)
         pids.append(pid)
     for pid in pids:
@@ -339,6 +345,9 @@ def test_multiprocess_totals_are_the_whole_servers(tmp_path):
     assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 6.0
     assert value(samples, "iss_llm_chat_ttft_seconds_count", route=ROUTE) == 6.0
     assert value(samples, "iss_llm_answer_tokens_sum", route=ROUTE) == 42.0
+    # Each worker's ISS fetches, copied into counters every worker shares: 1+2+3 and 10 more each.
+    assert value(samples, "iss_llm_iss_fetches_total", source="open-notify", result="ok") == 36.0
+    assert value(samples, "iss_llm_iss_fetches_total", source="open-notify", result="error") == 3.0
     # In flight counts live workers only: three were in flight, then every one exited.
     assert value(parse(alive)[0], "iss_llm_chat_in_flight") == 3.0
     assert value(samples, "iss_llm_chat_in_flight") == 0.0
