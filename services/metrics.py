@@ -66,8 +66,8 @@ MAX_MODELS = 16
 FETCH_SYNC_S = 5.0  # with workers: how often each copies its ISS fetch counts into the shared counters
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
-# This server's codes for an upstream failure (FIRST_TOKEN_TIMEOUT's included).
-_UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}|first_token_timeout")
+# This server's codes for an upstream failure (FIRST_TOKEN_TIMEOUT's and MAX_STREAM_SECONDS' included).
+_UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}|first_token_timeout|stream_too_long")
 _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own words ("overflow", "requested")
 
 
