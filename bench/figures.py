@@ -1,4 +1,8 @@
-"""The benchmark's figures: cells per (concurrency, path), memory per layer, and the five targets."""
+"""The benchmark's figures: cells per (concurrency, path), memory per layer, and the targets.
+
+TTFT is the time to the first *content* token (what a voice replica waits for), not to the first
+event: a role chunk that arrives at once says nothing about when the replica can speak.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,11 @@ class Cell:
 
     path: str
     concurrency: int
-    ttft: list[float] = field(default_factory=list)
+    profile: str | None = None  # a paced-upstream profile (bench.profiles), None for the main batches
+    connections: str = "reused"  # "reused" (keep-alive, closed loop) or "new" (one per request)
+    ttft: list[float] = field(default_factory=list)  # first content token
+    first_event: list[float] = field(default_factory=list)
+    pacing: list[float] = field(default_factory=list)  # |gap out - gap in| between content tokens
     total: list[float] = field(default_factory=list)
     requests: int = 0
     failed: int = 0
@@ -34,8 +42,10 @@ class Cell:
         for sample in batch.samples:
             self.requests += 1
             if sample.ok:
-                self.ttft.append(sample.ttft or 0.0)
+                self.ttft.append(sample.ttfc if sample.ttfc is not None else sample.ttft or 0.0)
+                self.first_event.append(sample.ttft or 0.0)
                 self.total.append(sample.total)
+                self.pacing.extend(sample.pacing)
             else:
                 self.failed += 1
                 self.errors[sample.error or "unknown"] += 1
@@ -56,12 +66,18 @@ class Cell:
         return {
             "path": self.path,
             "concurrency": self.concurrency,
+            "profile": self.profile,
+            "connections": self.connections,
             "requests": self.requests,
             "failed": self.failed + self.tp_failed,
             "errors": dict(self.errors),
             "ttft_p50": ms(percentile(self.ttft, 50)),
             "ttft_p95": ms(percentile(self.ttft, 95)),
             "ttft_p99": ms(percentile(self.ttft, 99)),
+            "first_event_p50": ms(percentile(self.first_event, 50)),
+            "pacing_p50": ms(percentile(self.pacing, 50)),
+            "pacing_p95": ms(percentile(self.pacing, 95)),
+            "tokens_paced": len(self.pacing),
             "total_p50": ms(percentile(self.total, 50)),
             "total_p99": ms(percentile(self.total, 99)),
             "chunks_per_s": self.tp_chunks / self.tp_wall if self.tp_wall else None,
@@ -70,20 +86,26 @@ class Cell:
         }
 
 
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row.get("profile"), row.get("connections", "reused"), row["concurrency"]
+
+
 def with_added(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each row plus its added TTFT (this path's percentile minus the direct path's, same concurrency)."""
-    direct = {row["concurrency"]: row for row in rows if row["path"] == "direct"}
+    """Each row plus its added TTFT (this path's percentile minus the direct path's, same concurrency,
+    profile and connections)."""
+    direct = {_key(row): row for row in rows if row["path"] == "direct"}
     out = []
     for row in rows:
-        base = direct.get(row["concurrency"], {})
+        base = direct.get(_key(row), {})
         extra = {f"added_{q}": minus(row[f"ttft_{q}"], base.get(f"ttft_{q}")) for q in ("p50", "p95", "p99")}
         out.append({**row, **extra})
     return out
 
 
-def find(rows: list[dict[str, Any]], path: str, concurrency: int) -> dict[str, Any]:
+def find(rows: list[dict[str, Any]], path: str, concurrency: int, profile: str | None = None,
+         connections: str = "reused") -> dict[str, Any]:
     for row in rows:
-        if row["path"] == path and row["concurrency"] == concurrency:
+        if row["path"] == path and _key(row) == (profile, connections, concurrency):
             return row
     return {}
 
@@ -102,8 +124,32 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def targets(rows: list[dict[str, Any]], memory: dict[str, dict[str, Any]], hold: int) -> list[Target]:
-    """The five targets of issue 5, server against relay."""
+def pacing_targets(rows: list[dict[str, Any]], profile: str = "openai") -> list[Target]:
+    """Issue 8's targets on reused connections with an OpenAI-like upstream (tokens 10 ms apart)."""
+    out: list[Target] = []
+    server, relay = find(rows, "server", 1, profile), find(rows, "relay", 1, profile)
+    diff = minus(server.get("added_p50"), relay.get("added_p50"))
+    out.append(Target(
+        f"added first-content TTFT p50, c=1, {profile}, reused", "within 1 ms of the relay's",
+        f"server {_fmt(server.get('added_p50'))} ms vs relay {_fmt(relay.get('added_p50'))} ms "
+        f"(difference {_fmt(diff)} ms)",
+        None if diff is None else diff <= 1.0,
+    ))
+    for c, allowed in ((1, 1.0), (50, 2.0)):
+        server, relay = find(rows, "server", c, profile), find(rows, "relay", c, profile)
+        diff = minus(server.get("pacing_p95"), relay.get("pacing_p95"))
+        out.append(Target(
+            f"token-gap deviation p95, c={c}, {profile}, reused", f"within {allowed:g} ms of the relay's",
+            f"server {_fmt(server.get('pacing_p95'))} ms vs relay {_fmt(relay.get('pacing_p95'))} ms "
+            f"(difference {_fmt(diff)} ms)",
+            None if diff is None else diff <= allowed,
+        ))
+    return out
+
+
+def targets(rows: list[dict[str, Any]], memory: dict[str, dict[str, Any]], hold: int,
+            profile_rows: list[dict[str, Any]] | None = None) -> list[Target]:
+    """The five targets of issue 5 and the three of issue 8, server against relay."""
     out: list[Target] = []
 
     server, relay = find(rows, "server", 1), find(rows, "relay", 1)
@@ -151,4 +197,4 @@ def targets(rows: list[dict[str, Any]], memory: dict[str, dict[str, Any]], hold:
         f"{_fmt(kb, 1)} KB per stream ({mem.get('opened', 0)} open; relay {_fmt(relay_kb, 1)} KB)",
         None if kb is None else (kb <= 50.0 and complete),
     ))
-    return out
+    return out + pacing_targets(profile_rows or [])

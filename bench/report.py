@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.figures import LAYERS, PATHS, Target, find
+from bench.profiles import PROFILES
 
 
 def _n(value: float | None, digits: int = 1) -> str:
@@ -36,8 +37,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Latency, throughput and CPU per path",
         "",
-        "TTFT: time to the first `data:` event. Added: this path's percentile minus the direct path's. "
-        "CPU: the relay's or server's own process (user+system) per request.",
+        "TTFT: time to the first content token (not the role chunk). Added: this path's percentile minus "
+        "the direct path's. CPU: the relay's or server's own process (user+system) per request.",
         "",
         "| c | path | TTFT p50 ms | p95 | p99 | added p50 ms | added p95 | added p99 | total p50 ms | "
         "chunks/s (gap 0) | CPU ms/req | failed |",
@@ -70,6 +71,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_ratio(s.get('chunks_per_s'), r.get('chunks_per_s'))} | "
             f"{_ratio(s.get('cpu_ms_per_request'), r.get('cpu_ms_per_request'))} |"
         )
+    lines += profile_table(result)
     memory = result["memory"]
     lines += [
         "",
@@ -94,6 +96,36 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("skipped"):
         lines += ["", f"Skipped (time limit): {', '.join(result['skipped'])}."]
     return "\n".join(lines) + "\n"
+
+
+def profile_table(result: dict[str, Any]) -> list[str]:
+    """The paced upstreams: first content token and token pacing per profile, connections, c and path."""
+    rows = result.get("profile_rows") or []
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Paced upstreams: first content token and token pacing",
+        "",
+        "Profiles (`bench/profiles.py`): " + "; ".join(
+            f"**{p.name}**: {p.description}" for p in PROFILES.values()) + ". Connections: **reused** "
+        "(closed-loop clients on keep-alive connections, as agents hold them) or **new** (one per request). "
+        "TTFT: time to the first content token; added: minus the direct path's. Pacing: |gap out − gap in| "
+        "between consecutive content tokens, the upstream's send times read from a stamp in each chunk.",
+        "",
+        "| profile | connections | c | path | TTFT p50 ms | p95 | added p50 ms | added p95 | "
+        "pacing p50 ms | pacing p95 ms | tokens | failed |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        direct = row["path"] == "direct"
+        lines.append(
+            f"| {row['profile']} | {row['connections']} | {row['concurrency']} | {row['path']} | "
+            f"{_n(row['ttft_p50'], 2)} | {_n(row['ttft_p95'], 2)} | {'' if direct else _n(row['added_p50'], 2)} | "
+            f"{'' if direct else _n(row['added_p95'], 2)} | {_n(row['pacing_p50'], 2)} | "
+            f"{_n(row['pacing_p95'], 2)} | {row['tokens_paced']} | {row['failed']} |"
+        )
+    return lines
 
 
 def chart(result: dict[str, Any], path: Path) -> Path:

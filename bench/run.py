@@ -1,7 +1,7 @@
 """The benchmark: upstream directly, through the floor relay and through the server, interleaved.
 
-    python -m bench.run            # full run: c = 1, 50, 200, 1000 (about 6 minutes on 2 cores)
-    python -m bench.run --quick    # c = 1, 50, 200 and the 1,000-stream memory check (about 1 minute)
+    python -m bench.run            # full run: c = 1, 50, 200, 1000 and the paced profiles (about 10 minutes)
+    python -m bench.run --quick    # c = 1, 50, 200, the profiles and the memory check (about 2 minutes)
 
 Writes bench/results/bench-<time>.{md,png,json} and copies them to bench/results/latest.*.
 """
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from bench import procs
 from bench.figures import LAYERS, PATHS, Cell, targets, with_added
 from bench.loadgen import Batch, chat_body, hold_open, run_batch
+from bench.profiles import PROFILES, RUNS
 from bench.report import chart, markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,6 +53,9 @@ class Config:
     console: bool = True
     log_level: str = "info"
     baseline: str | None = None  # another checkout whose server runs as the extra path "baseline"
+    # Paced upstreams (bench.profiles): (profile, connections) pairs, at these concurrencies.
+    profile_runs: list[tuple[str, str]] = field(default_factory=lambda: list(RUNS))
+    profile_concurrency: list[int] = field(default_factory=lambda: [1, 50])
 
     def latency_requests(self, c: int) -> int:
         """Requests per round and path at concurrency c (enough for a p99 once pooled)."""
@@ -59,6 +63,10 @@ class Config:
 
     def throughput_requests(self, c: int) -> int:
         return max(c, int(max(20, c) * self.scale))
+
+    def profile_requests(self, c: int) -> int:
+        """Requests per round and path for a paced profile: a dozen at c=1, two per worker above."""
+        return max(c, int(max(12, 2 * c) * self.scale))
 
 
 def machine_info() -> dict[str, Any]:
@@ -88,6 +96,7 @@ class Bench:
         self.progress = progress
         self.deadline = time.monotonic() + cfg.max_seconds
         self.cells: dict[tuple[str, int], Cell] = {}
+        self.profile_cells: dict[tuple[str, str, str, int], Cell] = {}
         self.memory: dict[str, dict[str, Any]] = {}
         self.skipped: list[str] = []
         cache = kids.log_dir / "iss-cache"
@@ -132,7 +141,8 @@ class Bench:
     def _tick(self, _sample: Any) -> None:
         self.progress.update(1)
 
-    async def batch(self, path: str, body: bytes, c: int, n: int) -> tuple[Batch, float, float]:
+    async def batch(self, path: str, body: bytes, c: int, n: int, *, reuse: bool = True,
+                    stamped: bool = False) -> tuple[Batch, float, float]:
         """One closed-loop batch; returns it with the layer's and the upstream's CPU seconds."""
         layer = self.proc.get(path) if path != "direct" else None
         layer_before = procs.cpu_seconds(layer) if layer else 0.0
@@ -140,7 +150,7 @@ class Bench:
         batch = await run_batch(
             self.urls[path], body, c, n,
             time_budget=min(self.cfg.batch_budget, max(1.0, self.time_left())),
-            request_timeout=self.cfg.request_timeout, on_sample=self._tick,
+            request_timeout=self.cfg.request_timeout, on_sample=self._tick, reuse=reuse, stamped=stamped,
         )
         layer_cpu = procs.cpu_seconds(layer) - layer_before if layer else 0.0
         up_cpu = procs.cpu_seconds(self.proc["upstream"]) - up_before
@@ -224,6 +234,22 @@ class Bench:
                 batch, _, _ = await self.batch(path, tp_body, c, cfg.throughput_requests(c))
                 self.cell(path, c).add_throughput(batch)
 
+    async def profile_stage(self, name: str, connections: str, c: int) -> None:
+        """A paced upstream: time to first content and token pacing, per path, interleaved rounds."""
+        profile = PROFILES[name]
+        for r in range(self.cfg.rounds):
+            for path in self.rotated(r):
+                if self.time_left() <= 0:
+                    self.skipped.append(f"{name} {connections} c={c} round {r + 1} {path}")
+                    continue
+                self.progress.set_postfix_str(f"{name}, {connections} connections, c={c}, round {r + 1}: {path}")
+                batch, layer_cpu, up_cpu = await self.batch(
+                    path, profile.body(), c, self.cfg.profile_requests(c), reuse=connections == "reused", stamped=True,
+                )
+                cell = self.profile_cells.setdefault(
+                    (name, connections, path, c), Cell(path, c, profile=name, connections=connections))
+                cell.add_latency(batch, layer_cpu, up_cpu)
+
     async def run(self) -> None:
         await self.warm_up()
         # Memory first, right after the warm-up, so the baseline is not inflated by earlier load.
@@ -235,13 +261,17 @@ class Bench:
                 await self.hold(layer)
         for c in self.cfg.concurrency:
             await self.stage(c)
+        for name, connections in self.cfg.profile_runs:
+            for c in self.cfg.profile_concurrency:
+                await self.profile_stage(name, connections, c)
         for layer in layers:
             self.memory.setdefault(layer, {})["peak_rss"] = procs.vm_hwm_bytes(self.proc[layer].pid)
 
     def planned(self) -> int:
         cfg = self.cfg
         per_round = sum(cfg.latency_requests(c) + cfg.throughput_requests(c) for c in cfg.concurrency)
-        return len(self.paths) * (40 + cfg.rounds * per_round) + 2 * cfg.hold
+        per_round += len(cfg.profile_runs) * sum(cfg.profile_requests(c) for c in cfg.profile_concurrency)
+        return len(self.paths) * (40 + cfg.rounds * per_round) + (len(self.paths) - 1) * cfg.hold
 
 
 def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> dict[str, Any]:
@@ -250,6 +280,12 @@ def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> 
         bench.cells[(path, c)].figures()
         for c in bench.cfg.concurrency for path in bench.paths if (path, c) in bench.cells
     ])
+    profile_rows = with_added([
+        cell.figures() for (name, connections, path, c), cell in sorted(
+            bench.profile_cells.items(),
+            key=lambda item: (bench.cfg.profile_runs.index(item[0][:2]), item[0][3], bench.paths.index(item[0][2])),
+        )
+    ])
     return {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "elapsed_s": elapsed,
@@ -257,8 +293,9 @@ def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> 
         "machine": machine_info(),
         "config": asdict(bench.cfg),
         "rows": rows,
+        "profile_rows": profile_rows,
         "memory": bench.memory,
-        "targets": [asdict(t) for t in targets(rows, bench.memory, bench.cfg.hold)],
+        "targets": [asdict(t) for t in targets(rows, bench.memory, bench.cfg.hold, profile_rows)],
         "skipped": bench.skipped,
     }
 
@@ -292,6 +329,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser.add_argument("--no-console", action="store_true", help="run the server with CONSOLE_ENABLED=false")
     parser.add_argument("--log-level", default="info", help="the server's LOG_LEVEL (default info)")
     parser.add_argument("--baseline", help="another checkout: its server runs too, as the path 'baseline'")
+    parser.add_argument("--profiles", help="paced upstreams as profile:connections pairs, e.g. "
+                        "openai:reused,openai:new ('none' for none; default: all of bench.profiles.RUNS)")
+    parser.add_argument("--profile-concurrency", help="comma-separated levels for the profiles (default 1,50)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default bench/results)")
     args = parser.parse_args(argv)
     cfg = Config()
@@ -302,6 +342,14 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     for name in ("rounds", "scale", "tokens", "gap", "first_token_delay", "hold", "max_seconds"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.profiles:
+        pairs = [item.strip().split(":") for item in args.profiles.split(",") if item.strip() and item != "none"]
+        for pair in pairs:
+            if len(pair) != 2 or pair[0] not in PROFILES or pair[1] not in ("reused", "new"):
+                parser.error(f"--profiles: {':'.join(pair)} is not profile:reused|new ({', '.join(PROFILES)})")
+        cfg.profile_runs = [(name, connections) for name, connections in pairs]
+    if args.profile_concurrency:
+        cfg.profile_concurrency = [int(c) for c in args.profile_concurrency.split(",") if c.strip()]
     cfg.console = not args.no_console
     cfg.baseline = args.baseline
     cfg.log_level = args.log_level

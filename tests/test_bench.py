@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from bench import badinput, costs, procs, storm
-from bench.figures import targets, with_added
+from bench.figures import Cell, pacing_targets, targets, with_added
 from bench.loadgen import chat_body, run_batch, stream_once
 from bench.relay import make_relay
 from bench.report import chart, markdown
@@ -87,6 +87,48 @@ async def test_load_generator_reports_failures_instead_of_raising():
     assert len(batch.samples) == 4 and batch.failed == 4 and not batch.ok
 
 
+async def test_load_generator_times_the_first_content_token_and_the_token_pacing():
+    upstream = await FakeUpstream().start()
+    try:
+        body = chat_body(6, 0.01, 0.03, stamp=True, pause_at=4, pause=0.1)
+        batch = await run_batch(upstream.base_url + "/chat/completions", body, 1, 2, time_budget=10.0, stamped=True)
+    finally:
+        await upstream.close()
+    for sample in batch.samples:
+        assert sample.ok, sample.error
+        # The role chunk came at once, content only after the upstream's gap: ttfc is content's.
+        assert sample.ttft is not None and sample.ttfc is not None and sample.ttfc > sample.ttft
+        # One deviation per content token after the first; the 0.1 s pause is in both gaps, not in the deviation.
+        assert len(sample.pacing) == 5 and all(0 <= gap < 0.1 for gap in sample.pacing)
+    cell = Cell("direct", 1, profile="openai")
+    cell.add_latency(batch, 0.0, 0.0)
+    figures = cell.figures()
+    assert figures["tokens_paced"] == 10 and figures["pacing_p95"] is not None and figures["profile"] == "openai"
+
+
+@pytest.mark.parametrize(("reuse", "connections"), [(True, 1), (False, 4)])
+async def test_load_generator_reuses_connections_or_opens_new_ones(reuse, connections):
+    peers: set = set()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        peers.add(request.transport.get_extra_info("peername"))  # type: ignore[union-attr]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: [DONE]\n\n')
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    runner, url = await _serve(app)
+    try:
+        batch = await run_batch(url + "/v1/chat/completions", b"{}", 1, 4, time_budget=10.0, reuse=reuse)
+    finally:
+        await runner.cleanup()
+    assert len(batch.ok) == 4 and all(s.ttfc is not None for s in batch.samples)
+    assert len(peers) == connections
+
+
 def test_percentile_interpolates():
     assert percentile([], 50) is None
     assert percentile([5.0], 99) == 5.0
@@ -113,8 +155,8 @@ def _result(server_ttft: float, server_cps: float, kb: float) -> dict:
 
 def test_targets_are_judged_against_the_relay_in_the_same_run():
     good = _result(server_ttft=21.5, server_cps=24000.0, kb=40.0)
-    met = {t.name: t.met for t in targets(good["rows"], good["memory"], 1000)}
-    assert all(met.values()), met
+    met = {t.name: t.met for t in targets(good["rows"], good["memory"], 1000, _profile_rows(1.0))}
+    assert len(met) == 8 and all(met.values()), met
     bad = _result(server_ttft=25.0, server_cps=10000.0, kb=80.0)
     met = {t.name: t.met for t in targets(bad["rows"], bad["memory"], 1000)}
     assert met["added TTFT p50, c=1"] is False  # 5 ms added vs the relay's 1 ms
@@ -122,6 +164,23 @@ def test_targets_are_judged_against_the_relay_in_the_same_run():
     assert met["1000 open streams in the server"] is False
     assert met["CPU per request, c=200"] is True  # 1.9 vs 1.0: within 2x
     assert met["added TTFT p99, c=200"] is True  # 40 ms vs the relay's 20 ms
+
+
+def _profile_rows(server_pacing: float) -> list[dict]:
+    rows = []
+    for c in (1, 50):
+        for path, ttft, pacing in (("direct", 60.0, 0.2), ("relay", 61.0, 0.5), ("server", 61.5, server_pacing)):
+            rows.append({**_row(path, c, ttft), "profile": "openai", "connections": "reused",
+                         "pacing_p50": pacing / 2, "pacing_p95": pacing, "tokens_paced": 100})
+    return with_added(rows)
+
+
+def test_pacing_targets_are_judged_against_the_relay():
+    met = [t.met for t in pacing_targets(_profile_rows(1.2))]
+    assert met == [True, True, True]  # TTFT 0.5 ms more than the relay's, pacing 0.7 ms more
+    met = [t.met for t in pacing_targets(_profile_rows(3.0))]
+    assert met == [True, False, False]  # pacing 2.5 ms worse than the relay's: over 1 ms and 2 ms
+    assert [t.met for t in pacing_targets([])] == [None, None, None]
 
 
 def test_report_and_chart_are_written(tmp_path):
@@ -135,7 +194,9 @@ def test_report_and_chart_are_written(tmp_path):
     )
     # A --baseline run holds the streams through the other checkout's server too.
     result["memory"]["baseline"] = {**result["memory"]["server"], "kb_per_stream": 51.5}
+    result["profile_rows"] = _profile_rows(1.0)
     text = markdown(result)
+    assert "| openai | reused | 50 | server |" in text.split("## Paced upstreams")[1]
     assert "| 200 | server |" in text and "## Targets" in text and "test CPU" in text
     assert "| baseline |" in text.split("## Memory")[1] and "51.5" in text
     png = chart(result, tmp_path / "chart.png")
@@ -179,7 +240,8 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
     """One tiny run of the real command: three processes, every path, the outputs and their paths."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.run", "--concurrency", "1,4", "--rounds", "1", "--scale", "0.2",
-         "--hold", "20", "--max-seconds", "60", "--out", str(tmp_path)],
+         "--hold", "20", "--max-seconds", "60", "--out", str(tmp_path),
+         "--profiles", "openai:reused,thinking:new", "--profile-concurrency", "2"],
         cwd=procs.ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
@@ -190,6 +252,11 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
     }
     assert all(r["failed"] == 0 for r in data["rows"]), data["rows"]
     assert data["memory"]["server"]["opened"] == 20
+    assert {(r["profile"], r["connections"], r["path"]) for r in data["profile_rows"]} == {
+        (p, conn, path) for p, conn in (("openai", "reused"), ("thinking", "new"))
+        for path in ("direct", "relay", "server")
+    }
+    assert all(r["failed"] == 0 and r["tokens_paced"] > 0 for r in data["profile_rows"]), data["profile_rows"]
     assert (tmp_path / "latest.png").stat().st_size > 10_000
     assert "## Targets" in (tmp_path / "latest.md").read_text()
 

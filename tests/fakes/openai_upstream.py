@@ -19,6 +19,9 @@ passes upstream unchanged like every other field:
     {"x_fake": {"multiline": true}}                     each chunk's JSON over several data: lines
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
     {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
+    {"x_fake": {"pause_at": 9, "pause": 0.5}}           a pause before chunk 9 (a model that thinks)
+    {"x_fake": {"stamp": true}}                          each chunk carries "x_sent": time.monotonic()
+                                                         when written (the benchmark's token pacing)
 
 Hostile upstreams (each `bytes` is a size in bytes):
 
@@ -223,6 +226,7 @@ class FakeUpstream:
                 return response
             after = int(fake.get("after", 1))
             pause_after_role = float(fake.get("pause_after_role", 0))
+            pause_at, pause = fake.get("pause_at"), float(fake.get("pause", 0))
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
                 if index == 1 and pause_after_role:
                     await self._pause(response, pause_after_role, fake, payload)
@@ -247,10 +251,14 @@ class FakeUpstream:
                         await response.write(b"data: [DONE]\n\n")
                     finished = True
                     return response
+                if index == pause_at and pause:
+                    await asyncio.sleep(pause)
                 if index and gap:
                     await asyncio.sleep(gap)
                 if index == self.hold_at:
                     await self.release.wait()
+                if fake.get("stamp") and payload.endswith(b"}\n\n"):
+                    payload = payload[:-3] + b',"x_sent":%.6f}\n\n' % time.monotonic()
                 await response.write(payload)
                 sent.append((time.monotonic(), payload))
             for extra in fake.get("extra_chunks") or ():
