@@ -113,6 +113,7 @@ class RedisIssFeed:
         self._closed = False
         self._backoff = Backoff()
         self._warned = False
+        self._first_round = asyncio.Event()  # set once the lease was tried (or Redis failed)
 
     def attach(self, on_fix: Callable[[Fix], None], on_elements: Callable[[Elements], Any]) -> None:
         """Where the fixes and element sets other workers fetched go (the tracker)."""
@@ -150,8 +151,12 @@ class RedisIssFeed:
     # ---- life ----
 
     async def start(self) -> None:
+        """Join the cluster; returns once this worker knows whether it holds the lease (or that Redis
+        cannot be reached), so the tracker's first poll follows the lease, bounded by a few timeouts."""
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_round.wait(), 3 * self.timeout)
 
     async def close(self) -> None:
         self._closed = True
@@ -188,6 +193,7 @@ class RedisIssFeed:
                 await self._give_up_lease(commands)
                 raise
             except UNAVAILABLE as exc:
+                self._first_round.set()
                 if not self._warned:
                     log.warning("ISS: no cluster lease (Redis at %s: %s): this worker polls on its own",
                                 where(self.url), describe(exc))
@@ -238,6 +244,7 @@ class RedisIssFeed:
             left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
             if left_ms and left_ms > 0:
                 self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
+            self._first_round.set()
             await asyncio.sleep(self.renew_every)
 
     async def _listen(self, pubsub: Any) -> None:
