@@ -72,6 +72,15 @@ def redis_server(tmp_path):
 
 
 @pytest.fixture
+def paced_upstream(io_loop) -> FakeUpstream:
+    """A fake upstream for server processes: 20 tokens 50 ms apart (a request's x_fake may change it)."""
+    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
+    io_loop.run_sync(fake.start)
+    yield fake
+    io_loop.run_sync(fake.close)
+
+
+@pytest.fixture
 def upstream(io_loop) -> FakeUpstream:
     """A fake OpenAI-compatible server on loopback."""
     fake = FakeUpstream(tokens=5, api_key=UPSTREAM_KEY)

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.processes import stop
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "deploy" / "nginx.conf"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -75,11 +77,5 @@ http {{
         raise AssertionError("nginx did not listen")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop(self.process)
         self.process = None

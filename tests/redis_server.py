@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.processes import stop
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -51,11 +53,5 @@ class RedisServer:
         raise AssertionError(f"redis-server did not answer on port {self.port}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop(self.process)
         self.process = None

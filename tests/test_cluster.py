@@ -8,24 +8,15 @@ import time
 from typing import Any
 
 import orjson
-import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from tests.conftest import UPSTREAM_KEY
-from tests.fakes.openai_upstream import FakeUpstream
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
 from tests.test_workers import serving, wait_until
 
 TOKEN = "process-console-token"
 
-
-@pytest.fixture
-def fake_upstream(io_loop):
-    fake = FakeUpstream(tokens=8, gap=0.005, api_key=UPSTREAM_KEY)
-    io_loop.run_sync(fake.start)
-    yield fake
-    io_loop.run_sync(fake.close)
 
 
 class Console:
@@ -59,6 +50,14 @@ class Console:
         self._reader.cancel()
 
 
+async def stopped(server: ServerProcess) -> int:
+    """SIGTERM and the exit code; a server that does not stop fails with what it printed last."""
+    try:
+        return await server.stop()
+    except TimeoutError:
+        raise AssertionError("the server did not stop:\n" + "".join(server.output[-40:])) from None
+
+
 async def open_console(base: str) -> Console:
     client = AsyncHTTPClient(force_instance=True)
     response = await client.fetch(f"{base}/console?token={TOKEN}", follow_redirects=False, raise_error=False)
@@ -79,7 +78,8 @@ async def chat(base: str, label: str) -> str:
     try:
         response = await client.fetch(HTTPRequest(
             base + "/v1/chat/completions", method="POST",
-            body=orjson.dumps({"model": "m", "stream": True, "messages": MESSAGES}),
+            body=orjson.dumps({"model": "m", "stream": True, "messages": MESSAGES,
+                               "x_fake": {"tokens": 8, "gap": 0.005}}),
             headers={"Content-Type": "application/json", "conversation-id": label, "Connection": "close"},
             request_timeout=15,
         ), raise_error=False)
@@ -107,12 +107,12 @@ async def chat_until(base: str, console: Console, predicate, what: str, since: i
 
 
 async def test_one_console_sees_every_worker_and_survives_redis_going_away(
-    io_loop, fake_upstream, tmp_path, redis_server
+    io_loop, paced_upstream, tmp_path, redis_server
 ):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
              REDIS_URL=redis_server.url),
         "--port", str(port), "--workers", "2",
     )
@@ -161,7 +161,7 @@ async def test_one_console_sees_every_worker_and_survives_redis_going_away(
         back_at = len(console.frames)
         assert any(f["type"] == "snapshot" and f["reason"] == "cluster" for f in console.frames[lost_at:])
         await chat_until(base, console, lambda: len(console.workers(back_at)) == 2, "both-again", since=back_at)
-        assert await server.stop() == 0
+        assert await stopped(server) == 0
         text = "".join(server.output)
         assert re.search(r"cluster feed lost \(Redis at 127\.0\.0\.1:\d+/0: ", text)
         assert "cluster feed back" in text
@@ -213,7 +213,7 @@ async def test_a_cluster_of_three_polls_open_notify_once_per_interval_and_the_le
         await asyncio.sleep(2 * interval)
         polls, window = fakes.requests["open-notify"] - before, time.monotonic() - started
         assert 1 <= polls <= window / interval + 1, (polls, window)
-        assert await server.stop() == 0
+        assert await stopped(server) == 0
         server.assert_clean_output()
     finally:
         server.kill()

@@ -14,7 +14,6 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.conftest import ROOT, UPSTREAM_KEY
-from tests.fakes.openai_upstream import FakeUpstream
 from tests.nginx_server import NGINX, RECIPE, NginxServer, recipe_for
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
 from tests.test_workers import serving, wait_until
@@ -24,23 +23,16 @@ pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path(NGINX
 TOKEN = "process-console-token"
 
 
-@pytest.fixture
-def fake_upstream(io_loop):
-    fake = FakeUpstream(tokens=8, gap=0.01, api_key=UPSTREAM_KEY)
-    io_loop.run_sync(fake.start)
-    yield fake
-    io_loop.run_sync(fake.close)
-
 
 def test_the_readme_shows_the_recipe_the_test_runs():
     readme = (ROOT / "README.md").read_text()
     assert RECIPE.read_text().strip() in readme
 
 
-async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, fake_upstream, tmp_path):
+async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, paced_upstream, tmp_path):
     app_port, proxy_port = _free_port(), _free_port()
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
              TRUST_PROXY_HEADERS="true"),
         "--port", str(app_port), "--workers", "2",
     )
@@ -53,7 +45,7 @@ async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, fa
 
         # Token by token: the upstream holds its fourth chunk back; what came through nginx by then
         # was passed on as it came, not buffered until the end.
-        fake_upstream.hold_at = 3
+        paced_upstream.hold_at = 3
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
         payload = orjson.dumps({"model": "m", "stream": True, "messages": MESSAGES})
         writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{proxy_port}\r\n"
@@ -64,8 +56,8 @@ async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, fa
             chunk = await asyncio.wait_for(reader.read(65536), 10)
             assert chunk, seen
             seen += chunk
-        assert fake_upstream.open_streams == 1 and not fake_upstream.release.is_set()
-        fake_upstream.release.set()
+        assert paced_upstream.open_streams == 1 and not paced_upstream.release.is_set()
+        paced_upstream.release.set()
         while b"data: [DONE]" not in seen:
             chunk = await asyncio.wait_for(reader.read(65536), 10)
             assert chunk, seen

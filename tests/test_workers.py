@@ -13,22 +13,14 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.conftest import UPSTREAM_KEY, open_stream
-from tests.fakes.openai_upstream import FakeUpstream
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
 
 TOKEN = "process-console-token"
 
 
-@pytest.fixture
-def fake_upstream(io_loop):
-    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
-    io_loop.run_sync(fake.start)
-    yield fake
-    io_loop.run_sync(fake.close)
 
-
-def _workers_env(tmp_path, fake_upstream, **extra: str) -> dict[str, str]:
-    return _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url,
+def _workers_env(tmp_path, paced_upstream, **extra: str) -> dict[str, str]:
+    return _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url,
                 OPENAI_API_KEY=UPSTREAM_KEY, **extra)
 
 
@@ -56,10 +48,10 @@ async def console_hello(base_url: str, cookie: str) -> dict:
         ws.close()
 
 
-async def test_two_workers_share_one_port_and_one_console_token(io_loop, fake_upstream, tmp_path):
+async def test_two_workers_share_one_port_and_one_console_token(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, fake_upstream, CONSOLE_TOKEN=""), "--port", str(port),
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, CONSOLE_TOKEN=""), "--port", str(port),
                            "--workers", "2")
     await server.start()
     try:
@@ -88,10 +80,12 @@ async def test_two_workers_share_one_port_and_one_console_token(io_loop, fake_up
         server.kill()
 
 
-async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_worker(io_loop, fake_upstream, tmp_path):
+async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_worker(
+    io_loop, paced_upstream, tmp_path
+):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, fake_upstream, DRAIN_TIMEOUT="30"), "--port", str(port),
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, DRAIN_TIMEOUT="30"), "--port", str(port),
                            "--workers", "2")
     await server.start()
     try:
