@@ -194,7 +194,8 @@ def pass_dict(item: Pass, observer: Observer) -> dict[str, Any]:
 
 
 def local_phrase(when: datetime, observer: Observer) -> str:
-    """'Tue 1 Dec 18:42 local time (17:42 UTC)' or the UTC time alone when the zone is unknown."""
+    """'Tue 01 Dec 18:42 local time (17:42 UTC)', to the nearest minute; UTC alone when the zone is unknown."""
+    when = (when + timedelta(seconds=30)).replace(second=0, microsecond=0)
     utc = when.strftime("%H:%M UTC")
     zone = observer.zone()
     if zone is None:
