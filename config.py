@@ -214,6 +214,13 @@ class Settings:
         default=6 * 3600.0, metadata={"env": "CREW_REFRESH_INTERVAL", "parse": _positive_float}
     )
     iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
+    # The layer's own tools (position, passes, crew) offered to the upstream model: on whenever an
+    # upstream answers, unless ISS_TOOLS=off.
+    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": _bool})
+    iss_tool_timeout: float = field(
+        default=5.0, metadata={"env": "ISS_TOOL_TIMEOUT", "parse": _positive_float}
+    )
+    iss_tool_rounds: int = field(default=3, metadata={"env": "ISS_TOOL_ROUNDS", "parse": _positive_int})
     iss_refresh_interval: float = field(
         default=5.0, metadata={"env": "ISS_REFRESH_INTERVAL", "parse": _positive_float}
     )

@@ -146,6 +146,11 @@ def build_services(
         from services.llm import make_backend
 
         backend = make_backend(settings, queries)
+        if settings.use_openai and settings.iss_tools:
+            from services.llm.tool_rounds import ToolRounds
+            from services.tools import IssTools
+
+            backend = ToolRounds(backend, IssTools(queries, settings.iss_tool_timeout), settings.iss_tool_rounds)
     if hub is None:
         hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
             settings.console_buffer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -99,6 +100,8 @@ class Exchange:
         observer: OutcomeObserver | None = None,
     ) -> None:
         self.hub = hub
+        # The exchange of the request this task serves: the layer's tools record their calls on it.
+        _CURRENT.set(self)
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
         # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
         self.id = event_id or request_id
@@ -168,6 +171,11 @@ class Exchange:
 
     def iss(self, block: str, state: dict[str, Any] | None) -> None:
         self._emit("iss", block=block, state=state)
+
+    def layer_tool(self, *, name: str, arguments: str, result: str, ok: bool, ms: float, round: int) -> None:
+        """One of the layer's own tools, run for the model: the console shows it, the caller never does."""
+        self._emit("iss_tool", name=name[:64], arguments=arguments[:2000], result=result[:4000], ok=ok, ms=ms,
+                   round=round)
 
     def token(self, text: str) -> None:
         """One content delta relayed to the caller (an empty string still marks the first token)."""
@@ -268,3 +276,11 @@ class Exchange:
                 self.request_id, self.conversation_id, ending.outcome.value, ending.where, error.status, error.code,
                 error.message, extra=extra,
             )
+
+
+_CURRENT: ContextVar[Exchange | None] = ContextVar("iss_llm_exchange", default=None)
+
+
+def current_exchange() -> Exchange | None:
+    """The exchange of the request the running task serves, if any."""
+    return _CURRENT.get()

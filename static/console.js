@@ -478,6 +478,15 @@
         if (rec.ui) rec.ui.out.appendChild(document.createTextNode(piece));
         break;
       }
+      case "tool": {
+        // One of the layer's own tools, run for the model: never part of the caller's answer.
+        if (!rec) return;
+        const line = "[tool " + String(event.name) + "(" + String(event.arguments || "").slice(0, 300) + ") → " +
+          String(event.result || "").slice(0, 600) + " · " + String(event.ms) + " ms" + (event.ok ? "" : " · failed") + "]\n";
+        rec.tools = (rec.tools || []).concat([line]).slice(-20);
+        if (rec.ui) rec.ui.out.appendChild(el("div", "tool-call", line));
+        break;
+      }
       case "outcome":
         if (!rec) return;
         rec.status = event.type;

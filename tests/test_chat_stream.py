@@ -63,7 +63,10 @@ async def test_tool_call_deltas_pass_through(client, upstream, app):
     assert calls[0][0].function.name == "locate"
     assert "".join(call[0].function.arguments or "" for call in calls) == '{"where": "iss"}'
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
-    assert upstream.bodies[-1]["tools"] == tools
+    # The caller's tools reach the upstream untouched, first; the layer's own follow them.
+    sent = upstream.bodies[-1]["tools"]
+    assert sent[: len(tools)] == tools
+    assert {tool["function"]["name"] for tool in sent[len(tools):]} <= {"iss_position", "iss_passes", "iss_crew"}
     assert upstream.bodies[-1]["tool_choice"] == "auto"
     # The console's record of the request shows the call the model made.
     record = app.services.hub.snapshot()[-1]

@@ -16,10 +16,12 @@ from types import MappingProxyType
 #   outcome  how the request ended (its record's status is the type's name)
 #   station  the station's position, pushed to every console, not part of any request
 #   feed     the state of this worker's link to the cluster feed (Redis): connected or not
+#   tool     one of the layer's own tools run for the model: name, arguments, result, time
 EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "request": "request",
     "iss": "iss",
     "tokens": "text",
+    "iss_tool": "tool",
     "done": "outcome",
     "cancelled": "outcome",
     "superseded": "outcome",
@@ -28,7 +30,7 @@ EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "cluster": "feed",
 })
 
-ROLES = frozenset(("request", "iss", "text", "outcome", "station", "feed"))
+ROLES = frozenset(("request", "iss", "text", "outcome", "station", "feed", "tool"))
 # Roles that are no request's: the latest of each greets a socket that connects.
 PUSHES = frozenset(("station", "feed"))
 OUTCOMES: tuple[str, ...] = tuple(name for name, role in EVENT_TYPES.items() if role == "outcome")

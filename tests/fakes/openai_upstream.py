@@ -37,6 +37,13 @@ Hostile upstreams (each `bytes` is a size in bytes):
     {"x_fake": {"extra_chunks": [{...}, ...]}}           these raw JSON chunks before [DONE]
     {"x_fake": {"completion": {...}}}                    this exact object as the non-streamed answer
 
+Tools: the layer's own (named iss_*) are never called unless `scripted_tools` is set; a caller's
+tool (any other name) is called as before. With `scripted_tools`, a question "... from <Place>?"
+offered iss_passes is answered in two rounds, like a real model: first a call to iss_passes (and to
+the caller's first tool, when there is one, in the same turn); then, with the tool's result in the
+conversation, the rise times it gave as content (and the caller's tool called again). With
+`refuse_tools`, a request offering iss_* tools is refused with a 400, as some servers do.
+
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
 for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
@@ -50,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import re
 import time
 import zlib
 from collections import deque
@@ -91,6 +99,10 @@ class FakeUpstream:
     # When set, a stream pauses before chunk number `hold_at` until `release` is set.
     hold_at: int | None = None
     release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # The layer's tools: answer them like a model would (see the module docstring), or refuse them.
+    scripted_tools: bool = False
+    refuse_tools: bool = False
 
     requests: int = 0
     model_lists: int = 0  # GET /v1/models answered
@@ -186,7 +198,14 @@ class FakeUpstream:
         model = body.get("model", "fake-model")
         created = int(time.time())
         cid = f"chatcmpl-fake{self.requests}"
-        wants_tools = bool(body.get("tools")) and body.get("tool_choice") != "none"
+        offered = [tool for tool in body.get("tools") or () if isinstance(tool, dict)]
+        layer = [tool for tool in offered if str(tool.get("function", {}).get("name", "")).startswith("iss_")]
+        if self.refuse_tools and layer:
+            return self._error(400, "This model does not support tools.", "invalid_request_error")
+        caller_tools = [tool for tool in offered if tool not in layer]
+        wants_tools = bool(caller_tools) and body.get("tool_choice") != "none"
+        if self.scripted_tools and layer and body.get("stream"):
+            return await self._scripted(request, body, cid_of(self.requests), caller_tools)
 
         if not body.get("stream"):
             if first_delay:
@@ -294,7 +313,8 @@ class FakeUpstream:
 
         yield event({"role": "assistant", "content": ""})
         if tools:
-            name = body["tools"][0]["function"]["name"]
+            name = next(tool for tool in body["tools"]
+                        if not str(tool["function"]["name"]).startswith("iss_"))["function"]["name"]
             yield event({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
                                          "function": {"name": name, "arguments": ""}}]})
             yield event({"tool_calls": [{"index": 0, "function": {"arguments": '{"where": "iss"}'}}]})
@@ -308,6 +328,49 @@ class FakeUpstream:
             usage = {"prompt_tokens": 42, "completion_tokens": tokens, "total_tokens": 42 + tokens}
             yield b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
                                             "model": model, "choices": [], "usage": usage}) + b"\n\n"
+
+    async def _scripted(self, request: web.Request, body: dict, cid: str, caller_tools: list) -> web.StreamResponse:
+        """Two rounds of a model that uses the layer's pass tool (see the module's docstring)."""
+        created, model = int(time.time()), body.get("model", "fake-model")
+        messages = body.get("messages") or []
+
+        def event(delta: dict, finish: str | None = None) -> bytes:
+            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        def call(index: int, call_id: str, name: str, arguments: str) -> list[bytes]:
+            half = len(arguments) // 2  # arguments in two deltas, as models stream them
+            return [event({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                           "function": {"name": name, "arguments": arguments[:half]}}]}),
+                    event({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})]
+
+        events = [event({"role": "assistant", "content": ""})]
+        results = [m for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+        if not results:
+            question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
+            match = re.search(r"from ([A-Z][\w ,]*?)\?", str(question))
+            place = orjson.dumps({"place": match[1] if match else "Paris"}).decode()
+            events += call(0, "call_passes", "iss_passes", place)
+            if caller_tools:
+                events += call(1, "call_caller", caller_tools[0]["function"]["name"], '{"note": "first"}')
+            events.append(event({}, "tool_calls"))
+        else:
+            result = orjson.loads(results[-1]["content"])
+            rises = [item["rise"]["utc"] for item in result.get("passes", [])]
+            text = "You can see it at: " + ", ".join(rises) + "." if rises else "No pass: " + str(result)[:200]
+            events += [event({"content": word}) for word in re.findall(r"\S+\s*", text)]
+            if caller_tools:
+                events += call(0, "call_caller2", caller_tools[0]["function"]["name"], '{"note": "after"}')
+                events.append(event({}, "tool_calls"))
+            else:
+                events.append(event({}, "stop"))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for payload in events:
+            await response.write(payload)
+        await response.write(b"data: [DONE]\n\n")
+        return response
 
     def _completion(self, cid: str, created: int, model: str, tokens: int, tools: bool) -> dict:
         message: dict[str, Any] = {"role": "assistant",
@@ -387,3 +450,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cid_of(number: int) -> str:
+    return f"chatcmpl-fake{number}"
