@@ -367,6 +367,8 @@ class FakeUpstream:
                 events.append(event({}, "stop"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        if self.first_token_delay:
+            await asyncio.sleep(self.first_token_delay)  # each round pays the model's time to first token
         for payload in events:
             await response.write(payload)
         await response.write(b"data: [DONE]\n\n")
