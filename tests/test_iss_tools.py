@@ -102,8 +102,10 @@ async def test_an_upstream_refusing_tools_gets_the_request_again_without_them(ba
     assert response.code == 200
     assert _content(_chunks(response.body)).startswith("The station")
     assert upstream.requests == 2 and "tools" not in upstream.bodies[-1]
-    status = app.services.backend.describe()["iss_tools"]
+    health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    status = health["backend"]["iss_tools"]
     assert status["refusals"] == 1 and status["paused_for_seconds"] > 0
+    assert "does not support tools" in status["last_refusal"]
     assert any("refused the layer's tools" in r.getMessage() for r in caplog.records)
     # Not offered again for a while: one request, no retry.
     await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True})
