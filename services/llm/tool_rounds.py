@@ -1,13 +1,15 @@
 """Tool rounds: the layer's own tools offered to the upstream model, run here, the answer continued.
 
 A backend around the upstream. Each round streams the upstream's chunks to the caller as they come,
-except the layer's own tool calls (absorbed), the caller's tool calls and the finish chunk (held
-until the round ends). A round that called a layer tool runs it (bounded in time), adds the
-assistant's calls and the tool results to the conversation and asks again; the caller sees one
-answer. A round that called only the caller's tools hands them on unchanged. A round that called
-both runs the layer's and asks again without the caller's calls: the model, now with the layer's
-results, calls the caller's tool again if it still needs it. An upstream that refuses `tools`
-gets the request again without the layer's, once, and is not offered them for a while.
+byte for byte, except the layer's own tool calls (absorbed); once a round has called a layer tool,
+its finish (and any caller call after the layer's) stays here. Such a round runs the layer's calls
+(bounded in time), adds the assistant's calls and the tool results to the conversation and asks
+again; the caller sees one answer. A round that called only the caller's tools hands them on
+unchanged. A round that called both runs the layer's and asks again without the caller's calls: the
+model, now with the layer's results, calls the caller's tool again if it still needs it. (A caller
+call streamed before the first layer call of its round has already reached the caller.) An
+upstream that refuses `tools` gets the request again without the layer's, once, and is not offered
+them for a while.
 """
 
 from __future__ import annotations
@@ -42,31 +44,39 @@ class _Call:
 class _Round:
     """One upstream answer read chunk by chunk: what goes to the caller now, what waits, what is ours."""
 
-    def __init__(self, ours: frozenset[str], later_round: bool) -> None:
+    def __init__(self, ours: frozenset[str], later_round: bool, earlier_usage: dict[str, int]) -> None:
         self.ours = ours
         self.later_round = later_round
+        self.earlier_usage = earlier_usage  # what earlier rounds used, added into this round's usage
         self.payloads = 0
         self.text: list[str] = []
         self.layer: dict[int, _Call] = {}
         self.kind_of: dict[int, str] = {}
-        self.held: list[bytes] = []  # the caller's tool-call chunks, then the finish chunk
-        self.usage: dict[str, Any] | None = None
-        self.usage_chunk: dict[str, Any] | None = None
+        self.dropped = 0  # caller tool-call deltas left out of a round that also called the layer's
+        self.usage: Any = None
+        self.finished = False
 
     def take(self, payload: bytes) -> bytes | None:
-        """The payload to send on now (as is, or rewritten), or None when it waits or is absorbed."""
+        """The payload to send on now (as is, or rewritten), or None when it is the layer's alone.
+
+        Chunks without a layer call pass byte for byte. Once a layer call appears in a round, the
+        caller's calls of that round and its finish are left out: the round continues here.
+        """
         self.payloads += 1
         try:
             chunk = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return payload  # the relay reports it
+            return None if self.layer else payload  # the relay reports it
+        if self.finished and self.layer:
+            if isinstance(chunk, dict) and chunk.get("usage") is not None:
+                self.usage = chunk.get("usage")
+            return None
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
             return payload  # not a chunk: the relay reports it
-        if not choices and isinstance(chunk.get("usage"), dict):
-            self.usage, self.usage_chunk = chunk["usage"], chunk
-            return None
-        changed, finished = False, False
+        if not choices and chunk.get("usage") is not None:
+            return self._final_usage(chunk, payload)
+        changed = False
         for choice in choices:
             delta = choice.get("delta")
             if not isinstance(delta, dict):
@@ -78,22 +88,29 @@ class _Round:
                 changed = True
             calls = delta.get("tool_calls")
             if isinstance(calls, list) and calls:
-                theirs = [call for call in calls if not self._absorb(call)]
-                delta.pop("tool_calls")
-                changed = True
-                if theirs:
-                    held = {**chunk, "choices": [{**choice, "delta": {"tool_calls": theirs}, "finish_reason": None}]}
-                    self.held.append(orjson.dumps(held))
+                absorbed = [self._absorb(call) for call in calls]
+                if any(absorbed) or self.layer:
+                    self.dropped += sum(1 for taken in absorbed if not taken)
+                    delta.pop("tool_calls")
+                    changed = True
             if choice.get("finish_reason"):
-                finished = True
-        if finished:
-            self.held.append(orjson.dumps(chunk) if changed else payload)
+                self.finished = True
+        if self.finished and self.layer:
             return None
         if not changed:
             return payload
-        if all(not choice.get("delta") for choice in choices):
+        if all(not choice.get("delta") for choice in choices) and not self.finished:
             return None  # nothing left for the caller in this chunk
         return orjson.dumps(chunk)
+
+    def _final_usage(self, chunk: dict[str, Any], payload: bytes) -> bytes:
+        """The last round's usage chunk: as sent, or with the earlier rounds' tokens added in."""
+        usage = chunk.get("usage")
+        if not self.earlier_usage or not isinstance(usage, dict):
+            return payload
+        total = dict(self.earlier_usage)
+        _add_usage(total, usage)
+        return orjson.dumps({**chunk, "usage": {**usage, **total}})
 
     def _absorb(self, call: Any) -> bool:
         """Whether a tool-call delta is the layer's own (kept here) rather than the caller's."""
@@ -184,7 +201,7 @@ class ToolRounds:
         usage: dict[str, int] = {}
         for index in range(self.max_rounds + 1):
             offer = ours if index < self.max_rounds else []
-            state = _Round(names if offer else frozenset(), later_round=index > 0)
+            state = _Round(names if offer else frozenset(), later_round=index > 0, earlier_usage=usage)
             try:
                 async for payload in self.inner.stream(self._with_tools(params, messages, offer), iss):
                     out = state.take(payload)
@@ -197,13 +214,9 @@ class ToolRounds:
                         yield payload
                     return
                 raise
-            _add_usage(usage, state.usage)
             if not state.layer:
-                for payload in state.held:
-                    yield payload
-                if state.usage_chunk is not None:
-                    yield orjson.dumps({**state.usage_chunk, "usage": usage or state.usage})
                 return
+            _add_usage(usage, state.usage)
             messages = [*messages, *await self._run(state, index)]
 
     async def complete(self, params: dict[str, Any], iss: IssState | None) -> bytes:
@@ -221,7 +234,7 @@ class ToolRounds:
                     self._refused(error)
                     return await self.inner.complete(params, iss)
                 raise
-            state = _Round(names if offer else frozenset(), later_round=False)
+            state = _Round(names if offer else frozenset(), later_round=False, earlier_usage={})
             try:
                 completion = orjson.loads(body)
                 message = completion["choices"][0]["message"]
