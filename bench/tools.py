@@ -47,9 +47,18 @@ async def _first_content_ms(url: str) -> float:
     started = time.perf_counter()
 
     def on_chunk(data: bytes) -> None:
+        if first:
+            return
         buffer.extend(data)
-        if not first and b'"content":"' in buffer and b'"content":""' not in buffer.replace(b'"content":""', b"", 1):
-            first.append(time.perf_counter())
+        *events, rest = bytes(buffer).split(b"\n\n")
+        buffer[:] = rest
+        for event in events:
+            if not event.startswith(b"data: {"):
+                continue
+            chunk = orjson.loads(event[6:])
+            if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ()):
+                first.append(time.perf_counter())
+                return
 
     request = HTTPRequest(url, method="POST", body=orjson.dumps(QUESTION), streaming_callback=on_chunk,
                           headers={"Content-Type": "application/json"}, request_timeout=30)
