@@ -185,6 +185,7 @@ class Metrics:
         self.iss_fetches = counter("iss_fetches", IssCollector.FETCHES_DOC, ("source", "result")) if (
             self.multiprocess) else None
         self._fetches_seen: dict[tuple[str, str], float] = {}
+        self._health: Callable[[], dict[str, Any]] | None = None
         self._sync: asyncio.Task[None] | None = None
         self._scrape_registry = self._exposed_registry()
 
@@ -211,7 +212,7 @@ class Metrics:
 
     async def start(self) -> None:
         """Background work, with workers only: the fetch counts copied into the shared counters."""
-        if self.iss_fetches is not None and self._sync is None and getattr(self, "_health", None) is not None:
+        if self.iss_fetches is not None and self._sync is None and self._health is not None:
             self._sync = asyncio.ensure_future(self._sync_fetches_every(FETCH_SYNC_S))
 
     async def close(self) -> None:
@@ -228,7 +229,7 @@ class Metrics:
 
     def sync_iss_fetches(self) -> None:
         """Add what this worker's sources fetched since the last call to the counters every worker shares."""
-        if self.iss_fetches is None:
+        if self.iss_fetches is None or self._health is None:
             return
         try:
             sources = self._health().get("sources") or {}
