@@ -98,12 +98,14 @@ async def first_content(session: aiohttp.ClientSession, url: str, body: bytes, t
     return ttft if done else None
 
 
-async def round_robin(urls: dict[str, str], body: bytes, callers: int, per_server: int, timeout: float = 30.0
-                      ) -> tuple[dict[str, list[float]], dict[str, int]]:
+async def round_robin(urls: dict[str, str], body: bytes, callers: int, per_server: int, timeout: float = 30.0,
+                      start: int = 0) -> tuple[dict[str, list[float]], dict[str, int]]:
     """`callers` callers, each sending its requests to every server in turn (its own connection to
     each, kept alive): every server meets the same load at the same moments, so the machine's
-    drift falls on all alike. `per_server` requests each; the TTFTs and failures by server."""
+    drift falls on all alike. The cycle begins at server `start` (rounds rotate it, so no server
+    always follows the same one). `per_server` requests each; the TTFTs and failures by server."""
     names = list(urls)
+    names = names[start % len(names):] + names[:start % len(names)]
     ttfts: dict[str, list[float]] = {name: [] for name in names}
     failures = dict.fromkeys(names, 0)
     issued = 0
@@ -161,10 +163,10 @@ async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
         await round_robin(urls, body, 4, 20)  # warm-up: connections, the ISS warm-up, first imports
         for index in range(cfg.rounds):
             # Latency: one caller, requests back to back, to each server in turn (paired samples).
-            ttfts, failed = await round_robin(urls, body, 1, cfg.latency_requests)
+            ttfts, failed = await round_robin(urls, body, 1, cfg.latency_requests, start=index)
             # CPU: `concurrency` callers, each going round the servers; each server's CPU over the same span.
             before = {name: procs.cpu_seconds(child.process()) for name, child in servers.items()}
-            loaded, loaded_failed = await round_robin(urls, body, cfg.concurrency, cfg.cpu_requests)
+            loaded, loaded_failed = await round_robin(urls, body, cfg.concurrency, cfg.cpu_requests, start=index)
             after = {name: procs.cpu_seconds(child.process()) for name, child in servers.items()}
             for name, variant in variants.items():
                 variant.ttft += ttfts[name]
