@@ -481,10 +481,9 @@
       case "tool": {
         // One of the layer's own tools, run for the model: never part of the caller's answer.
         if (!rec) return;
-        const line = "[tool " + String(event.name) + "(" + String(event.arguments || "").slice(0, 300) + ") → " +
-          String(event.result || "").slice(0, 600) + " · " + String(event.ms) + " ms" + (event.ok ? "" : " · failed") + "]\n";
-        rec.tools = (rec.tools || []).concat([line]).slice(-20);
-        if (rec.ui) rec.ui.out.appendChild(el("div", "tool-call", line));
+        const call = { name: event.name, arguments: event.arguments, result: event.result, ok: event.ok, ms: event.ms };
+        rec.tools = (rec.tools || []).concat([call]).slice(-20);
+        if (rec.ui) rec.ui.out.appendChild(el("div", "tool-call", toolLine(call)));
         break;
       }
       case "outcome":
@@ -503,6 +502,11 @@
       default:
         break;
     }
+  }
+
+  function toolLine(call) {
+    return "[tool " + String(call.name) + "(" + String(call.arguments || "").slice(0, 300) + ") → " +
+      String(call.result || "").slice(0, 600) + " · " + String(call.ms) + " ms" + (call.ok ? "" : " · failed") + "]";
   }
 
   function showIss(state, how) {

@@ -66,6 +66,12 @@ async def test_the_model_calls_the_pass_tool_and_the_caller_gets_pass_times_only
     assert "Paris, France" in second[-1]["content"]
     status = app.services.backend.describe()["iss_tools"]
     assert status["calls"] == 1 and status["failures"] == 0
+    # The console's record of the request shows the call, its arguments, its result and its time.
+    app.services.hub.flush()
+    record = app.services.hub.snapshot()[-1]
+    (call,) = record["tools"]
+    assert call["name"] == "iss_passes" and orjson.loads(call["arguments"]) == {"place": "Paris"}
+    assert "Paris, France" in call["result"] and call["ok"] and call["ms"] >= 0
 
 
 async def test_a_caller_tool_in_the_same_turn_reaches_the_caller(base_url, upstream):

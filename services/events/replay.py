@@ -7,6 +7,9 @@ from typing import Any
 
 from services.events.kinds import role_of
 
+# The layer's own tool calls kept per request for a console that connects later.
+MAX_TOOL_EVENTS = 20
+
 
 class RequestLog:
     """The last `capacity` requests, each aggregated from its events (including text so far)."""
@@ -57,6 +60,10 @@ class RequestLog:
                 self._text_len[rid] = used + len(piece)
             if len(text) + used > self.max_text_chars:
                 record["text_truncated"] = True
+        elif role == "tool":
+            tools = record.setdefault("tools", [])
+            if len(tools) < MAX_TOOL_EVENTS:
+                tools.append({k: event.get(k) for k in ("name", "arguments", "result", "ok", "ms", "round")})
         elif role == "outcome":
             record["status"] = kind
             record["outcome"] = {k: v for k, v in event.items() if k not in ("type", "id")}
