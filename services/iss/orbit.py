@@ -164,21 +164,19 @@ def rotation_between(a: Vector, b: Vector) -> Matrix:
     cos_a = ua[0] * ub[0] + ua[1] * ub[1] + ua[2] * ub[2]
     if sin_a < 1e-12:
         return IDENTITY
-    kx, ky, kz = kx / sin_a, ky / sin_a, kz / sin_a
-    c1 = 1 - cos_a
-    return (
-        (cos_a + kx * kx * c1, kx * ky * c1 - kz * sin_a, kx * kz * c1 + ky * sin_a),
-        (ky * kx * c1 + kz * sin_a, cos_a + ky * ky * c1, ky * kz * c1 - kx * sin_a),
-        (kz * kx * c1 - ky * sin_a, kz * ky * c1 + kx * sin_a, cos_a + kz * kz * c1),
-    )
+    return _rodrigues((kx / sin_a, ky / sin_a, kz / sin_a), cos_a, sin_a)
 
 
 def rotation_about(axis: Vector, degrees: float) -> Matrix:
     """The rotation by `degrees` about `axis` (right-handed)."""
     n = _norm(axis)
-    kx, ky, kz = axis[0] / n, axis[1] / n, axis[2] / n
     angle = degrees * _DEG
-    c, s = math.cos(angle), math.sin(angle)
+    return _rodrigues((axis[0] / n, axis[1] / n, axis[2] / n), math.cos(angle), math.sin(angle))
+
+
+def _rodrigues(k: Vector, c: float, s: float) -> Matrix:
+    """The rotation about unit axis `k` by the angle whose cosine and sine are `c` and `s`."""
+    kx, ky, kz = k
     c1 = 1 - c
     return (
         (c + kx * kx * c1, kx * ky * c1 - kz * s, kx * kz * c1 + ky * s),
