@@ -1,6 +1,9 @@
-"""An upstream 404 names the URL that was called (a base URL ending in /chat/completions, say)."""
+"""An upstream 404: the caller learns the upstream found nothing, never the operator's URL or host;
+the log names the URL that was called and the OPENAI_BASE_URL hint."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 
@@ -16,10 +19,16 @@ def overrides(upstream):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_an_upstream_404_names_the_url_that_was_called(base_url, upstream, stream):
+async def test_an_upstream_404_keeps_the_url_in_the_log_and_out_of_the_answer(base_url, upstream, stream, caplog):
+    caplog.set_level(logging.WARNING, logger="iss_llm")
     response = await post_json(base_url, {"model": "m", "messages": MESSAGES, "stream": stream})
     assert response.code == 502
     error = error_of(response)
     assert error["code"] == "upstream_not_found"
-    assert f"POST http://127.0.0.1:{upstream.port}/v1/chat/completions/chat/completions" in error["message"]
-    assert "OPENAI_BASE_URL" in error["message"]
+    assert "404" in error["message"]
+    text = response.body.decode()
+    for leak in ("http://", "127.0.0.1", str(upstream.port), "/chat/completions", "OPENAI_BASE_URL"):
+        assert leak not in text, f"{leak!r} reached the caller: {text}"
+    shown = f"POST http://127.0.0.1:{upstream.port}/v1/chat/completions/chat/completions"
+    lines = [r.getMessage() for r in caplog.records if "404" in r.getMessage()]
+    assert any(shown in line and "OPENAI_BASE_URL" in line for line in lines), lines

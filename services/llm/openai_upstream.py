@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from services.request_context import current_request_id
 log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://\S*")
 MAX_MODELS = 1000
 MAX_MODEL_CHARS = 256
 _PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
@@ -204,6 +206,14 @@ class OpenAIUpstream:
         message = redact_text(message, self._secrets)
         return message if len(message) <= _MESSAGE_LIMIT else message[:_MESSAGE_LIMIT] + "…"
 
+    def _without_urls(self, text: str) -> str:
+        """The text with any URL and the upstream's host left out (a 404's detail may echo them)."""
+        text = _URL.sub("[url]", text)
+        for name in (self._host, urlsplit(f"//{self._host}").hostname):
+            if name and name != "?":
+                text = text.replace(name, "[upstream]")
+        return text
+
     def _translate(self, exc: Exception) -> ApiError:
         """The caller-facing error for an upstream failure; the detail goes to the log."""
         if isinstance(exc, ApiError):
@@ -212,6 +222,17 @@ class OpenAIUpstream:
             body = exc.body if isinstance(exc.body, dict) else {}
             detail = self._clean(str(body.get("message") or exc.message))
             status = exc.status_code
+            if status == 404:
+                # Most often OPENAI_BASE_URL already ends in /chat/completions, or lacks /v1. The URL
+                # is the operator's business: it goes to the log, never to the caller.
+                url = _shown_url(exc.request.url) if getattr(exc, "request", None) is not None else "?"
+                log.warning("upstream answered 404 for %s %s: %s (OPENAI_BASE_URL should be the part before "
+                            "/chat/completions, e.g. https://api.openai.com/v1)",
+                            getattr(getattr(exc, "request", None), "method", "POST"), url, detail)
+                return upstream_error(
+                    502, f"The upstream LLM answered 404 (not found): {self._without_urls(detail)}",
+                    code="upstream_not_found",
+                )
             log.warning("upstream answered %d: %s", status, detail)
             if status == 429:
                 return upstream_error(
@@ -223,14 +244,6 @@ class OpenAIUpstream:
                 return upstream_error(
                     400, f"The upstream LLM rejected the request: {detail}",
                     code="upstream_rejected", type="invalid_request_error",
-                )
-            if status == 404:
-                # Most often OPENAI_BASE_URL already ends in /chat/completions, or lacks /v1.
-                url = _shown_url(exc.request.url) if getattr(exc, "request", None) is not None else "?"
-                return upstream_error(
-                    502, f"The upstream LLM answered 404 for POST {url}: {detail} (OPENAI_BASE_URL should be the "
-                         "part before /chat/completions, e.g. https://api.openai.com/v1)",
-                    code="upstream_not_found",
                 )
             return upstream_error(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")
         # The aiohttp transport maps every connection error to a timeout; the aiohttp error it
