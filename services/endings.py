@@ -28,7 +28,13 @@ class Stop(Enum):
 
 
 def failed_before_first_token(error: ApiError, fallback_reply: str | None) -> Ending:
-    """The fallback reply when one is set; else the error (an HTTP status while one can be sent)."""
+    """The fallback reply when one is set; else the error (an HTTP status while one can be sent).
+
+    An error that is the caller's own fault (ApiError.callers_fault: its parameters were refused)
+    reaches the caller as that error even with a fallback reply set."""
+    if error.callers_fault:
+        return Ending(Outcome.ERROR, error.status, error=error,
+                      where="upstream, before the first token; the caller's request was refused (no fallback)")
     if fallback_reply:
         return Ending(Outcome.FALLBACK, 200, error=error, where="upstream, before the first token; fallback reply sent")
     return Ending(Outcome.ERROR, error.status, error=error, where="upstream, before the first token")

@@ -38,6 +38,14 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
+    @property
+    def callers_fault(self) -> bool:
+        """The caller's own request was refused (a 4xx `invalid_request_error`, e.g. the upstream's
+        400/422 as `upstream_rejected`): a fallback reply would hide from the caller what to fix. An
+        upstream's 5xx, timeout, 429 (`rate_limit_error`), the operator's bad key or a 404
+        (`upstream_error`, 502) are not."""
+        return 400 <= self.status < 500 and self.type == "invalid_request_error"
+
 
 def upstream_error(status: int, message: str, *, code: str, type: str = "upstream_error") -> ApiError:
     """An upstream's failure, as the caller sees it."""

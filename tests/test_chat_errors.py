@@ -257,3 +257,50 @@ async def test_non_stream_answer_that_is_no_completion_is_502(base_url, caplog):
     assert response.code == 502
     assert error_of(response)["code"] == "upstream_bad_response"
     assert not [r for r in caplog.records if r.exc_info], "a shape problem upstream is not a crash here"
+
+
+FALLBACK = "Sorry, give me a second."
+
+
+@pytest.mark.parametrize("overrides", [{"fallback_reply": FALLBACK}])
+@pytest.mark.parametrize("upstream_status", [400, 422])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_with_a_fallback_reply_the_callers_own_fault_still_reaches_the_caller(
+    overrides, base_url, client, upstream_status, stream
+):
+    # The upstream refused the caller's own parameters: a fallback reply would hide what to fix.
+    fault = {"fault": "status", "status": upstream_status, "message": "temperature must be at most 2"}
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": stream, "x_fake": fault})
+    assert response.code == 400
+    error = error_of(response)
+    assert error["code"] == "upstream_rejected" and error["type"] == "invalid_request_error"
+    assert "temperature must be at most 2" in error["message"]
+    assert FALLBACK not in response.body.decode()
+    # The official client sees it as the 400 it is.
+    with pytest.raises(openai.BadRequestError):
+        if stream:
+            async for _ in await client.chat.completions.create(model="m", messages=MESSAGES, stream=True,
+                                                                extra_body={"x_fake": fault}):
+                pass
+        else:
+            await client.chat.completions.create(model="m", messages=MESSAGES, extra_body={"x_fake": fault})
+    health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert health["chat"]["error"] == 2 and health["chat"]["fallback"] == 0  # one outcome each, recorded once
+
+
+@pytest.mark.parametrize("overrides", [{"fallback_reply": FALLBACK, "upstream_timeout": 0.5}])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_with_a_fallback_reply_failures_that_are_not_the_callers_keep_the_fallback(
+    overrides, base_url, upstream, stream
+):
+    faults = [{"fault": "status", "status": status} for status in (401, 403, 404, 429, 500, 503)]
+    faults.append({"fault": "stall"} if stream else {"first_token_delay": 3})  # a timeout
+    for fault in faults:
+        response = await post_json(base_url, {"messages": MESSAGES, "stream": stream, "x_fake": fault})
+        assert response.code == 200, fault
+        assert FALLBACK in response.body.decode(), fault
+    await upstream.close()  # unreachable
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": stream})
+    assert response.code == 200 and FALLBACK in response.body.decode()
+    health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert health["chat"]["fallback"] == len(faults) + 1 and health["chat"]["error"] == 0
