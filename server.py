@@ -23,7 +23,7 @@ from tornado.netutil import bind_sockets
 from config import ConfigError, Settings, load_settings
 from handlers import chat, console, health, iss, models
 from handlers import metrics as metrics_handler
-from handlers.base import NotFoundHandler
+from handlers.base import ApiHandler, NotFoundHandler
 from handlers.static import StaticHandler
 from services import logs
 from services import metrics as metrics_multiprocess
@@ -178,8 +178,9 @@ def build_services(
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log without query strings: a console token in ?token= must never reach a log."""
-    status = handler.get_status()
+    """Access log without query strings: a console token in ?token= must never reach a log. The status
+    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
+    status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
     request = handler.request
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
     duration_ms = round(1000.0 * request.request_time(), 1)

@@ -52,6 +52,11 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("X-Request-Id", self.request_id)
         request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
 
+    def outcome_status(self) -> int:
+        """The status the access log reports: the one sent, unless the request recorded an outcome
+        with its own (the chat handler: 499 for a caller that left mid-stream)."""
+        return self.get_status()
+
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

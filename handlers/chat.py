@@ -142,6 +142,12 @@ class ChatHandler(BoundedBodyHandler):
                 self.conversations.release(superseding, self)
             self.inflight.leave(self, exchange.outcome)
 
+    def outcome_status(self) -> int:
+        """The recorded outcome's status once there is one (Exchange.end), so the access log and the
+        outcome line agree: 499 for a caller that left, the error's status for an error event."""
+        recorded = self._exchange.status if self._exchange is not None else None
+        return recorded if recorded is not None else self.get_status()
+
     def on_finish(self) -> None:
         if self._exchange is None and self.request.method == "POST":
             self._refused()

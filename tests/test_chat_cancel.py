@@ -117,3 +117,22 @@ async def test_server_keeps_serving_after_many_abandoned_streams(overrides, base
     assert await upstream.wait_streams_closed(2.0)
     completion = await client.chat.completions.create(model="m", messages=MESSAGES)
     assert completion.choices[0].message.content
+
+
+async def test_the_access_log_of_a_cancelled_stream_says_499_like_its_outcome(base_url, upstream, app, caplog):
+    caplog.set_level(logging.INFO)
+    _reader, writer, _ = await open_stream(
+        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 500, "gap": 0.02}},
+        headers={"X-Request-Id": "rid-cancel-access"}, events=3,
+    )
+    writer.close()
+
+    def access_lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "tornado.access" and r.path == "/v1/chat/completions"]
+
+    assert await _until(lambda: access_lines(), 5.0), "no access log line for the cancelled stream"
+    outcome = [r for r in caplog.records if "rid-cancel-access" in r.getMessage() and hasattr(r, "outcome")]
+    assert [(r.outcome, r.status) for r in outcome] == [("cancelled", 499)]
+    [access] = access_lines()
+    assert access.status == 499 and access.getMessage().startswith("499 POST /v1/chat/completions")
+    assert access.levelno == logging.WARNING  # a 4xx, as the access log ranks them
