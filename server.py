@@ -377,6 +377,13 @@ def run_workers(settings: Settings, count: int) -> int:
         return 1
     parent = os.getpid()
     announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend_line(settings), count)
+    if not settings.redis_url:
+        # Logged once, here in the parent: the workers share nothing without Redis.
+        log.warning(
+            "%d workers without REDIS_URL: each worker's console shows only the requests that worker served, "
+            "and each worker polls the ISS sources itself (%d times the polls on Open Notify, wheretheiss.at "
+            "and CelesTrak). Set REDIS_URL for one console and one poller.", count, count,
+        )
 
     def work(index: int) -> int:
         code = asyncio.run(serve(settings, sockets, parent=parent))

@@ -120,6 +120,7 @@ async def test_one_console_sees_every_worker_and_survives_redis_going_away(
     console = None
     try:
         await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        assert not [line for line in server.output if "without REDIS_URL" in line]  # with Redis: no warning
         pids = serving(server)
         console = await open_console(base)
         await wait_until(lambda: any(e["type"] == "cluster" and e["state"] == "connected" for e in console.events())

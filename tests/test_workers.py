@@ -58,6 +58,10 @@ async def test_two_workers_share_one_port_and_one_console_token(io_loop, paced_u
         console_line = await server.wait_for_line("/console?token=")
         await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
         assert sum("listening on" in line for line in server.output) == 1  # printed once, by the parent
+        # No REDIS_URL: one warning, by the parent, that the workers share neither console nor poller.
+        warned = [line for line in server.output if "without REDIS_URL" in line]
+        assert len(warned) == 1, warned
+        assert "WARNING" in warned[0] and "console" in warned[0] and "polls the ISS sources" in warned[0]
         # The token printed by the parent (generated there: CONSOLE_TOKEN is empty) opens the page...
         url = re.search(r"(http://\S+/console\?token=\S+)", console_line).group(1)
         client = AsyncHTTPClient(force_instance=True)
