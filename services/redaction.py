@@ -66,7 +66,8 @@ def one_line(text: str) -> str:
 
 def install_log_sanitizer() -> None:
     """Every log record's message (format string and arguments, from anywhere) kept to one line, so an
-    upstream's error message or a caller's header cannot forge a log line. Tracebacks are untouched.
+    upstream's error message or a caller's header cannot forge a log line. Exceptions are made one
+    line by the formatters (services.logs.describe_exception).
     Installed once at start, as the record factory: it holds whatever handlers and formats are used."""
     previous = logging.getLogRecordFactory()
     if getattr(previous, "one_line", False):

@@ -12,9 +12,9 @@ import psutil
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.procs import lost_in_log, raise_nofile
+from bench.procs import raise_nofile
 from tests.conftest import ROOT, UPSTREAM_KEY, open_stream
-from tests.test_server_process import _env, _free_port
+from tests.test_server_process import _env, _free_port, lost
 
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
 
@@ -114,7 +114,7 @@ async def test_more_idle_connections_than_open_files_cannot_take_healthz_down(io
             writer.close()
         code = await server.stop()
     assert code == 0
-    assert not lost_in_log(server.text), server.text
+    assert not lost(server.text), server.text
 
 
 @pytest.mark.parametrize("overrides", [{"max_connections": 3}])
@@ -181,4 +181,4 @@ async def test_out_of_descriptors_accept_pauses_and_logs_a_count_not_a_storm(io_
             writer.close()
         code = await server.stop()
     assert code == 0
-    assert not lost_in_log(server.text), server.text
+    assert not lost(server.text), server.text

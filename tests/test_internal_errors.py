@@ -7,6 +7,7 @@ before the stream began and as an SSE error event after, are reached through rea
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import orjson
 import pytest
 
 from server import build_services, make_app
+from services import logs
 from services.iss.state import IssState
 from tests.conftest import UPSTREAM_KEY, error_of, post_json, sse_events
 from tests.test_console import connect, console_cookie, read_frame
@@ -26,6 +28,9 @@ AUTH = {"Authorization": f"Bearer {SERVER_KEY}"}
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
 # What the unexpected exception says: a detail and a file path that must stay inside the server.
 DETAIL = "bug-detail-5f0e in /srv/iss-llm/secret_module.py"
+
+# A bug whose message holds the server's own OPENAI_API_KEY (an object's repr, a URL with the key...).
+KEYED_DETAIL = f"client built with api_key={UPSTREAM_KEY} failed"
 
 
 def _leaks(text: str) -> list[str]:
@@ -46,12 +51,13 @@ class BrokenBackend:
 
     name = "broken"
 
-    def __init__(self, describe_raises: bool = False) -> None:
+    def __init__(self, describe_raises: bool = False, detail: str = DETAIL) -> None:
         self.describe_raises = describe_raises
+        self.detail = detail
 
     def describe(self) -> dict[str, Any]:
         if self.describe_raises:
-            raise RuntimeError(DETAIL)
+            raise RuntimeError(self.detail)
         return {"backend": self.name}
 
     async def stream(self, params: dict[str, Any], iss: IssState | None) -> AsyncIterator[bytes]:
@@ -60,10 +66,10 @@ class BrokenBackend:
             yield _chunk({"role": "assistant", "content": ""})
         for index in range(1, after):
             yield _chunk({"content": f" word{index}"})
-        raise RuntimeError(DETAIL)
+        raise RuntimeError(self.detail)
 
     async def complete(self, params: dict[str, Any], iss: IssState | None) -> bytes:
-        raise RuntimeError(DETAIL)
+        raise RuntimeError(self.detail)
 
     async def close(self) -> None:
         return None
@@ -95,7 +101,9 @@ def broken() -> str:
 
 @pytest.fixture
 def app(settings, io_loop, broken):
-    backend = {"backend": BrokenBackend(), "describe": BrokenBackend(describe_raises=True)}.get(broken)
+    backend = {"backend": BrokenBackend(), "describe": BrokenBackend(describe_raises=True),
+               "keyed": BrokenBackend(detail=KEYED_DETAIL),
+               "keyed-describe": BrokenBackend(describe_raises=True, detail=KEYED_DETAIL)}.get(broken)
     services = build_services(settings, backend=backend)
     if broken == "tracker":
         services.tracker = BrokenTracker(services.tracker)
@@ -183,3 +191,37 @@ async def test_an_uncaught_exception_in_a_handler_is_a_clean_500(broken, base_ur
     _assert_server_error(error_of(response))
     assert _leaks(response.body.decode()) == []
     _assert_clean_log(caplog)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize(
+    ("broken", "path", "body"),
+    [("keyed", "/v1/chat/completions", {"messages": MESSAGES, "stream": True}),  # the chat handler's catch
+     ("keyed", "/chat/completions", {"messages": MESSAGES}),
+     ("keyed-describe", "/healthz", None)],  # what escapes a handler (ApiHandler.log_exception)
+)
+async def test_a_bug_is_logged_on_one_line_without_traceback_or_the_configured_key(
+    broken, base_url, settings, log_format, path, body
+):
+    # The server's log handler, as main() configures it (the configured keys are its secrets).
+    stream = io.StringIO()
+    root = logging.getLogger()
+    kept, level = list(root.handlers), root.level
+    handler = logs.configure(log_format, "debug", stream=stream,
+                             secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token))
+    try:
+        response = await post_json(base_url, body, path=path, method="POST" if body else "GET", headers=AUTH)
+    finally:
+        root.removeHandler(handler)
+        for old in kept:
+            root.addHandler(old)
+        root.setLevel(level)
+    assert response.code == 500
+    text = stream.getvalue()
+    assert "Traceback" not in text and 'File "' not in text and UPSTREAM_KEY not in text
+    [bug] = [line for line in text.splitlines() if "RuntimeError" in line]  # one line holds the bug
+    assert "ERROR" in bug and "client built with api_key=*** failed" in bug
+    assert "tests/test_internal_errors.py:" in bug and (" in describe" in bug or " in complete" in bug
+                                                      or " in stream" in bug)
+    if log_format == "json":
+        assert orjson.loads(bug)["exc_type"] == "RuntimeError"

@@ -174,8 +174,9 @@ def test_json_formatter_fields_redaction_and_exceptions():
     assert "\n" not in line
     record = orjson.loads(line)
     assert "request_id" not in record  # outside any request
-    assert record["exc_type"] == "ValueError" and "boom" in record["traceback"]
-    assert "super-secret-value" not in record["traceback"]
+    assert record["exc_type"] == "ValueError" and record["exception"].startswith("ValueError: boom ***")
+    assert "super-secret-value" not in record["exception"] and "Traceback" not in line
+    assert "tests/test_logs.py:" in record["exception"] and "test_json_formatter_fields" in record["exception"]
 
 
 def test_text_format_names_the_request_in_brackets():
@@ -203,3 +204,40 @@ def test_log_format_is_checked_at_start(tmp_path: Path):
         load_settings([], environ={"LOG_FORMAT": "xml"}, env_file=None)
     with pytest.raises(ConfigError, match="METRICS_PUBLIC"):
         load_settings([], environ={"METRICS_PUBLIC": "false"}, env_file=None)
+
+
+def _deep(depth: int, message: str) -> None:
+    if depth:
+        _deep(depth - 1, message)
+    try:
+        {}["missing"]
+    except KeyError:
+        raise RuntimeError(message)  # noqa: B904 (raised while handling the KeyError, on purpose)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_an_exception_is_one_bounded_redacted_line_with_its_innermost_frames(log_format):
+    secret = "configured-upstream-key-0123456789"
+    try:
+        _deep(20, f"failed with {secret} and sk-keyshaped12345678 then\nTraceback (most recent call last):"
+                  + "x" * 5000)
+    except RuntimeError as exc:
+        error = exc
+    stream = io.StringIO()
+    handler = logs.configure(log_format, "info", secrets=(secret,), stream=stream)
+    try:
+        logging.getLogger("iss_llm.test").error("request failed", exc_info=error)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    line = lines[0]
+    text = orjson.loads(line)["exception"] if log_format == "json" else line.split(logs.EXCEPTION_MARK, 1)[1]
+    assert logs.logged_exceptions(stream.getvalue() + "a line without one\n") == 1
+    assert text.startswith("RuntimeError: failed with *** and *** then\\nTraceback")
+    assert secret not in line and "sk-keyshaped" not in line
+    assert "x" * (logs.MAX_EXCEPTION_MESSAGE + 1) not in line and len(line) < 2000  # bounded
+    frames = text.split(" at ", 1)[1].split("; from ")[0].split(" > ")
+    assert frames[0] == "…" and len(frames) == logs.MAX_FRAMES + 1  # the innermost MAX_FRAMES, innermost last
+    assert frames[-1].startswith("tests/test_logs.py:") and frames[-1].endswith(" in _deep")
+    assert text.endswith("; from KeyError: 'missing'")  # what it was raised while handling

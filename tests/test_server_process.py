@@ -15,10 +15,18 @@ import orjson
 import pytest
 
 from bench.procs import lost_in_log
+from services.logs import logged_exceptions
 from tests.conftest import ROOT, UPSTREAM_KEY, open_stream
 from tests.fakes.openai_upstream import FakeUpstream
 
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
+
+
+def lost(text: str) -> dict[str, int]:
+    """bench.procs.lost_in_log, and the lines that logged an exception (one line each, no "Traceback")."""
+    found = lost_in_log(text)
+    exceptions = logged_exceptions(text)
+    return {**found, "logged exception": exceptions} if exceptions else found
 
 
 def _free_port() -> int:
@@ -78,9 +86,9 @@ class ServerProcess:
         return code
 
     def assert_clean_output(self) -> None:
-        """Nothing the server printed is a traceback or an error asyncio says no code handled."""
+        """Nothing the server printed is an exception or an error asyncio says no code handled."""
         text = "".join(self.output)
-        assert not lost_in_log(text), f"{lost_in_log(text)} in the server's output:\n{text}"
+        assert not lost(text), f"{lost(text)} in the server's output:\n{text}"
 
     def kill(self) -> None:
         if self.process and self.process.returncode is None:
