@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
@@ -137,3 +138,27 @@ async def test_passes_endpoint_bad_values_are_400s_naming_the_parameter(base_url
         assert error["code"] == code
     if query == "place=Atlantis":
         assert "Atlantis" in error["message"]
+
+
+def test_pass_times_are_whole_seconds_whatever_the_start_s_fraction():
+    observer = PLACES.find("Paris")
+    start = ELEMENTS.epoch.replace(microsecond=0) + timedelta(seconds=0.734521)
+    passes = find_passes(lambda when: teme_state(ELEMENTS.satrec, when)[0], observer, start, 10.0, 10.0, limit=80)
+    assert passes and any(item.visible for item in passes)
+    for item in passes:
+        moments = [item.rise, item.culmination, item.set, item.visible_from, item.visible_until]
+        assert all(when is None or when.microsecond == 0 for when in moments), item
+        assert item.rise < item.culmination < item.set
+
+
+async def test_passes_endpoint_gives_whole_seconds_in_every_time(base_url):
+    response = await _get(base_url, "/iss/passes?place=Paris&days=3&limit=5&visible_only=false")
+    assert response.code == 200
+    body = orjson.loads(response.body)
+    assert body["passes"]
+    whole = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)$")
+    assert whole.match(body["from"]), body["from"]
+    for item in body["passes"]:
+        for key in ("rise", "culmination", "set", "visible_from", "visible_until"):
+            if item[key] is not None:
+                assert whole.match(item[key]["utc"]) and whole.match(item[key]["local"]), (key, item[key])

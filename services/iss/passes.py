@@ -122,7 +122,7 @@ def _golden_max(f: Callable[[datetime], float], low: datetime, high: datetime) -
             a = x1
         else:
             b = x2
-    return low + timedelta(seconds=round((a + b) / 2))
+    return _whole_second(low + timedelta(seconds=(a + b) / 2))
 
 
 def _crossing(f: Callable[[datetime], float], peak: datetime, direction: int, limit: float) -> datetime:
@@ -139,7 +139,12 @@ def _crossing(f: Callable[[datetime], float], peak: datetime, direction: int, li
             inside = middle
         else:
             outside = middle
-    moment = inside + (outside - inside) / 2
+    return _whole_second(inside + (outside - inside) / 2)
+
+
+def _whole_second(moment: datetime) -> datetime:
+    """`moment` to the nearest second: every time a pass gives (rise, culmination, set, visibility) is
+    whole seconds, whatever fraction of a second the search started at."""
     return moment.replace(microsecond=0) + timedelta(seconds=1 if moment.microsecond >= 500_000 else 0)
 
 
@@ -149,7 +154,7 @@ def _describe(sky: _Sky, rise: datetime, peak: datetime, set_: datetime, peak_el
     count = max(2, int(span // _VISIBLE_STEP_S) + 1)
     observer = sky.observer
     for index in range(count + 1):
-        when = rise + timedelta(seconds=min(span, index * span / count))
+        when = rise + timedelta(seconds=min(span, round(index * span / count)))
         if sun_elevation_deg(observer.latitude, observer.longitude, when) > DARK_SUN_ELEVATION:
             continue
         _, _, r = sky.look(when)

@@ -81,7 +81,8 @@ class IssQueries:
         if orbit is None:
             raise ApiError(503, "Passes are unavailable: no orbital elements are known.", type="server_error",
                            code="iss_unavailable")
-        start = start or datetime.now(UTC)
+        # Whole seconds, like every time a pass gives: the request's microseconds are no one's business.
+        start = (start or datetime.now(UTC)).replace(microsecond=0)
         key = (observer.latitude, observer.longitude, days, min_elevation, orbit.basis, visible_only, limit)
         cached = self._passes_cache.get(key)
         now = asyncio.get_running_loop().time()
