@@ -194,7 +194,7 @@ class ChatHandler(BoundedBodyHandler):
             return self._ended_early()
         messages = request.messages
         if self.config.iss_inject != "off":
-            block = iss_block(state)
+            block = iss_block(state, crew=self.tracker.crew())  # the crew as last fetched: never waits
             exchange.iss(block, state.to_dict() if state is not None else None)
             messages = inject(messages, block, self.config.iss_inject)
         params = {**request.params, "model": model, "messages": messages}

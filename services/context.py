@@ -6,23 +6,29 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from services.iss.describe import describe_state
+from services.iss.crew import Crew
+from services.iss.describe import describe_crew, describe_state
 from services.iss.state import IssState
 
 BLOCK_START = "[ISS live data]"
 BLOCK_END = "[/ISS live data]"
 
 
-def iss_block(state: IssState | None, now: datetime | None = None) -> str:
-    """The short, clearly delimited text a model reads about the station right now."""
+def iss_block(state: IssState | None, now: datetime | None = None, crew: Crew | None = None) -> str:
+    """The short, clearly delimited text a model reads about the station right now: its position,
+    and who is aboard when a usable crew list is at hand (one line, a few names)."""
+    now = now or datetime.now(UTC)
     if state is None:
-        moment = (now or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%S UTC")
+        moment = now.strftime("%Y-%m-%d %H:%M:%S UTC")
         body = (
             f"The ISS position is unavailable right now ({moment}): no source answered. "
             "Say so if asked; do not guess a position."
         )
     else:
         body = describe_state(state)
+    aboard = describe_crew(crew, now)
+    if aboard:
+        body = f"{body} {aboard}"
     return f"{BLOCK_START} {body} {BLOCK_END}"
 
 

@@ -60,3 +60,16 @@ def test_text_chunks_fold_back_into_a_completion():
 def test_redact_removes_configured_secrets_and_key_shapes():
     text = redact_text("bad key my-server-secret and sk-abcdefghijklmnop", ["my-server-secret"])
     assert "my-server-secret" not in text and "sk-abcdefghijklmnop" not in text
+
+
+def test_crew_line_only_for_a_usable_list_that_names_someone():
+    from datetime import UTC, datetime, timedelta
+
+    from services.iss.crew import Crew
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    assert "Aboard the ISS (Open Notify's crew list, 2 h old): 1 person: Ana Vale." in iss_block(
+        None, now, Crew(("Ana Vale",), now - timedelta(hours=2)))
+    for crew in (None, Crew((), now), Crew(("<>[]",), now), Crew(("Ana Vale",), now - timedelta(days=7, seconds=1)),
+                 Crew(("Ana Vale",), now + timedelta(hours=1))):
+        assert "Aboard" not in iss_block(None, now, crew), crew

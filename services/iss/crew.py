@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,13 @@ from services.iss.sources import PeriodicSource, SourceError, get_text
 
 MAX_PEOPLE = 50
 MAX_NAME = 80
+# A list older than this is not read to a model as who is aboard now: visiting crews stay a week or
+# two, and at the default interval (6 h) a list this old means a month of failed refreshes... or a
+# server restarted from an old cache with no way out. /iss/crew and the iss_crew tool still give it,
+# with its age.
+USABLE_FOR = timedelta(days=7)
+# A fetch time this far ahead of the clock is a broken clock or cache, not a list to trust.
+_CLOCK_SLACK = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,10 @@ class Crew:
     names: tuple[str, ...]
     fetched_at: datetime
     source: str = "open-notify"
+
+    def usable(self, now: datetime) -> bool:
+        """Whether this list is recent enough to say who is aboard now (see USABLE_FOR)."""
+        return -_CLOCK_SLACK <= now - self.fetched_at <= USABLE_FOR
 
 
 def parse_astros(text: str, fetched_at: datetime) -> Crew:

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import re
+import unicodedata
+from datetime import datetime
 
-from services.iss.accuracy import round_km
+from services.iss.accuracy import age_words, round_km
+from services.iss.crew import Crew
 from services.iss.state import IssState
+
+# The crew line rides on every turn: a few names, each short, is what a model needs to answer
+# "who is up there?" (the iss_crew tool has the whole list).
+CREW_NAMES = 10
+CREW_NAME_CHARS = 40
+# What a person's name is made of; anything else in a name from outside (brackets that could close
+# the block, markup, control characters, emoji) is dropped before a model reads it.
+_NOT_NAME = re.compile(r"[^\w .'’-]|_")
 
 # Country names read with "the" in English ("over the United States", "over the Philippines").
 _THE = re.compile(
@@ -62,3 +73,24 @@ def describe_state(state: IssState) -> str:
     if conditions:
         first += "; " + ", ".join(conditions)
     return f"{first}. Source: {state.source}; {state.accuracy}."
+
+
+def _plain_name(name: str) -> str:
+    plain = " ".join(_NOT_NAME.sub(" ", unicodedata.normalize("NFC", name)).split())
+    return plain if len(plain) <= CREW_NAME_CHARS else plain[:CREW_NAME_CHARS - 1].rstrip() + "…"
+
+
+def describe_crew(crew: Crew | None, now: datetime) -> str | None:
+    """'Aboard the ISS (Open Notify's crew list, 5 h old): 3 people: A, B, C.', or None when the list is
+    unknown, too old to say who is aboard now (Crew.usable), or names nobody."""
+    if crew is None or not crew.usable(now):
+        return None
+    names = [plain for plain in (_plain_name(name) for name in crew.names) if plain]
+    if not names:
+        return None
+    shown = ", ".join(names[:CREW_NAMES])
+    if len(names) > CREW_NAMES:
+        shown += f" and {len(names) - CREW_NAMES} more"
+    people = "1 person" if len(names) == 1 else f"{len(names)} people"
+    age = age_words((now - crew.fetched_at).total_seconds())
+    return f"Aboard the ISS (Open Notify's crew list, {age} old): {people}: {shown}."
