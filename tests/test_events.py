@@ -295,6 +295,19 @@ def test_coalesce_merges_each_requests_tokens_and_keeps_the_order():
     assert events[1]["text"] == "1"  # the published events themselves are left alone
 
 
+def test_coalesce_never_moves_text_across_another_event_of_its_request():
+    events = [
+        {"type": "tokens", "id": "a", "text": "Let me "}, {"type": "tokens", "id": "a", "text": "check. "},
+        {"type": "tokens", "id": "b", "text": "x"}, {"type": "iss_tool", "id": "a", "name": "iss_crew"},
+        {"type": "tokens", "id": "b", "text": "y"}, {"type": "tokens", "id": "a", "text": "Seven"},
+        {"type": "tokens", "id": "a", "text": " people."},
+    ]
+    assert [(e["type"], e["id"], e.get("text")) for e in coalesce(events)] == [
+        ("tokens", "a", "Let me check. "), ("tokens", "b", "xy"), ("iss_tool", "a", None),
+        ("tokens", "a", "Seven people."),
+    ]
+
+
 def test_no_subscriber_means_no_batches():
     fanout = Fanout(10)
     fanout.publish(_request("a"))
@@ -372,3 +385,20 @@ async def test_ten_stuck_subscribers_share_one_bounded_backlog():
     assert all(reader.behind > 0 for reader in ten_readers)
     await one.close()
     await ten.close()
+
+
+def test_the_replay_keeps_each_tool_call_with_its_type_and_place_in_the_answer():
+    from services.events.replay import RequestLog
+
+    log = RequestLog(4, max_text_chars=10)
+    log.record({"type": "request", "id": "r1", "t": 1.0, "messages": []})
+    log.record({"type": "tokens", "id": "r1", "t": 1.1, "text": "Let me "})
+    log.record({"type": "iss_tool", "id": "r1", "t": 1.2, "name": "iss_passes", "arguments": "{}", "result": "{}",
+                "ok": True, "ms": 1.5, "round": 1})
+    log.record({"type": "tokens", "id": "r1", "t": 1.3, "text": "check: the answer"})
+    log.record({"type": "iss_tool", "id": "r1", "t": 1.4, "name": "iss_crew", "arguments": "{}", "result": "{}",
+                "ok": True, "ms": 0.5, "round": 2})
+    (record,) = log.snapshot()
+    assert record["text"] == "Let me che" and record["text_truncated"]
+    assert [(call["type"], call["name"], call["text_at"]) for call in record["tools"]] == [
+        ("iss_tool", "iss_passes", 7), ("iss_tool", "iss_crew", 10)]

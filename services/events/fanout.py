@@ -53,7 +53,8 @@ def encode(frame: dict[str, Any]) -> str:
 
 
 def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The events with each request's token events merged into its first one, order kept otherwise."""
+    """The events with each run of a request's token events merged into the run's first one; any other
+    event of that request (a tool call mid-answer) ends the run, so every request's events keep their order."""
     out: list[dict[str, Any]] = []
     parts: dict[int, list[str]] = {}
     first: dict[str, int] = {}
@@ -65,6 +66,8 @@ def coalesce(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             first[event["id"]] = len(out)
             parts[len(out)] = [event["text"]]
+        elif isinstance(event.get("id"), str):
+            first.pop(event["id"], None)
         out.append(event)
     for index, texts in parts.items():
         if len(texts) > 1:
