@@ -319,7 +319,7 @@
     card.append(sum, inner);
     rec.ui = { card: card, badge: badge, said: said, right: right, iss: iss, out: out, outcome: outcome };
     said.textContent = "“" + oneLine(lastUserText(rec), 120) + "”";
-    out.textContent = rec.text || "";
+    replayAnswer(rec);
     renderIss(rec);
     renderStatus(rec);
   }
@@ -424,6 +424,9 @@
   // The page keeps about twice the server's buffer, so a console left open for days stays light.
   const KEEP = 2 * (Number(body.dataset.buffer) || 100);
   const MAX_TEXT = 64 * 1024; // the server keeps no more of one answer either
+  const MAX_TOOLS = 20; // nor more of its tool calls
+  // The event type the table gives to pieces of the answer's text.
+  const TEXT_TYPE = Object.keys(ROLE_OF).find((type) => ROLE_OF[type] === "text");
 
   function forgetOldest() {
     while (model.requests.size > KEEP) {
@@ -468,24 +471,10 @@
         renderIss(target);
         break;
       }
-      case "text": {
-        if (!rec) return;
-        const have = (rec.text || "").length;
-        const piece = String(event.text || "").slice(0, Math.max(0, MAX_TEXT - have));
-        if (piece.length < String(event.text || "").length) rec.text_truncated = true;
-        if (!piece) return;
-        rec.text = (rec.text || "") + piece;
-        if (rec.ui) rec.ui.out.appendChild(document.createTextNode(piece));
+      case "text":
+      case "tool":
+        if (rec) addToAnswer(rec, event);
         break;
-      }
-      case "tool": {
-        // One of the layer's own tools, run for the model: never part of the caller's answer.
-        if (!rec) return;
-        const call = { name: event.name, arguments: event.arguments, result: event.result, ok: event.ok, ms: event.ms };
-        rec.tools = (rec.tools || []).concat([call]).slice(-20);
-        if (rec.ui) rec.ui.out.appendChild(el("div", "tool-call", toolLine(call)));
-        break;
-      }
       case "outcome":
         if (!rec) return;
         rec.status = event.type;
@@ -502,6 +491,50 @@
       default:
         break;
     }
+  }
+
+  // The answer's events (text, and the layer's own tool calls) go through here whether they arrive
+  // live or come back in a replayed record: one way to keep them and one way to draw them.
+  function addToAnswer(rec, event) {
+    const role = ROLE_OF[event.type];
+    if (role === "text") {
+      const have = (rec.text || "").length;
+      const piece = String(event.text || "").slice(0, Math.max(0, MAX_TEXT - have));
+      if (piece.length < String(event.text || "").length) rec.text_truncated = true;
+      if (!piece) return;
+      rec.text = (rec.text || "") + piece;
+      if (rec.ui) rec.ui.out.appendChild(document.createTextNode(piece));
+    } else if (role === "tool") {
+      // One of the layer's own tools, run for the model: never part of the caller's answer.
+      if ((rec.tools || []).length >= MAX_TOOLS) return; // the server keeps no more either
+      const call = {
+        type: event.type, name: event.name, arguments: event.arguments, result: event.result, ok: event.ok,
+        ms: event.ms, round: event.round, text_at: (rec.text || "").length,
+      };
+      rec.tools = (rec.tools || []).concat([call]);
+      if (rec.ui) rec.ui.out.appendChild(el("div", "tool-call", toolLine(call)));
+    }
+  }
+
+  // A record's answer so far (from the server's replay, or gathered before its card existed), drawn
+  // again as the events it was made of, each tool line where it came in the text.
+  function replayAnswer(rec) {
+    const text = String(rec.text || "");
+    const tools = Array.isArray(rec.tools) ? rec.tools : [];
+    const truncated = rec.text_truncated;
+    rec.text = "";
+    rec.tools = [];
+    if (rec.ui) rec.ui.out.replaceChildren();
+    let at = 0;
+    for (const call of tools) {
+      if (!call || typeof call !== "object") continue;
+      const upto = Math.min(text.length, Math.max(at, Number(call.text_at) || 0));
+      if (upto > at) addToAnswer(rec, { type: TEXT_TYPE, text: text.slice(at, upto) });
+      at = upto;
+      addToAnswer(rec, call);
+    }
+    if (at < text.length) addToAnswer(rec, { type: TEXT_TYPE, text: text.slice(at) });
+    if (truncated) rec.text_truncated = true;
   }
 
   function toolLine(call) {

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -324,4 +325,72 @@ async def test_a_long_open_page_keeps_only_recent_requests(overrides, http_serve
         cards = await page.locator(".req").count()
         assert cards == 6, cards
         assert await page.locator(".req", has_text="question 0").count() == 0
+        assert not page.problems, page.problems
+
+
+TOOL_XSS = "<img src=x onerror=window.__pwned='tool'>"
+
+
+async def test_the_layers_tool_lines_show_on_a_page_opened_later_as_they_did_live(
+    http_server, base_url, app, upstream
+):
+    upstream.scripted_tools = True
+    question = [{"role": "user", "content": "When can I see the ISS from Paris?"}]
+    # Before any page is open: only the replay on connect can show this request.
+    response = await post_json(base_url, {"model": "m", "stream": True, "messages": question},
+                               headers={"conversation-id": "conv-tool-before"})
+    assert response.code == 200 and upstream.requests == 2  # the tool's round, then the answer's
+    async with console_page(base_url) as page:
+        card = page.locator('.conv[data-key="c:conv-tool-before"] .req[data-status="done"]')
+        await card.wait_for()
+        lines = card.locator("pre.output .tool-call")
+        assert await lines.count() == 1
+        line = await lines.first.text_content()
+        assert line.startswith('[tool iss_passes({"place":"Paris"}) → {') and "Paris, France" in line, line
+        # The call came before any text of the answer, and stays there.
+        assert await card.locator("pre.output").text_content() == line + _streamed_text(response.body)
+
+        # Live, with text a model can be steered into writing as the tool's argument: a line drawn as
+        # it comes, and the very same one once the page is reloaded (replayed from the server's buffer).
+        hostile = {"model": "m", "stream": True, "messages": question, "x_fake": {"place": TOOL_XSS}}
+        assert (await post_json(base_url, hostile, headers={"conversation-id": "conv-tool-live"})).code == 200
+        output = page.locator('.conv[data-key="c:conv-tool-live"] .req[data-status="done"] pre.output')
+        await output.wait_for()
+        assert TOOL_XSS in await output.locator(".tool-call").text_content()
+        drawn_live = await output.inner_html()
+        await page.reload()
+        await page.wait_for_selector(".pill-ok")
+        await output.wait_for()
+        assert await output.inner_html() == drawn_live
+        assert await page.locator('.conv[data-key="c:conv-tool-before"] pre.output .tool-call').count() == 1
+
+        # A call in the middle of an answer (a model that speaks, then looks something up) is drawn
+        # where it came, live and replayed alike.
+        hub, now = app.services.hub, time.time()
+        hub.publish({"type": "request", "id": "req_mid", "t": now, "conversation_id": "conv-tool-mid",
+                     "messages": [{"role": "user", "content": "and who is aboard?"}], "params": {}})
+        hub.publish({"type": "tokens", "id": "req_mid", "t": now, "text": "Let me check. "})
+        hub.publish({"type": "iss_tool", "id": "req_mid", "t": now, "name": "iss_crew", "arguments": "{}",
+                     "result": '{"known": true}', "ok": True, "ms": 0.2, "round": 1})
+        hub.publish({"type": "tokens", "id": "req_mid", "t": now, "text": "Seven people."})
+        hub.publish({"type": "done", "id": "req_mid", "t": now})
+        mid = page.locator('.conv[data-key="c:conv-tool-mid"] .req[data-status="done"] pre.output')
+        await mid.wait_for()
+        drawn_live = await mid.inner_html()
+        assert drawn_live == ('Let me check. <div class="tool-call">[tool iss_crew({}) → {"known": true} · 0.2 ms]'
+                              "</div>Seven people.")
+        await page.reload()
+        await page.wait_for_selector(".pill-ok")
+        await mid.wait_for()
+        assert await mid.inner_html() == drawn_live
+
+        # Text only: no element but the lines themselves, and nothing from the data ran.
+        assert await page.locator("#feed pre.output *").count() == await page.locator("#feed .tool-call").count() == 3
+        assert await page.locator("#feed :is(img, script, svg)").count() == 0
+        pwned = await page.evaluate(
+            """() => new Promise(done => { const probe = new Image();
+                 probe.onerror = () => done(window.__pwned === undefined ? null : String(window.__pwned));
+                 probe.src = '/healthz?probe'; })"""
+        )
+        assert pwned is None, f"script from a tool line ran: {pwned}"
         assert not page.problems, page.problems

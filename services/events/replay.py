@@ -63,7 +63,10 @@ class RequestLog:
         elif role == "tool":
             tools = record.setdefault("tools", [])
             if len(tools) < MAX_TOOL_EVENTS:
-                tools.append({k: event.get(k) for k in ("name", "arguments", "result", "ok", "ms", "round")})
+                # Its type (the page reads it through the one table, as a live event) and where it
+                # fell in the answer: the characters of text kept before it.
+                call = {k: event.get(k) for k in ("name", "arguments", "result", "ok", "ms", "round")}
+                tools.append({"type": kind, **call, "text_at": self._text_len.get(rid, 0)})
         elif role == "outcome":
             record["status"] = kind
             record["outcome"] = {k: v for k, v in event.items() if k not in ("type", "id")}

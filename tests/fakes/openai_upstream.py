@@ -39,10 +39,11 @@ Hostile upstreams (each `bytes` is a size in bytes):
 
 Tools: the layer's own (named iss_*) are never called unless `scripted_tools` is set; a caller's
 tool (any other name) is called as before. With `scripted_tools`, a question "... from <Place>?"
-offered iss_passes is answered in two rounds, like a real model: first a call to iss_passes (and to
-the caller's first tool, when there is one, in the same turn); then, with the tool's result in the
-conversation, the rise times it gave as content (and the caller's tool called again). With
-`refuse_tools`, a request offering iss_* tools is refused with a 400, as some servers do.
+(or any text in `x_fake.place`) offered iss_passes is answered in two rounds, like a real model:
+first a call to iss_passes (and to the caller's first tool, when there is one, in the same turn);
+then, with the tool's result in the conversation, the rise times it gave as content (and the
+caller's tool called again). With `refuse_tools`, a request offering iss_* tools is refused with a
+400, as some servers do.
 
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
@@ -350,7 +351,8 @@ class FakeUpstream:
         if not results:
             question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
             match = re.search(r"from ([A-Z][\w ,]*?)\?", str(question))
-            place = orjson.dumps({"place": match[1] if match else "Paris"}).decode()
+            asked = (body.get("x_fake") or {}).get("place")  # any text, as a model could be steered to write
+            place = orjson.dumps({"place": asked or (match[1] if match else "Paris")}).decode()
             events += call(0, "call_passes", "iss_passes", place)
             if caller_tools:
                 events += call(1, "call_caller", caller_tools[0]["function"]["name"], '{"note": "first"}')
