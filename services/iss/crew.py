@@ -15,9 +15,8 @@ from services.iss.sources import PeriodicSource, SourceError, get_text
 MAX_PEOPLE = 50
 MAX_NAME = 80
 # A list older than this is not read to a model as who is aboard now: visiting crews stay a week or
-# two, and at the default interval (6 h) a list this old means a month of failed refreshes... or a
-# server restarted from an old cache with no way out. /iss/crew and the iss_crew tool still give it,
-# with its age.
+# two, and a list this old means a week of failed refreshes (28 at the default 6 h) or a server
+# started on an old disk cache. /iss/crew and the iss_crew tool still give it, with its age.
 USABLE_FOR = timedelta(days=7)
 # A fetch time this far ahead of the clock is a broken clock or cache, not a list to trust.
 _CLOCK_SLACK = timedelta(minutes=5)
