@@ -115,6 +115,11 @@ class Services:
         await self.tracker.start()
         await self.metrics.start()
 
+    async def drain(self) -> None:
+        """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""
+        if self.iss_lease is not None:
+            await self.iss_lease.resign()
+
     async def close(self) -> None:
         await self.metrics.close()
         await self.station.close()
@@ -306,6 +311,7 @@ async def serve(
     log.info("shutting down: no new connections, %d stream(s) in flight", inflight.count)
     inflight.draining = True
     server.stop()
+    await services.drain()
     idle = asyncio.ensure_future(inflight.wait_idle(settings.drain_timeout))
     hurried = asyncio.ensure_future(hurry.wait())
     await asyncio.wait({idle, hurried}, return_when=asyncio.FIRST_COMPLETED)

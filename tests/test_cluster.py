@@ -11,7 +11,7 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.conftest import UPSTREAM_KEY
+from tests.conftest import UPSTREAM_KEY, open_stream
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
 from tests.test_workers import serving, wait_until
 
@@ -219,3 +219,74 @@ async def test_a_cluster_of_three_polls_open_notify_once_per_interval_and_the_le
     finally:
         server.kill()
         await fakes.close()
+
+
+async def test_a_draining_lease_holder_gives_the_lease_up_at_once_and_never_takes_it_back(
+    io_loop, paced_upstream, tmp_path, redis_server
+):
+    import psutil
+    import redis.asyncio as redis
+
+    from tests.support import connection_owner
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+             REDIS_URL=redis_server.url, DRAIN_TIMEOUT="120"),
+        "--port", str(port), "--workers", "3",
+    )
+    store = redis.Redis.from_url(redis_server.url)
+    streams: list[asyncio.StreamWriter] = []
+
+    async def lease_pid() -> int | None:
+        """The pid in the lease's value ("host:pid:nonce"), read from Redis itself."""
+        value = await store.get("iss_llm:iss:lease")
+        return int(value.decode().split(":")[-2]) if value else None
+
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 3, 30, "three workers serving")
+        workers = serving(server)
+        deadline = time.monotonic() + 15
+        while (holder := await lease_pid()) not in workers:
+            assert time.monotonic() < deadline, f"no worker took the lease: {holder}"
+            await asyncio.sleep(0.05)
+        # A stream the holder is serving, so its drain lasts until this test ends it.
+        slow = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 5000, "gap": 0.02}}
+        held = None
+        for _ in range(60):
+            reader, writer, _ = await open_stream(base, slow)
+            streams.append(writer)
+            if connection_owner(writer, workers) == holder:
+                held = reader
+                break
+        assert held is not None, "no stream landed on the lease holder"
+
+        psutil.Process(holder).terminate()  # SIGTERM: this worker drains
+        await server.wait_for_line("gave up the polling lease", timeout=15)
+        # Another live worker takes the lease within seconds (while the old holder drains: a worker
+        # that went on renewing it would keep it for the whole drain)...
+        deadline = time.monotonic() + 15
+        while (now := await lease_pid()) in (None, holder):
+            assert time.monotonic() < deadline, f"the lease did not move on (held by {now})"
+            await asyncio.sleep(0.05)
+        assert now in workers - {holder}
+        # ...and the draining worker, still serving its stream, never holds it again.
+        assert psutil.pid_exists(holder) and await asyncio.wait_for(held.read(65536), 10)
+        for _ in range(60):  # 3 s: three renewal periods
+            assert await lease_pid() != holder
+            await asyncio.sleep(0.05)
+        # The stream ends (its caller leaves), the drain with it; the worker exits and is replaced.
+        for writer in streams:
+            writer.close()
+        streams.clear()
+        await server.wait_for_line(f"(pid {holder}) died", timeout=30)
+        assert await lease_pid() != holder
+        assert await stopped(server) == 0
+        server.assert_clean_output()
+    finally:
+        for writer in streams:
+            writer.close()
+        await store.aclose()
+        server.kill()

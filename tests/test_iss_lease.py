@@ -80,3 +80,46 @@ async def test_without_redis_every_worker_polls_on_its_own():
     await _until(lambda: feed._warned, 5, "no failed attempt")
     assert not feed.connected and feed.may_poll() and feed.may_fetch_elements()
     await feed.close()
+
+
+async def test_a_resigning_holder_gives_the_lease_up_at_once_and_never_takes_it_again(redis_server):
+    import redis.asyncio as redis
+
+    received: dict[str, list] = {}
+    # A lease that would outlive the test: only a release can hand it on within its bounds.
+    feeds = [RedisIssFeed(redis_server.url, f"w{i}", tle_interval=7200.0, prefix="test:iss", lease_ttl=60.0)
+             for i in range(3)]
+    for feed in feeds:
+        received[feed.worker] = []
+        feed.attach(received[feed.worker].append, received[feed.worker].append)
+        await feed.start()
+    store = redis.Redis.from_url(redis_server.url)
+    try:
+        await _until(lambda: sum(f.holder for f in feeds) == 1 and all(f.connected for f in feeds), 10, "one holder")
+        holder = next(f for f in feeds if f.holder)
+        others = [f for f in feeds if f is not holder]
+        assert (await store.get(holder.lease_key)).decode() == holder._me
+
+        await holder.resign()  # what a worker does when its drain begins
+        assert not holder.holder and not holder.may_poll() and not holder.may_fetch_elements()
+        await _until(lambda: sum(f.holder for f in others) == 1, 10, "no other worker took the lease")
+        new_holder = next(f for f in others if f.holder)
+        # The resigned worker stays connected but never takes the lease again, even when it is
+        # free: the others resign in turn, and the lease stays with no one.
+        await new_holder.resign()
+        last = next(f for f in others if f is not new_holder)
+        await _until(lambda: last.holder, 10, "the last worker did not take the lease")
+        now = datetime.now(UTC)
+        fix = Fix("open-notify", 1.0, 2.0, now, now, altitude_km=420.0)
+        last.fetched_fix(fix)
+        await _until(lambda: received[holder.worker] == [fix], 5, "a resigned worker no longer hears the fixes")
+        await last.resign()
+        for _ in range(3):  # three renewal periods in which a free lease could have been taken
+            await asyncio.sleep(holder.renew_every)
+            assert await store.get(holder.lease_key) is None
+            assert not any(f.holder for f in feeds) and holder.connected
+    finally:
+        await store.aclose()
+        for feed in feeds:
+            await feed.close()
+    assert all(not f.holder for f in feeds)

@@ -2,8 +2,10 @@
 
 The lease is a key set with NX and a short expiry, renewed by its holder (a compare-and-extend
 script); the others try to take it each renewal period, so it moves within a few seconds of its
-holder's death. While this worker cannot reach Redis there is no lease to be had: it polls on its
-own, at its own pace. CelesTrak's rule holds for the whole cluster: each attempt is recorded in
+holder's death. A worker that begins to drain resigns: it gives the lease up at once (a
+compare-and-delete, so never another's) and never takes or renews it again, so a live worker polls
+within a renewal period. While this worker cannot reach Redis there is no lease to be had: it polls
+on its own, at its own pace. CelesTrak's rule holds for the whole cluster: each attempt is recorded in
 Redis (10 minutes, the retry after a failure), each success for the full refresh interval, and no
 worker asks while the record stands.
 """
@@ -111,6 +113,9 @@ class RedisIssFeed:
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_OUTGOING)
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._resigned = False  # draining or closed: never take or renew the lease again
+        self._lease_lock = asyncio.Lock()  # one lease command at a time: none in flight past resign()
+        self._commands: redis.Redis | None = None  # the link the lease loop uses, while connected
         self._backoff = Backoff()
         self._warned = False
         self._first_round = asyncio.Event()  # set once the lease was tried (or Redis failed)
@@ -123,9 +128,11 @@ class RedisIssFeed:
     # ---- what the tracker asks (synchronous, from what the background loop last saw) ----
 
     def may_poll(self) -> bool:
-        return self.holder or not self.connected
+        return not self._resigned and (self.holder or not self.connected)
 
     def may_fetch_elements(self) -> bool:
+        if self._resigned:
+            return False
         if not self.connected:
             return True
         if not self.holder or time.time() < self._celestrak_blocked_until:
@@ -158,8 +165,30 @@ class RedisIssFeed:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._first_round.wait(), 3 * self.timeout)
 
+    async def resign(self) -> None:
+        """This worker is draining: give the lease up now (only if it is still ours) and never take or
+        renew it again; fixes from the new holder still arrive. Returns once no lease command of this
+        worker is in flight (each is bounded by the timeout)."""
+        self._resigned = True
+        async with self._lease_lock:
+            commands = self._commands
+            self.holder = False
+            if commands is None:
+                return  # not connected: whatever Redis holds for this worker expires on its own
+            # Even when this worker does not think it holds the lease: a take whose answer was lost
+            # (timed out) may have set it. The script deletes it only while it is still ours.
+            try:
+                released = await asyncio.wait_for(
+                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
+            except UNAVAILABLE as exc:
+                log.info("ISS: could not give up the polling lease (%s); it expires on its own", describe(exc))
+                return
+            if released:
+                log.info("ISS: this worker gave up the polling lease (shutting down)")
+
     async def close(self) -> None:
         self._closed = True
+        await self.resign()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -180,6 +209,7 @@ class RedisIssFeed:
                 await asyncio.wait_for(pubsub.subscribe(self.channel), self.timeout)
                 await self._load_elements(commands)
                 self.connected = True
+                self._commands = commands
                 self._backoff.reset()
                 if self._warned:
                     log.info("ISS: cluster link back (Redis at %s): polling by lease again", where(self.url))
@@ -189,9 +219,6 @@ class RedisIssFeed:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
-            except asyncio.CancelledError:
-                await self._give_up_lease(commands)
-                raise
             except UNAVAILABLE as exc:
                 self._first_round.set()
                 if not self._warned:
@@ -200,6 +227,7 @@ class RedisIssFeed:
                     self._warned = True
             finally:
                 self.connected = False
+                self._commands = None
                 self.holder = False
                 for task in tasks:
                     task.cancel()
@@ -209,12 +237,6 @@ class RedisIssFeed:
                     with contextlib.suppress(Exception):
                         await connection.aclose()
             await asyncio.sleep(self._backoff.next())
-
-    async def _give_up_lease(self, commands: redis.Redis) -> None:
-        if self.holder:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
 
     async def _load_elements(self, commands: redis.Redis) -> None:
         raw = await asyncio.wait_for(commands.get(self.elements_key), self.timeout)
@@ -227,18 +249,8 @@ class RedisIssFeed:
     async def _lease_loop(self, commands: redis.Redis) -> None:
         ttl_ms = int(self.lease_ttl * 1000)
         while True:
-            if self.holder:
-                kept = await asyncio.wait_for(
-                    commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
-                if not kept:
-                    self.holder = False
-                    log.warning("ISS: lost the polling lease")
-            if not self.holder:
-                taken = await asyncio.wait_for(
-                    commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
-                if taken:
-                    self.holder = True
-                    log.info("ISS: this worker polls the ISS sources for the cluster")
+            async with self._lease_lock:
+                await self._hold_lease(commands, ttl_ms)
             leader = await asyncio.wait_for(commands.get(self.lease_key), self.timeout)
             self.leader = leader.decode(errors="replace").rsplit(":", 1)[0] if leader else None
             left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
@@ -246,6 +258,22 @@ class RedisIssFeed:
                 self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
             self._first_round.set()
             await asyncio.sleep(self.renew_every)
+
+    async def _hold_lease(self, commands: redis.Redis, ttl_ms: int) -> None:
+        """Renew the lease if ours, else try to take it; nothing once this worker has resigned."""
+        if self._resigned:
+            return
+        if self.holder:
+            kept = await asyncio.wait_for(
+                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
+            if not kept:
+                self.holder = False
+                log.warning("ISS: lost the polling lease")
+        if not self.holder:
+            taken = await asyncio.wait_for(commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
+            if taken:
+                self.holder = True
+                log.info("ISS: this worker polls the ISS sources for the cluster")
 
     async def _listen(self, pubsub: Any) -> None:
         while True:
