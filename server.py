@@ -265,6 +265,20 @@ async def serve(
             log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
             await services.close()
             return 1
+    # Before anything is started or announced: a SIGTERM from here on drains and stops cleanly (a
+    # supervisor may send one as soon as it reads the start-up line, or while the start waits on Redis).
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.warning("second signal: ending the remaining streams now")
+            hurry.set()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a worker starts with it held
     await services.start()
     # Start-up objects (modules, geography, the app) never die: move them out of the collector's
     # sight so full collections scan only what requests create. Raising the thresholds as well
@@ -283,17 +297,6 @@ async def serve(
              ", lowered to fit the open-file limit" if cap < settings.max_connections else "", open_files,
              open_files_hard)
 
-    stop, hurry = asyncio.Event(), asyncio.Event()
-
-    def on_signal() -> None:
-        if stop.is_set():
-            log.warning("second signal: ending the remaining streams now")
-            hurry.set()
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
     orphan_watch = None
     if parent is not None:
         def check_parent() -> None:
@@ -382,14 +385,17 @@ def run_workers(settings: Settings, count: int) -> int:
         log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
         return 1
     parent = os.getpid()
-    announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend_line(settings), count)
-    if not settings.redis_url:
-        # Logged once, here in the parent: the workers share nothing without Redis.
-        log.warning(
-            "%d workers without REDIS_URL: each worker's console shows only the requests that worker served, "
-            "and each worker polls the ISS sources itself (%d times the polls on Open Notify, wheretheiss.at "
-            "and CelesTrak). Set REDIS_URL for one console and one poller.", count, count,
-        )
+
+    def before_fork() -> None:  # the supervisor's signal handlers are in place
+        announce(settings, sockets[0].getsockname()[1], settings.console_token or "", backend_line(settings), count)
+        if not settings.redis_url:
+            # Logged once, here in the parent: the workers share nothing without Redis.
+            log.warning(
+                "%d workers without REDIS_URL: each worker's console shows only the requests that worker served, "
+                "and each worker polls the ISS sources itself (%d times the polls on Open Notify, wheretheiss.at "
+                "and CelesTrak). Set REDIS_URL for one console and one poller.", count, count,
+            )
+        before_workers(settings)
 
     def work(index: int) -> int:
         code = asyncio.run(serve(settings, sockets, parent=parent))
@@ -398,7 +404,7 @@ def run_workers(settings: Settings, count: int) -> int:
 
     supervisor = Supervisor(
         count, work, sockets,
-        Hooks(before_fork=lambda: before_workers(settings), worker_exited=lambda pid: worker_exited(settings, pid)),
+        Hooks(before_fork=before_fork, worker_exited=lambda pid: worker_exited(settings, pid)),
     )
     chosen_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     try:

@@ -45,7 +45,9 @@ class _Slot:
 
 
 class Supervisor:
-    """Runs `work(index)` in `count` forked workers until a signal asks them all to stop."""
+    """Runs `work(index)` in `count` forked workers until a signal asks them all to stop.
+
+    `work` starts with SIGTERM blocked and unblocks it once it handles it (a drain)."""
 
     def __init__(
         self,
@@ -64,11 +66,13 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers, keep them running, drain them on a signal; the exit code."""
-        self.hooks.before_fork()
+        # First: a signal from here on (one sent as soon as the start-up line is read) stops cleanly.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self.hooks.before_fork()
         for slot in self.slots:
-            self._start(slot)
+            if not self._stopping:
+                self._start(slot)
         failed = False
         while any(slot.pid for slot in self.slots) or not self._stopping:
             self._reap()
@@ -101,6 +105,9 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
+                # Held until `work` can drain on it (it unblocks SIGTERM then): one sent while the
+                # worker starts would otherwise kill it, and the parent would exit 1.
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 # Ctrl-C reaches the whole process group: the parent alone turns it into one SIGTERM.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+from pathlib import Path
 
 import psutil
 
@@ -16,3 +18,16 @@ def connection_owner(writer: asyncio.StreamWriter, pids: set[int]) -> int:
             if conn.raddr and conn.raddr.port == local_port:
                 return pid
     return 0
+
+
+def sigterm_reached(pid: int) -> bool:
+    """A SIGTERM sent to this process is pending in it (blocked, or the process is frozen), or it has
+    already ended it."""
+    try:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (psutil.NoSuchProcess, FileNotFoundError):
+        return True
+    pending = [int(line.split(":")[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in pending)

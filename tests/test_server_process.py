@@ -242,3 +242,76 @@ async def test_curl_sees_each_event_as_it_is_sent(base_url, upstream):
     finally:
         if curl.returncode is None:
             curl.kill()
+
+
+async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
+    # A Redis that accepts connections and never answers holds the start (the ISS lease waits for
+    # its first answer). The server is frozen the moment it connects, signalled, and let go: the
+    # SIGTERM lands while it is starting, and it must stop as it does once serving, exit 0.
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    redis = await asyncio.start_server(silent, "127.0.0.1", 0)
+    redis_port = redis.sockets[0].getsockname()[1]
+    server = ServerProcess(_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0"), "--port", str(_free_port()))
+    await server.start()
+    try:
+        await asyncio.wait_for(connected.wait(), 60)
+        server.process.send_signal(signal.SIGSTOP)
+        server.terminate()
+        server.process.send_signal(signal.SIGCONT)
+        assert await server.stop() == 0, "".join(server.output)
+        assert any("stopped" in line for line in server.output), "".join(server.output)
+        server.assert_clean_output()
+    finally:
+        server.kill()
+        for writer in held:
+            writer.close()
+        redis.close()
+
+
+async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path):
+    # The same with workers: the parent is signalled while both are still starting (frozen as
+    # they wait on the silent Redis); each must drain and exit 0 rather than die by the signal.
+    import psutil
+
+    from tests.support import sigterm_reached
+    from tests.test_workers import wait_until
+
+    connected = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        connected.set()
+
+    redis = await asyncio.start_server(silent, "127.0.0.1", 0)
+    redis_port = redis.sockets[0].getsockname()[1]
+    server = ServerProcess(_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0"),
+                           "--port", str(_free_port()), "--workers", "2")
+    await server.start()
+    try:
+        await asyncio.wait_for(connected.wait(), 60)
+        parent = psutil.Process(server.process.pid)
+        workers = parent.children()
+        assert len(workers) == 2
+        for worker in workers:
+            worker.suspend()
+        server.terminate()
+
+        # The parent passes the signal on: it waits, pending, in each frozen worker.
+        await wait_until(lambda: all(sigterm_reached(w.pid) for w in workers), 30, "SIGTERM not passed on")
+        for worker in workers:
+            worker.resume()
+        assert await server.stop() == 0, "".join(server.output)
+        assert not any("died" in line or "exit -15" in line for line in server.output), "".join(server.output)
+        server.assert_clean_output()
+    finally:
+        server.kill()
+        for writer in held:
+            writer.close()
+        redis.close()

@@ -147,3 +147,55 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_w
         server.assert_clean_output()
     finally:
         server.kill()
+
+
+SUPERVISED = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from services.supervisor import Supervisor
+
+go = Path(sys.argv[1])
+
+def work(index):
+    (go.parent / "started").write_text(str(os.getpid()))
+    while not go.exists():  # still starting: no handler for SIGTERM yet
+        time.sleep(0.01)
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    deadline = time.monotonic() + 30
+    while not asked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return 0 if asked else 3
+
+sys.exit(Supervisor(1, work, []).run())
+"""
+
+
+def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.support import sigterm_reached
+
+    go = tmp_path / "go"
+    parent = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(go), str(ROOT)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
+            time.sleep(0.02)
+        worker = int((tmp_path / "started").read_text())
+        parent.send_signal(signal.SIGTERM)
+        while not sigterm_reached(worker):
+            assert time.monotonic() < deadline, "the parent did not pass SIGTERM on"
+            time.sleep(0.02)
+        go.touch()
+        # Held until the worker could handle it, not death by signal (the parent's exit would be 1).
+        assert parent.wait(60) == 0
+    finally:
+        parent.kill()
+        parent.wait(10)
