@@ -248,6 +248,10 @@ async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
     # A Redis that accepts connections and never answers holds the start (the ISS lease waits for
     # its first answer). The server is frozen the moment it connects, signalled, and let go: the
     # SIGTERM lands while it is starting, and it must stop as it does once serving, exit 0.
+    import psutil
+
+    from tests.test_workers import wait_until
+
     connected = asyncio.Event()
     held: list[asyncio.StreamWriter] = []
 
@@ -262,6 +266,8 @@ async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
     try:
         await asyncio.wait_for(connected.wait(), 60)
         server.process.send_signal(signal.SIGSTOP)
+        frozen = psutil.Process(server.process.pid)
+        await wait_until(lambda: frozen.status() == psutil.STATUS_STOPPED, 30, "not frozen")
         server.terminate()
         server.process.send_signal(signal.SIGCONT)
         assert await server.stop() == 0, "".join(server.output)
@@ -301,6 +307,7 @@ async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path)
         assert len(workers) == 2
         for worker in workers:
             worker.suspend()
+        await wait_until(lambda: all(w.status() == psutil.STATUS_STOPPED for w in workers), 30, "not frozen")
         server.terminate()
 
         # The parent passes the signal on: it waits, pending, in each frozen worker.
