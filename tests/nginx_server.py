@@ -39,7 +39,7 @@ class NginxServer:
         path = self.directory / "error.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self, port: int, timeout: float = 10.0) -> None:
+    def start(self, port: int, timeout: float = 30.0) -> None:
         d = self.directory
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (d / sub).mkdir(parents=True, exist_ok=True)

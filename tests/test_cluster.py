@@ -11,9 +11,9 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from tests.conftest import UPSTREAM_KEY, open_stream
+from tests.conftest import open_stream
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
-from tests.test_workers import serving, wait_until
+from tests.test_workers import _workers_env, serving, wait_until
 
 TOKEN = "process-console-token"
 
@@ -112,14 +112,13 @@ async def test_one_console_sees_every_worker_and_survives_redis_going_away(
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
-             REDIS_URL=redis_server.url),
+        _workers_env(tmp_path, paced_upstream, REDIS_URL=redis_server.url),
         "--port", str(port), "--workers", "2",
     )
     await server.start()
     console = None
     try:
-        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
         assert not [line for line in server.output if "without REDIS_URL" in line]  # with Redis: no warning
         pids = serving(server)
         console = await open_console(base)
@@ -189,7 +188,7 @@ async def test_a_cluster_of_three_polls_open_notify_once_per_interval_and_the_le
     )
     await server.start()
     try:
-        await wait_until(lambda: len(serving(server)) == 3, 30, "three workers serving")
+        await wait_until(lambda: len(serving(server)) == 3, 60, "three workers serving")
         holder_line = await server.wait_for_line("polls the ISS sources for the cluster")
         holder = int(re.search(r"\[(\d+)\]", holder_line).group(1))
         # Let the start settle (a worker may poll once before it has seen the lease), then count.
@@ -205,11 +204,14 @@ async def test_a_cluster_of_three_polls_open_notify_once_per_interval_and_the_le
         # the same pace.
         import psutil
 
+        first = serving(server)
+        lines = len(server.output)  # before the kill: the new holder may speak before the parent reaps
         psutil.Process(holder).kill()
-        await server.wait_for_line(f"(pid {holder}) died")
-        lines = len(server.output)
+        await server.wait_for_line(f"(pid {holder}) died", 30)
         await wait_until(lambda: any("polls the ISS sources for the cluster" in line for line in server.output[lines:]),
-                         15, "the lease did not move on")
+                         30, "the lease did not move on")
+        # Its replacement polls on its own once if Redis is slow to answer as it starts: count after it serves.
+        await wait_until(lambda: len(serving(server) - first) == 1, 60, "no replacement worker serving")
         before, started = fakes.requests["open-notify"], time.monotonic()
         await asyncio.sleep(2 * interval)
         polls, window = fakes.requests["open-notify"] - before, time.monotonic() - started
@@ -232,8 +234,7 @@ async def test_a_draining_lease_holder_gives_the_lease_up_at_once_and_never_take
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
-             REDIS_URL=redis_server.url, DRAIN_TIMEOUT="120"),
+        _workers_env(tmp_path, paced_upstream, REDIS_URL=redis_server.url, DRAIN_TIMEOUT="120"),
         "--port", str(port), "--workers", "3",
     )
     store = redis.Redis.from_url(redis_server.url)
@@ -246,7 +247,7 @@ async def test_a_draining_lease_holder_gives_the_lease_up_at_once_and_never_take
 
     await server.start()
     try:
-        await wait_until(lambda: len(serving(server)) == 3, 30, "three workers serving")
+        await wait_until(lambda: len(serving(server)) == 3, 60, "three workers serving")
         workers = serving(server)
         deadline = time.monotonic() + 15
         while (holder := await lease_pid()) not in workers:

@@ -19,6 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 from services import logs, request_context
 from tests.conftest import ROOT, UPSTREAM_KEY, open_stream, post_json, sse_events
 from tests.fakes.openai_upstream import FakeUpstream
+from tests.redis_server import free_port as _free_port
 
 SERVER_KEY = "server-key-json-logs-0123456789"
 CONSOLE_TOKEN = "console-token-json-logs-0123456789"
@@ -26,12 +27,6 @@ MARKER = "tangerine-walrus-5521"  # in every message the callers send: no log li
 AUTH = {"Authorization": f"Bearer {SERVER_KEY}"}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

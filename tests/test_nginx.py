@@ -30,16 +30,18 @@ def test_the_readme_shows_the_recipe_the_test_runs():
 
 
 async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, paced_upstream, tmp_path):
-    app_port, proxy_port = _free_port(), _free_port()
     server = ServerProcess(
         _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
              TRUST_PROXY_HEADERS="true"),
-        "--port", str(app_port), "--workers", "2",
+        "--port", "0", "--workers", "2",
     )
-    nginx = NginxServer(tmp_path / "nginx", recipe_for(proxy_port, [app_port]))
+    nginx = None
     await server.start()
     try:
-        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        app_port = await server.listening_port()
+        await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
+        proxy_port = _free_port()  # picked just before nginx binds it
+        nginx = NginxServer(tmp_path / "nginx", recipe_for(proxy_port, [app_port]))
         nginx.start(proxy_port)
         base = f"http://127.0.0.1:{proxy_port}"
 
@@ -53,13 +55,13 @@ async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, pa
         await writer.drain()
         seen = b""
         while seen.count(b'"content"') < 3:
-            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            chunk = await asyncio.wait_for(reader.read(65536), 30)
             assert chunk, seen
             seen += chunk
         assert paced_upstream.open_streams == 1 and not paced_upstream.release.is_set()
         paced_upstream.release.set()
         while b"data: [DONE]" not in seen:
-            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            chunk = await asyncio.wait_for(reader.read(65536), 30)
             assert chunk, seen
             seen += chunk
         writer.close()
@@ -73,8 +75,8 @@ async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, pa
         assert f"ws://127.0.0.1:{proxy_port}" in page.headers["Content-Security-Policy"]
         ws = await websocket_connect(HTTPRequest(
             f"ws://127.0.0.1:{proxy_port}/console/ws",
-            headers={"Cookie": cookie, "Origin": base}, request_timeout=5))
-        hello = orjson.loads(await asyncio.wait_for(ws.read_message(), 5))
+            headers={"Cookie": cookie, "Origin": base}, request_timeout=30))
+        hello = orjson.loads(await asyncio.wait_for(ws.read_message(), 30))
         assert hello["type"] == "hello"
         # The streamed request is in the replay (on whichever worker it ran: one process each here,
         # so only when it ran on this one), and the caller is the client nginx saw, not nginx.
@@ -86,29 +88,31 @@ async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, pa
         with pytest.raises(HTTPClientError) as refused:
             await websocket_connect(HTTPRequest(
                 f"ws://127.0.0.1:{proxy_port}/console/ws",
-                headers={"Cookie": cookie, "Origin": "http://evil.example"}, request_timeout=5))
+                headers={"Cookie": cookie, "Origin": "http://evil.example"}, request_timeout=30))
         assert refused.value.code == 403
-        line = await server.wait_for_line("console socket refused")
+        line = await server.wait_for_line("console socket refused", 30)
         assert "evil.example" in line and f"127.0.0.1:{proxy_port}" in line
         client.close()
         assert await server.stop() == 0
         server.assert_clean_output()
         assert "[error]" not in nginx.error_log, nginx.error_log[-2000:]
     finally:
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
         server.kill()
 
 
 async def test_a_proxy_that_rewrites_host_gets_the_console_refused_with_the_reason(io_loop, tmp_path):
     # The old advice: no Host header set, so nginx sends the upstream's address. The socket is
     # refused, and the log line names both sides and the fix.
-    app_port, proxy_port = _free_port(), _free_port()
-    server = ServerProcess(_env(tmp_path), "--port", str(app_port))
-    site = recipe_for(proxy_port, [app_port]).replace("proxy_set_header Host $http_host;", "")
-    nginx = NginxServer(tmp_path / "nginx", site)
+    server = ServerProcess(_env(tmp_path), "--port", "0")
+    nginx = None
     await server.start()
     try:
-        await server.wait_for_line("listening on")
+        app_port = await server.listening_port()
+        proxy_port = _free_port()  # picked just before nginx binds it
+        site = recipe_for(proxy_port, [app_port]).replace("proxy_set_header Host $http_host;", "")
+        nginx = NginxServer(tmp_path / "nginx", site)
         nginx.start(proxy_port)
         base = f"http://127.0.0.1:{proxy_port}"
         client = AsyncHTTPClient(force_instance=True)
@@ -117,12 +121,13 @@ async def test_a_proxy_that_rewrites_host_gets_the_console_refused_with_the_reas
         client.close()
         with pytest.raises(HTTPClientError) as refused:
             await websocket_connect(HTTPRequest(f"ws://127.0.0.1:{proxy_port}/console/ws",
-                                                headers={"Cookie": cookie, "Origin": base}, request_timeout=5))
+                                                headers={"Cookie": cookie, "Origin": base}, request_timeout=30))
         assert refused.value.code == 403
-        line = await server.wait_for_line("console socket refused")
+        line = await server.wait_for_line("console socket refused", 30)
         assert re.search(rf"Origin '[^']*:{proxy_port}'.*Host 'iss_llm'", line), line
         assert "proxy_set_header Host $http_host" in line
         assert await server.stop() == 0
     finally:
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
         server.kill()

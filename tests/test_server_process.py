@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import pytest
 from bench.procs import lost_in_log
 from services.logs import logged_exceptions
 from tests.conftest import ROOT, UPSTREAM_KEY, open_stream
-from tests.fakes.openai_upstream import FakeUpstream
+from tests.redis_server import free_port
 
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
 
@@ -29,10 +29,7 @@ def lost(text: str) -> dict[str, int]:
     return {**found, "logged exception": exceptions} if exceptions else found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_free_port = free_port  # many tests import it from here
 
 
 class ServerProcess:
@@ -69,6 +66,12 @@ class ServerProcess:
                 break
             await asyncio.sleep(0.05)
         raise AssertionError(f"{needle!r} not printed; output:\n{''.join(self.output)}")
+
+    async def listening_port(self, timeout: float = 60.0) -> int:
+        """The port the server says it listens on: start it with `--port 0` and the kernel picks a free
+        one as it binds (a port picked beforehand may be taken by then on a busy machine)."""
+        line = await self.wait_for_line("listening on http://", timeout)
+        return int(re.search(r"listening on http://[^ ]+:(\d+)", line).group(1))
 
     def terminate(self) -> None:
         assert self.process
@@ -108,18 +111,10 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def fake_upstream(io_loop):
-    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
-    io_loop.run_sync(fake.start)
-    yield fake
-    io_loop.run_sync(fake.close)
-
-
-async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_upstream, tmp_path):
+async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY),
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY),
         "--port", str(port),
     )
     await server.start()
@@ -142,15 +137,15 @@ async def test_sigterm_lets_in_flight_streams_finish_then_exits_0(io_loop, fake_
         assert seen.count(b'"content"') >= 20
         assert await server.stop() == 0
         server.assert_clean_output()
-        assert fake_upstream.completed_streams == 1
+        assert paced_upstream.completed_streams == 1
     finally:
         server.kill()
 
 
-async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io_loop, fake_upstream, tmp_path):
+async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     server = ServerProcess(
-        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=fake_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
+        _env(tmp_path, LLM_BACKEND="openai", OPENAI_BASE_URL=paced_upstream.base_url, OPENAI_API_KEY=UPSTREAM_KEY,
              DRAIN_TIMEOUT="1"),
         "--port", str(port),
     )
@@ -179,7 +174,7 @@ async def test_drain_refuses_new_requests_and_ends_late_streams_with_an_error(io
         assert b'"server_shutting_down"' in last_event, events[-3:]
         assert await server.stop() == 0
         server.assert_clean_output()
-        assert await fake_upstream.wait_streams_closed(2.0)
+        assert await paced_upstream.wait_streams_closed(2.0)
     finally:
         server.kill()
 
@@ -244,7 +239,42 @@ async def test_curl_sees_each_event_as_it_is_sent(base_url, upstream):
             curl.kill()
 
 
-async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
+class SilentRedis:
+    """A Redis that accepts connections and never answers (a hung one); `connected` once one came."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.held: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.held.append(writer)
+        self.connected.set()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def close(self) -> None:
+        for writer in self.held:
+            writer.close()
+        if self.server is not None:
+            self.server.close()
+
+
+@pytest.fixture
+def silent_redis(io_loop):
+    redis = SilentRedis()
+    io_loop.run_sync(redis.start)
+    yield redis
+    io_loop.run_sync(redis.close)
+
+
+async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path, silent_redis):
     # A Redis that accepts connections and never answers holds the start (the ISS lease waits for
     # its first answer). The server is frozen the moment it connects, signalled, and let go: the
     # SIGTERM lands while it is starting, and it must stop as it does once serving, exit 0.
@@ -252,19 +282,10 @@ async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
 
     from tests.test_workers import wait_until
 
-    connected = asyncio.Event()
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        connected.set()
-
-    redis = await asyncio.start_server(silent, "127.0.0.1", 0)
-    redis_port = redis.sockets[0].getsockname()[1]
-    server = ServerProcess(_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0"), "--port", str(_free_port()))
+    server = ServerProcess(_env(tmp_path, REDIS_URL=silent_redis.url), "--port", "0")
     await server.start()
     try:
-        await asyncio.wait_for(connected.wait(), 60)
+        await asyncio.wait_for(silent_redis.connected.wait(), 60)
         server.process.send_signal(signal.SIGSTOP)
         frozen = psutil.Process(server.process.pid)
         await wait_until(lambda: frozen.status() == psutil.STATUS_STOPPED, 30, "not frozen")
@@ -275,12 +296,9 @@ async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path):
         server.assert_clean_output()
     finally:
         server.kill()
-        for writer in held:
-            writer.close()
-        redis.close()
 
 
-async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path):
+async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path, silent_redis):
     # The same with workers: the parent is signalled while both are still starting (frozen as
     # they wait on the silent Redis); each must drain and exit 0 rather than die by the signal.
     import psutil
@@ -288,20 +306,10 @@ async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path)
     from tests.support import sigterm_reached
     from tests.test_workers import wait_until
 
-    connected = asyncio.Event()
-    held: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-        connected.set()
-
-    redis = await asyncio.start_server(silent, "127.0.0.1", 0)
-    redis_port = redis.sockets[0].getsockname()[1]
-    server = ServerProcess(_env(tmp_path, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0"),
-                           "--port", str(_free_port()), "--workers", "2")
+    server = ServerProcess(_env(tmp_path, REDIS_URL=silent_redis.url), "--port", "0", "--workers", "2")
     await server.start()
     try:
-        await asyncio.wait_for(connected.wait(), 60)
+        await asyncio.wait_for(silent_redis.connected.wait(), 60)
         parent = psutil.Process(server.process.pid)
         workers = parent.children()
         assert len(workers) == 2
@@ -319,6 +327,3 @@ async def test_sigterm_while_workers_start_stops_them_cleanly(io_loop, tmp_path)
         server.assert_clean_output()
     finally:
         server.kill()
-        for writer in held:
-            writer.close()
-        redis.close()
