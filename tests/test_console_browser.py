@@ -11,7 +11,6 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -20,6 +19,7 @@ from server import build_services, make_app
 from services.iss.state import IssState
 from tests.conftest import open_stream, post_json
 from tests.fakes.openai_upstream import WORDS
+from tests.support import TrackerOverride
 from tests.test_console import TOKEN
 
 # Debian's chromium, which the README's test command (scripts/test.sh) installs when `chromium` is not
@@ -50,14 +50,8 @@ HOSTILE_OVER = "<img src=x onerror=window.__pwned='over'>"
 HOSTILE_CITY = "<b>Atlantis</b><script>window.__pwned='city'</script>"
 
 
-class HostileIss:
+class HostileIss(TrackerOverride):
     """The real tracker, but the places it names are HTML."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
     async def current(self) -> IssState | None:
         state = await self.real.current()

@@ -21,6 +21,7 @@ from server import build_services, make_app
 from services import logs
 from services.iss.state import IssState
 from tests.conftest import UPSTREAM_KEY, error_of, post_json, sse_events
+from tests.support import TrackerOverride
 from tests.test_console import connect, console_cookie, read_frame
 
 SERVER_KEY = "server-key-for-the-500-tests-0123456789"
@@ -75,14 +76,8 @@ class BrokenBackend:
         return None
 
 
-class BrokenTracker:
+class BrokenTracker(TrackerOverride):
     """The real tracker, but `current()` raises: a bug that breaks the Tracker's never-raises promise."""
-
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
     async def current(self) -> IssState | None:
         raise RuntimeError(DETAIL)

@@ -5,24 +5,14 @@ from __future__ import annotations
 import signal
 
 import psutil
-import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from tests.conftest import UPSTREAM_KEY, open_stream, post_json, sse_events
-from tests.fakes.openai_upstream import FakeUpstream
+from tests.conftest import open_stream, post_json, sse_events
 from tests.test_metrics import parse, value
 from tests.test_server_process import MESSAGES, ServerProcess, _free_port
 from tests.test_workers import _workers_env, serving, wait_until
 
 ROUTE = "/v1/chat/completions"
-
-
-@pytest.fixture
-def fake_upstream(io_loop):
-    fake = FakeUpstream(tokens=20, gap=0.05, api_key=UPSTREAM_KEY)
-    io_loop.run_sync(fake.start)
-    yield fake
-    io_loop.run_sync(fake.close)
 
 
 async def _scrapes(base: str, count: int) -> list[dict]:
@@ -38,10 +28,10 @@ async def _scrapes(base: str, count: int) -> list[dict]:
     return out
 
 
-async def test_every_worker_reports_the_whole_servers_totals(io_loop, fake_upstream, tmp_path):
+async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, fake_upstream, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")),
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")),
                            "--port", str(port), "--workers", "2")
     await server.start()
     try:
@@ -79,14 +69,14 @@ async def test_every_worker_reports_the_whole_servers_totals(io_loop, fake_upstr
     assert {p.suffix for p in (tmp_path / "prom").iterdir()} == {".db"}
 
 
-async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, fake_upstream, tmp_path):
+async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, paced_upstream, tmp_path):
     """PROMETHEUS_MULTIPROC_DIR set without workers: the directory is emptied at start, then used."""
     directory = tmp_path / "prom"
     directory.mkdir()
     (directory / "counter_4242.db").write_bytes(b"\0" * 16)  # an earlier run's counts
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, fake_upstream, PROMETHEUS_MULTIPROC_DIR=str(directory)),
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, PROMETHEUS_MULTIPROC_DIR=str(directory)),
                            "--port", str(port))
     await server.start()
     try:

@@ -13,6 +13,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.conftest import UPSTREAM_KEY, open_stream
+from tests.support import connection_owner
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
 
 TOKEN = "process-console-token"
@@ -97,21 +98,12 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_w
         first = serving(server)
         slow = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 300, "gap": 0.02}}
 
-        def owner(writer: asyncio.StreamWriter) -> int:
-            """The worker holding this connection, from the kernel's table of its sockets."""
-            local_port = writer.get_extra_info("sockname")[1]
-            for pid in first:
-                for conn in psutil.Process(pid).net_connections(kind="tcp"):
-                    if conn.raddr and conn.raddr.port == local_port:
-                        return pid
-            return 0
-
         # Streams on fresh connections until each worker holds at least one.
         streams, owners = [], []
         while set(owners) != first and len(streams) < 20:
             reader, writer, seen = await open_stream(base, slow)
             streams.append((reader, writer, seen))
-            owners.append(owner(writer))
+            owners.append(connection_owner(writer, first))
         assert set(owners) == first, owners
         victim = owners[0]
         psutil.Process(victim).send_signal(signal.SIGKILL)
