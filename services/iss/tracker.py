@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -39,6 +39,10 @@ PAIR_RENEW_S = 60.0
 MAX_TRACK_POINTS = 600
 # Fresh CelesTrak elements are already good to a few km: a cold caller need not wait for more.
 GOOD_ELEMENTS_KM = 10.0
+
+
+class _DueSource(Protocol):
+    def seconds_until_due(self) -> float: ...
 
 
 class IssTracker:
@@ -429,48 +433,57 @@ class IssTracker:
         if celestrak is None:
             self._tle_first.set()
             return
-        while True:
-            wait = celestrak.seconds_until_due()
-            if wait <= 0 and not self.feed.may_fetch_elements():
-                wait = FEED_RECHECK_S  # another worker of the cluster fetches them (or did, recently)
-            if wait > 0:
-                # Cached elements (or a recent failed attempt) mean the cold start needn't wait.
-                self._tle_first.set()
-                await asyncio.sleep(min(wait, 3600.0))
-                continue
-            try:
-                elements = await celestrak.fetch(self._http())
-                self.feed.fetched_elements(elements)
-                if self.elements_arrived(elements):
-                    self._refresh_place()
-            except asyncio.CancelledError:
-                raise
-            except SourceError:
-                pass
-            except Exception as exc:
-                log.warning("TLE refresh failed: %s", describe_error(exc))
-            finally:
+
+        async def fetch() -> None:
+            elements = await celestrak.fetch(self._http())
+            self.feed.fetched_elements(elements)
+            if self.elements_arrived(elements):
+                self._refresh_place()
+
+        def settled(attempted: bool) -> None:
+            if attempted:
                 self.tle_cycles += 1
-                self._tle_first.set()
+            # Cached elements (or a recent failed attempt) mean the cold start needn't wait.
+            self._tle_first.set()
+
+        # may_fetch_elements: another worker of the cluster may fetch them (or did, recently).
+        await self._refresh_when_due(celestrak, fetch, "TLE", self.feed.may_fetch_elements, settled)
 
     async def _run_crew(self) -> None:
         """astros.json every few hours; nobody ever waits for it (the cold start does not either)."""
         source = self._crew_source
-        if source is None:
-            return
+        if source is not None:
+            await self._refresh_when_due(source, lambda: source.fetch(self._http()), "crew")
+
+    async def _refresh_when_due(
+        self,
+        source: _DueSource,
+        fetch: Callable[[], Coroutine[Any, Any, object]],
+        what: str,
+        allowed: Callable[[], bool] = lambda: True,
+        settled: Callable[[bool], None] = lambda attempted: None,
+    ) -> None:
+        """Fetch each time `source` says it is due and `allowed()` agrees (else look again in a few
+        seconds); `settled(attempted)` after each wait decided on and each attempt, whatever came of it.
+        A failure is logged and waits for the next due time: it never ends the loop."""
         while True:
             wait = source.seconds_until_due()
+            if wait <= 0 and not allowed():
+                wait = FEED_RECHECK_S
             if wait > 0:
+                settled(False)
                 await asyncio.sleep(min(wait, 3600.0))
                 continue
             try:
-                await source.fetch(self._http())
+                await fetch()
             except asyncio.CancelledError:
                 raise
             except SourceError:
-                pass
+                pass  # the source recorded it (its health, its back-off)
             except Exception as exc:
-                log.warning("crew refresh failed: %s", describe_error(exc))
+                log.warning("%s refresh failed: %s", what, describe_error(exc))
+            finally:
+                settled(True)
 
     async def _run_geography(self) -> None:
         try:
