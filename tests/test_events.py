@@ -167,6 +167,36 @@ async def test_publish_never_raises_on_malformed_events(make_hub):
     assert isinstance(events[-1]["params"], str)
 
 
+async def test_publish_leaves_the_work_for_after_the_publishers_next_step(make_hub):
+    """publish() only queues: a step scheduled right after it (the chat path's upstream request,
+    its next token) runs before the event is sanitized and delivered, and delivery keeps the order."""
+    hub = await make_hub()
+    sub = hub.subscribe()
+    _frames(sub)
+    order: list[str] = []
+    delivered = hub.fanout.published
+    hub.publish(_request("r1", messages=[{"role": "user", "content": "x" * 100_000}]))
+    hub.publish(_tokens("r1", "one"))
+    assert hub.fanout.published == delivered  # nothing sanitized or delivered yet
+
+    async def next_step() -> None:
+        order.append(f"task saw {hub.fanout.published - delivered} delivered")
+
+    task = asyncio.ensure_future(next_step())
+    hub.publish(_tokens("r1", " two"))
+    await task
+    for _ in range(100):  # a few loop iterations at most
+        if hub.fanout.published - delivered >= 3:
+            break
+        await asyncio.sleep(0)
+    assert order == ["task saw 0 delivered"]
+    assert await hub.settle()
+    hub.flush()
+    record = hub.snapshot()[-1]
+    assert record["id"] == "r1" and record["text"] == "one two"
+    assert len(record["messages"][0]["content"]) < 100_000  # sanitized (bounded) on the way
+
+
 async def test_events_reach_every_subscriber_in_one_shared_batch(make_hub):
     hub = await make_hub(10)
     one, two = hub.subscribe(), hub.subscribe()

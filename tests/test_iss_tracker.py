@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -300,6 +301,32 @@ async def test_steady_state_current_asks_no_source_and_follows_the_clock(io_loop
             assert later.at > times[0]
             assert (later.latitude, later.longitude) != (states[0].latitude, states[0].longitude)
             assert sum(fakes.requests.values()) - asked <= 1
+        finally:
+            await tracker.close()
+
+
+async def test_requests_within_one_second_share_a_state_until_a_fix_moves_it(io_loop, tmp_path):
+    """The state is computed once per whole second, for every request in it, and at once again
+    when what it comes from changes (here a new live fix), not a second later."""
+    async with FakeIssSources() as fakes:
+        tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
+        try:
+            await tracker.current()
+            for _ in range(50):  # bounded: ends within a few tries, at the start of a fresh second
+                first = await tracker.current()
+                second = await tracker.current()
+                if first.at == second.at and tracker._fix is not None:
+                    break
+            assert second is first
+            old = tracker._fix
+            moved = dataclasses.replace(old, latitude=-old.latitude, longitude=old.longitude / 2,
+                                        measured_at=datetime.now(UTC))
+            tracker.fix_arrived(moved)
+            third = await tracker.current()
+            if third.at == first.at:
+                assert third is not first
+                assert (third.latitude, third.longitude) != (first.latitude, first.longitude)
+            assert await tracker.current() is third or (await tracker.current()).at > third.at
         finally:
             await tracker.close()
 

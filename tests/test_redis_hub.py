@@ -31,9 +31,11 @@ async def test_every_worker_replays_the_same_history_and_the_stream_keeps_only_t
     one = await _hub(redis_server.url)
     two = await _hub(redis_server.url)
     for i in range(40):
-        (one if i % 2 else two).publish(_request(f"r{i}"))
-        (one if i % 2 else two).publish(_tokens(f"r{i}", f"text {i}"))
-        assert await one.settle()
+        hub = one if i % 2 else two
+        hub.publish(_request(f"r{i}"))
+        hub.publish(_tokens(f"r{i}", f"text {i}"))
+        assert await hub.settle()  # in the stream before the other worker publishes the next one
+    assert await one.settle()
     assert await two.settle()
     assert [r["id"] for r in one.snapshot()] == [f"r{i}" for i in range(35, 40)]
     assert one.snapshot() == two.snapshot()
@@ -91,6 +93,7 @@ async def test_a_frozen_redis_costs_the_publisher_nothing_and_the_feed_comes_bac
         hub.publish(_request("r1"))
         for _ in range(1000):
             hub.publish(_tokens("r1", "x"))
+        hub.drain()  # what the loop does once the publisher yields
         # The outbox is bounded: the rest was dropped and counted, not queued without end.
         assert hub.dropped == 1001 - 100
         # The write times out: the hub degrades, and what it held is shown on this worker.

@@ -1,7 +1,9 @@
 """The hub: what the chat path publishes to and console sockets subscribe to, and its in-memory form.
 
-A hub takes events from the chat path (`publish`, O(1), never blocks, never raises), sanitizes
-them, and delivers them to this process's console sockets through a `Fanout`; `broadcast` sends
+A hub takes events from the chat path (`publish`: O(1), never blocks, never raises; the event is
+only queued), sanitizes them once the chat path has yielded to the loop (so a long transcript's
+sanitizing never delays a request to the upstream or a token to the caller), and delivers them, in
+the order published, to this process's console sockets through a `Fanout`; `broadcast` sends
 a station push to every socket. Implementations differ in where events travel between publish
 and fan-out: straight through (`MemoryHub`, one process) or through Redis (`RedisHub`, every
 worker of every host). Both pass the shared suite in tests/test_events.py.
@@ -9,16 +11,22 @@ worker of every host). Both pass the shared suite in tests/test_events.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import Any
 
 from services.events.fanout import Fanout, SubscriberPolicy, Subscription
 from services.events.sanitize import sanitize
 
 log = logging.getLogger("iss_llm.events")
+
+# Events published and not yet sanitized: drained every loop iteration, so this only bounds a
+# loop that never yields; past it the oldest waiting event is dropped (counted).
+MAX_WAITING = 10_000
 
 
 def worker_name() -> str:
@@ -33,6 +41,9 @@ class Hub(ABC):
         self.fanout = Fanout(buffer_size, policy)
         self.worker = worker_name()
         self._failures = 0
+        self._waiting: deque[dict[str, Any]] = deque()
+        self._drain_handle: asyncio.TimerHandle | None = None
+        self.dropped_waiting = 0
 
     @property
     def buffer_size(self) -> int:
@@ -57,15 +68,42 @@ class Hub(ABC):
         return self.fanout.backlog_bytes
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Sanitize one event and send it on its way to every console. O(1), never blocks, never raises."""
-        try:
-            if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+        """Queue one event for every console. O(1), never blocks, never raises.
+
+        It is sanitized and delivered once the caller yields to the loop (`drain`), after the
+        task's own next step: a request goes to the upstream, or a token to the caller, first.
+        """
+        if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+            return
+        waiting = self._waiting
+        if len(waiting) >= MAX_WAITING:
+            waiting.popleft()
+            self.dropped_waiting += 1
+        waiting.append(event)
+        if self._drain_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a synchronous caller): deliver now
+                self.drain()
                 return
-            self._deliver(sanitize(event))
-        except Exception:  # the console must never break a chat stream
-            self._failures += 1
-            if self._failures <= 3:
-                log.exception("console event dropped: could not publish it")
+            # call_later(0), not call_soon: due timers join the ready queue behind what is already
+            # there, so a task just scheduled (the upstream request) runs before the console's work.
+            self._drain_handle = loop.call_later(0, self.drain)
+
+    def drain(self) -> None:
+        """Sanitize and deliver every queued event, in order (the readers of the hub call it first)."""
+        if self._drain_handle is not None:
+            self._drain_handle.cancel()
+            self._drain_handle = None
+        waiting = self._waiting
+        while waiting:
+            event = waiting.popleft()
+            try:
+                self._deliver(sanitize(event))
+            except Exception:  # the console must never break a chat stream
+                self._failures += 1
+                if self._failures <= 3:
+                    log.exception("console event dropped: could not publish it")
 
     @abstractmethod
     def _deliver(self, event: dict[str, Any]) -> None:
@@ -80,14 +118,17 @@ class Hub(ABC):
 
     def subscribe(self) -> Subscription:
         """A new socket's subscription; read the replay with snapshot() right after, in the same tick."""
+        self.drain()
         return self.fanout.subscribe()
 
     def snapshot(self) -> list[dict[str, Any]]:
         """The buffered requests, oldest first, aggregated (request, ISS block, text, outcome)."""
+        self.drain()
         return self.fanout.snapshot()
 
     def flush(self) -> None:
         """Cut the pending batch now rather than at the end of the batch window."""
+        self.drain()
         self.fanout.flush()
 
     def status(self) -> dict[str, Any]:
@@ -96,6 +137,7 @@ class Hub(ABC):
 
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until what was published so far is in the replay and the sockets' batches."""
+        self.drain()
         self.fanout.flush()
         return True
 
@@ -105,6 +147,7 @@ class Hub(ABC):
 
     async def close(self) -> None:
         """Stop background work and drop subscribers."""
+        self.drain()
         self.fanout.close()
 
 

@@ -115,6 +115,7 @@ class RedisHub(Hub):
     async def settle(self, timeout: float = 5.0) -> bool:
         """Wait until what was published so far went through Redis and back into the fan-out."""
         await self.start()
+        self.drain()
         deadline = time.monotonic() + timeout
         if not await self._until(lambda: self.connected, deadline):
             self.fanout.flush()
@@ -146,6 +147,7 @@ class RedisHub(Hub):
 
     async def close(self) -> None:
         self._closed = True
+        self.drain()
         if self.connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush_outbox(), self.timeout)
