@@ -112,8 +112,11 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the terminal reaches only us; we stop it in order.
-                start_new_session=True,
+                # Its own process group, so a Ctrl-C in the terminal reaches only us and we stop it
+                # in order; not its own session: with sched_autogroup (Debian's default) each
+                # session is one CPU share, so a server's forked workers would share one core's
+                # worth between them whatever their number, and the bench would measure that.
+                process_group=0,
                 preexec_fn=die_with_parent,
             )
         child = Child(name, popen, log_path)
