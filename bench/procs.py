@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from services.logs import logged_exceptions
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 _URL = re.compile(rb"http://127\.0\.0\.1:(\d+)")
@@ -29,8 +31,13 @@ _LOST_IN_LOG = ("Traceback", "never retrieved", "destroyed but it is pending", "
 
 
 def lost_in_log(text: str) -> dict[str, int]:
-    """How often each sign of an unhandled error appears in a process's output."""
-    return {marker: text.count(marker) for marker in _LOST_IN_LOG if marker in text}
+    """How often each sign of an unhandled error appears in a process's output: the markers above
+    (Python's own, printed outside logging) and the server's one-line logged exceptions."""
+    found = {marker: text.count(marker) for marker in _LOST_IN_LOG if marker in text}
+    exceptions = logged_exceptions(text)
+    if exceptions:
+        found["logged exception"] = exceptions
+    return found
 
 
 def raise_nofile(wanted: int = 16384) -> int:
