@@ -248,11 +248,13 @@ class IssTracker:
         return self._elements()
 
     def _state_now(self) -> IssState | None:
-        """The state at this whole second, computed once per second and per change of its inputs."""
+        """The state at this whole second, computed once per second and per change of the data it comes from."""
         now = datetime.now(UTC)
         fix = self._fix
         live = fix is not None and now - fix.measured_at <= LIVE_HOLD
-        key = (_whole_second(now), live, self._elements(), self._located, fix, self._anchor)
+        # The place (self._located, looked up again every second) is left out: a state keeps the
+        # place it was computed with until the next second, rather than being computed twice a second.
+        key = (_whole_second(now), live, self._elements(), fix, self._anchor)
         memo = self._memo
         if memo is not None and memo[0][:2] == key[:2] and all(
             a is b for a, b in zip(memo[0][2:], key[2:], strict=True)  # the same objects, not equal ones

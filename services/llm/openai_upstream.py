@@ -25,6 +25,7 @@ from config import Settings
 from services.errors import ApiError, upstream_error
 from services.iss.state import IssState
 from services.llm.bounded import bound_client, too_large
+from services.llm.openai_client import ChatClient
 from services.redaction import redact_text
 from services.request_context import current_request_id
 
@@ -126,7 +127,7 @@ class OpenAIUpstream:
 
     def __init__(self, settings: Settings) -> None:
         self._secrets = (settings.openai_api_key, settings.server_api_key)
-        client = openai.AsyncOpenAI(
+        client = ChatClient(
             # Local servers (vLLM, Ollama) take any key; the client insists on one.
             api_key=settings.openai_api_key or "no-key",
             base_url=settings.openai_base_url,
