@@ -125,7 +125,9 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_w
 
         # SIGTERM to the parent: every worker drains; the streams in flight end with [DONE].
         server.terminate()
-        await server.wait_for_line("shutting down")
+        # Each worker stops listening as it logs this; the port is closed once both have.
+        await wait_until(lambda: sum("shutting down" in line for line in server.output) >= 2, 30,
+                         "both workers shutting down")
         with pytest.raises(OSError):
             _, late = await asyncio.open_connection("127.0.0.1", port)
             late.close()
