@@ -50,3 +50,12 @@ class ApiError(Exception):
 def upstream_error(status: int, message: str, *, code: str, type: str = "upstream_error") -> ApiError:
     """An upstream's failure, as the caller sees it."""
     return ApiError(status, message, type=type, code=code)
+
+
+def tool_round_error(error: ApiError) -> ApiError:
+    """An error of a later tool round: that request carried the layer's own tool calls and results,
+    so a refusal of it is the layer's failure, not the caller's, and keeps FALLBACK_REPLY's cover."""
+    if not error.callers_fault:
+        return error
+    return upstream_error(502, f"The upstream LLM refused the layer's tool round: {error.message}",
+                          code="upstream_rejected_tool_round")

@@ -63,6 +63,7 @@ class Supervisor:
         self.slots = [_Slot(index) for index in range(count)]
         self.restarts = 0
         self._stopping = 0  # signals received
+        self.parent_pid = os.getpid()
 
     def run(self) -> int:
         """Start the workers, keep them running, drain them on a signal; the exit code."""
@@ -101,17 +102,23 @@ class Supervisor:
                     pass
 
     def _start(self, slot: _Slot) -> None:
-        pid = os.fork()
+        # Blocked across the fork, so the worker is born with SIGTERM held until `work` can drain on
+        # it (it unblocks SIGTERM then): one arriving while the worker starts, even before fork()
+        # returns in it, would otherwise run the parent's handler there or kill it (the parent
+        # would exit 1). The parent takes its own mask back at once.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == self.parent_pid:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if pid == 0:  # the worker
             code = 1
             try:
-                # Held until `work` can drain on it (it unblocks SIGTERM then): one sent while the
-                # worker starts would otherwise kill it, and the parent would exit 1.
-                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 # Ctrl-C reaches the whole process group: the parent alone turns it into one SIGTERM.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 code = self.work(slot.index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1

@@ -136,3 +136,19 @@ async def test_the_access_log_of_a_cancelled_stream_says_499_like_its_outcome(ba
     [access] = access_lines()
     assert access.status == 499 and access.getMessage().startswith("499 POST /v1/chat/completions")
     assert access.levelno == logging.WARNING  # a 4xx, as the access log ranks them
+
+
+async def test_the_access_log_of_a_stream_ended_by_an_error_event_says_that_errors_status(base_url, upstream,
+                                                                                          caplog):
+    """A 200 stream the upstream broke mid-way ends with an SSE error event: its access line carries
+    that error's status (502), as the outcome line does, not the 200 that went out first."""
+    caplog.set_level(logging.INFO)
+    response = await post_json(base_url, {"messages": MESSAGES, "stream": True,
+                                          "x_fake": {"fault": "drop", "after": 2}},
+                               headers={"X-Request-Id": "rid-midstream-access"})
+    assert response.code == 200 and b'"error"' in response.body
+    outcome = [r for r in caplog.records if "rid-midstream-access" in r.getMessage() and hasattr(r, "outcome")]
+    assert [(r.outcome, r.status) for r in outcome] == [("error", 502)]
+    [access] = [r for r in caplog.records if r.name == "tornado.access" and r.path == "/v1/chat/completions"]
+    assert access.status == 502 and access.getMessage().startswith("502 POST /v1/chat/completions")
+    assert access.levelno == logging.ERROR

@@ -177,10 +177,10 @@ async def test_publish_leaves_the_work_for_after_the_publishers_next_step(make_h
     delivered = hub.fanout.published
     hub.publish(_request("r1", messages=[{"role": "user", "content": "x" * 100_000}]))
     hub.publish(_tokens("r1", "one"))
-    assert hub.fanout.published == delivered  # nothing sanitized or delivered yet
+    assert hub.waiting == 2 and hub.fanout.published == delivered  # queued: nothing sanitized or sent yet
 
     async def next_step() -> None:
-        order.append(f"task saw {hub.fanout.published - delivered} delivered")
+        order.append(f"task saw {hub.waiting} waiting")
 
     task = asyncio.ensure_future(next_step())
     hub.publish(_tokens("r1", " two"))
@@ -189,7 +189,8 @@ async def test_publish_leaves_the_work_for_after_the_publishers_next_step(make_h
         if hub.fanout.published - delivered >= 3:
             break
         await asyncio.sleep(0)
-    assert order == ["task saw 0 delivered"]
+    assert order == ["task saw 3 waiting"]  # the step ran before the hub's work
+    assert hub.waiting == 0
     assert await hub.settle()
     hub.flush()
     record = hub.snapshot()[-1]

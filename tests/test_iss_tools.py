@@ -10,6 +10,9 @@ import pytest
 from skyfield.api import EarthSatellite, load, wgs84
 
 from config import BUNDLED_TLE
+from services.endings import failed_before_first_token
+from services.errors import ApiError, tool_round_error
+from services.exchange import Outcome
 from services.iss.places import Places
 from services.iss.queries import IssQueries
 from services.iss.tle import load_tle_file
@@ -116,6 +119,45 @@ async def test_an_upstream_refusing_tools_gets_the_request_again_without_them(ba
     # Not offered again for a while: one request, no retry.
     await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True})
     assert upstream.requests == 3
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_callers_own_400_stays_the_callers_and_leaves_the_tools_offered(stream, base_url, upstream):
+    """The upstream refuses the caller's own parameters: asked again without the layer's tools, it
+    refuses again; the caller gets that 400, and the tools are not paused for everyone."""
+    body = {"model": "m", "messages": QUESTION, "stream": stream, "x_fake": {"fault": "status", "status": 400}}
+    response = await post_json(base_url, body)
+    assert response.code == 400
+    assert orjson.loads(response.body)["error"]["code"] == "upstream_rejected"
+    assert upstream.requests == 2 and "tools" in upstream.bodies[0] and "tools" not in upstream.bodies[1]
+    health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert health["backend"]["iss_tools"]["refusals"] == 0
+    await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": stream})
+    assert "tools" in upstream.bodies[-1]  # still offered
+
+
+async def test_a_refused_tool_round_is_the_layers_failure_not_the_callers(base_url, upstream):
+    """The request of a later round carries the layer's own tool calls and results: the upstream
+    refusing it (400) is no fault of the caller's. Streamed, the role chunk already went out, so the
+    caller gets an upstream error event, not an invalid_request_error telling it to fix its request."""
+    upstream.scripted_tools = True
+    upstream.refuse_tool_results = True
+    response = await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True})
+    assert response.code == 200
+    events = [orjson.loads(d) for d in sse_events(response.body) if d != "[DONE]"]
+    [error] = [e["error"] for e in events if "error" in e]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_rejected_tool_round")
+    assert any(m.get("role") == "tool" for m in upstream.bodies[-1]["messages"])  # the later round was refused
+
+
+def test_a_refused_tool_round_before_any_token_keeps_the_fallback():
+    """Not streamed (nothing sent yet), FALLBACK_REPLY covers a refused later round as it covers any
+    failure that is not the caller's; the caller's own 400 it does not cover."""
+    refused = ApiError(400, "The upstream LLM rejected the request: context length exceeded.", code="upstream_rejected")
+    assert failed_before_first_token(refused, "One moment.").outcome is Outcome.ERROR
+    layer = tool_round_error(refused)
+    assert not layer.callers_fault and layer.status == 502
+    assert failed_before_first_token(layer, "One moment.").outcome is Outcome.FALLBACK
 
 
 @pytest.mark.parametrize("overrides", [{"iss_tool_rounds": 1}])

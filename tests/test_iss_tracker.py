@@ -312,21 +312,21 @@ async def test_requests_within_one_second_share_a_state_until_a_fix_moves_it(io_
         tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
         try:
             await tracker.current()
-            for _ in range(50):  # bounded: ends within a few tries, at the start of a fresh second
+            await wait_until(lambda: tracker._fix is not None, 5.0, "a live fix")
+            for _ in range(50):  # bounded: a try that straddles a second boundary is done again
                 first = await tracker.current()
                 second = await tracker.current()
-                if first.at == second.at and tracker._fix is not None:
+                old = tracker._fix
+                tracker.fix_arrived(dataclasses.replace(old, latitude=-old.latitude, longitude=old.longitude / 2,
+                                                        measured_at=datetime.now(UTC)))
+                third = await tracker.current()
+                fourth = await tracker.current()
+                if first.at == fourth.at:
                     break
-            assert second is first
-            old = tracker._fix
-            moved = dataclasses.replace(old, latitude=-old.latitude, longitude=old.longitude / 2,
-                                        measured_at=datetime.now(UTC))
-            tracker.fix_arrived(moved)
-            third = await tracker.current()
-            if third.at == first.at:
-                assert third is not first
-                assert (third.latitude, third.longitude) != (first.latitude, first.longitude)
-            assert await tracker.current() is third or (await tracker.current()).at > third.at
+            assert first.at == fourth.at, "no try within one second"
+            assert second is first  # the same second, the same data: computed once
+            assert third is not first and (third.latitude, third.longitude) != (first.latitude, first.longitude)
+            assert fourth is third
         finally:
             await tracker.close()
 

@@ -25,7 +25,7 @@ from services.events.sanitize import sanitize
 log = logging.getLogger("iss_llm.events")
 
 # Events published and not yet sanitized: drained every loop iteration, so this only bounds a
-# loop that never yields; past it the oldest waiting event is dropped (counted).
+# publisher that never yields; past it the queue is drained there and then.
 MAX_WAITING = 10_000
 
 
@@ -43,7 +43,6 @@ class Hub(ABC):
         self._failures = 0
         self._waiting: deque[dict[str, Any]] = deque()
         self._drain_handle: asyncio.TimerHandle | None = None
-        self.dropped_waiting = 0
 
     @property
     def buffer_size(self) -> int:
@@ -64,6 +63,11 @@ class Hub(ABC):
         return self.fanout.published
 
     @property
+    def waiting(self) -> int:
+        """Events published and not yet sanitized and delivered (until the publisher yields)."""
+        return len(self._waiting)
+
+    @property
     def backlog_bytes(self) -> int:
         return self.fanout.backlog_bytes
 
@@ -77,8 +81,7 @@ class Hub(ABC):
             return
         waiting = self._waiting
         if len(waiting) >= MAX_WAITING:
-            waiting.popleft()
-            self.dropped_waiting += 1
+            self.drain()  # a publisher that never yields pays for its own events: none is lost
         waiting.append(event)
         if self._drain_handle is None:
             try:

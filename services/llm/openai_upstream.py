@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +31,6 @@ from services.request_context import current_request_id
 log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://\S*")
 MAX_MODELS = 1000
 MAX_MODEL_CHARS = 256
 _PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
@@ -207,14 +205,6 @@ class OpenAIUpstream:
         message = redact_text(message, self._secrets)
         return message if len(message) <= _MESSAGE_LIMIT else message[:_MESSAGE_LIMIT] + "…"
 
-    def _without_urls(self, text: str) -> str:
-        """The text with any URL and the upstream's host left out (a 404's detail may echo them)."""
-        text = _URL.sub("[url]", text)
-        for name in (self._host, urlsplit(f"//{self._host}").hostname):
-            if name and name != "?":
-                text = text.replace(name, "[upstream]")
-        return text
-
     def _translate(self, exc: Exception) -> ApiError:
         """The caller-facing error for an upstream failure; the detail goes to the log."""
         if isinstance(exc, ApiError):
@@ -230,8 +220,10 @@ class OpenAIUpstream:
                 log.warning("upstream answered 404 for %s %s: %s (OPENAI_BASE_URL should be the part before "
                             "/chat/completions, e.g. https://api.openai.com/v1)",
                             getattr(getattr(exc, "request", None), "method", "POST"), url, detail)
+                # The detail too: a 404's text often echoes the path it was sent to (OpenAI's does).
                 return upstream_error(
-                    502, f"The upstream LLM answered 404 (not found): {self._without_urls(detail)}",
+                    502, "The upstream LLM answered 404 (not found): the model asked for or this server's "
+                         "upstream address is wrong; the server's log has the details.",
                     code="upstream_not_found",
                 )
             log.warning("upstream answered %d: %s", status, detail)

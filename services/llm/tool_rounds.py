@@ -8,8 +8,8 @@ again; the caller sees one answer. A round that called only the caller's tools h
 unchanged. A round that called both runs the layer's and asks again without the caller's calls: the
 model, now with the layer's results, calls the caller's tool again if it still needs it. (A caller
 call streamed before the first layer call of its round has already reached the caller.) An
-upstream that refuses `tools` gets the request again without the layer's, once, and is not offered
-them for a while.
+upstream that refuses `tools` gets the request again without the layer's, once, and when that works
+is not offered them for a while.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from services.errors import ApiError
+from services.errors import ApiError, tool_round_error
 from services.exchange import current_exchange
 from services.iss.state import IssState
 from services.llm.base import Backend
@@ -209,11 +209,16 @@ class ToolRounds:
                         yield out
             except ApiError as error:
                 if index == 0 and state.payloads == 0 and error.status == 400:
-                    self._refused(error)
+                    # Ask again without the layer's tools; only if that works were they the problem
+                    # (a caller's own bad parameter fails again, and stays the caller's error).
+                    refusal: ApiError | None = error
                     async for payload in self.inner.stream(params, iss):
+                        if refusal is not None:
+                            self._refused(refusal)
+                            refusal = None
                         yield payload
                     return
-                raise
+                raise error if index == 0 else tool_round_error(error) from None
             if not state.layer:
                 return
             _add_usage(usage, state.usage)
@@ -231,9 +236,10 @@ class ToolRounds:
                 body = await self.inner.complete(self._with_tools(params, messages, offer), iss)
             except ApiError as error:
                 if index == 0 and error.status == 400:
+                    body = await self.inner.complete(params, iss)  # a caller's own fault fails again here
                     self._refused(error)
-                    return await self.inner.complete(params, iss)
-                raise
+                    return body
+                raise error if index == 0 else tool_round_error(error) from None
             state = _Round(names if offer else frozenset(), later_round=False, earlier_usage={})
             try:
                 completion = orjson.loads(body)
@@ -289,4 +295,3 @@ def _add_usage(total: dict[str, int], usage: Any) -> None:
         value = usage.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
-

@@ -104,6 +104,7 @@ class FakeUpstream:
     # The layer's tools: answer them like a model would (see the module docstring), or refuse them.
     scripted_tools: bool = False
     refuse_tools: bool = False
+    refuse_tool_results: bool = False  # a later tool round (a request carrying tool results) gets a 400
 
     requests: int = 0
     model_lists: int = 0  # GET /v1/models answered
@@ -203,6 +204,10 @@ class FakeUpstream:
         layer = [tool for tool in offered if str(tool.get("function", {}).get("name", "")).startswith("iss_")]
         if self.refuse_tools and layer:
             return self._error(400, "This model does not support tools.", "invalid_request_error")
+        if self.refuse_tool_results and any(
+            isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or ()
+        ):
+            return self._error(400, "This model's context length is exceeded.", "invalid_request_error")
         caller_tools = [tool for tool in offered if tool not in layer]
         wants_tools = bool(caller_tools) and body.get("tool_choice") != "none"
         if self.scripted_tools and layer and body.get("stream"):
