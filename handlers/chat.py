@@ -151,6 +151,11 @@ class ChatHandler(BoundedBodyHandler):
     def on_finish(self) -> None:
         if self._exchange is None and self.request.method == "POST":
             self._refused()
+        # Break the cycle through this handler's SSE writer (the deadlines break theirs once
+        # cancelled), as Tornado breaks its own: a finished request is then freed at once by
+        # reference counting, not left to a full collection, which under load pauses every stream
+        # for as long as the dead requests it has to walk (40 vs 57 ms at c=200).
+        self.sse.release()
 
     def _refused(self) -> None:
         """Answered before it became an exchange (401, 400, 413, 503 while draining): still one outcome."""

@@ -55,7 +55,12 @@ class SseWriter:
 
     @property
     def _closed(self) -> bool:
-        return self._handler._finished
+        return self._handler is None or self._handler._finished
+
+    def release(self) -> None:
+        """The answer is finished: let go of the handler (no cycle left for the collector)."""
+        self.stop_keepalive()
+        self._handler = None  # type: ignore[assignment]
 
     async def send(self, data: bytes) -> None:
         """Write and flush now (with whatever write_soon buffered); raises CallerGone when the caller left."""

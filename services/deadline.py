@@ -30,9 +30,16 @@ class Deadline:
     def _fire(self) -> None:
         self._handle = None
         self.expired = True
-        self._expire()
+        expire, self._expire = self._expire, _nothing
+        expire()
 
     def cancel(self) -> None:
+        """Never call `expire`; let go of it (it usually points back at the deadline's owner)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        self._expire = _nothing
+
+
+def _nothing() -> None:
+    return None
