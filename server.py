@@ -285,11 +285,15 @@ async def serve(
     # bought throughput in bench/ but let cyclic garbage pile up (the soak's RSS grew 13%).
     gc.collect()
     gc.freeze()
-    server.add_sockets(sockets)
-    if parent is None:
-        announce(settings, sockets[0].getsockname()[1], services.console_token, backend_line(settings))
+    if stop.is_set():
+        # Signalled while starting: never open for requests or announce a server about to stop.
+        log.info("a signal came while starting: stopping without serving")
     else:
-        log.info("worker %d serving (backend: %s)", os.getpid(), services.backend.name)
+        server.add_sockets(sockets)
+        if parent is None:
+            announce(settings, sockets[0].getsockname()[1], services.console_token, backend_line(settings))
+        else:
+            log.info("worker %d serving (backend: %s)", os.getpid(), services.backend.name)
     cap = services.connections.max
     open_files, open_files_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     log.info("connections: at most %d open in this process (MAX_CONNECTIONS=%d%s; open-file limit %d, hard %d)",

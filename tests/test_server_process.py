@@ -290,6 +290,8 @@ async def test_sigterm_while_starting_stops_cleanly(io_loop, tmp_path, silent_re
         server.process.send_signal(signal.SIGCONT)
         assert await server.stop() == 0, "".join(server.output)
         assert any("stopped" in line for line in server.output), "".join(server.output)
+        # It never opened for requests nor printed a console address for a server that is gone.
+        assert not any("listening on" in line for line in server.output), "".join(server.output)
         server.assert_clean_output()
     finally:
         server.kill()
