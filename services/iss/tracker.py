@@ -234,7 +234,7 @@ class IssTracker:
         if elements is None:
             return None
         anchor_, fix = self._anchor, self._fix
-        live = fix is not None and datetime.now(UTC) - fix.measured_at <= LIVE_HOLD
+        live = _live(fix, datetime.now(UTC))
         if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
             return estimate.anchored_model(anchor_)
         return estimate.elements_model(elements, datetime.now(UTC))
@@ -251,7 +251,7 @@ class IssTracker:
         """The state at this whole second, computed once per second and per change of the data it comes from."""
         now = datetime.now(UTC)
         fix = self._fix
-        live = fix is not None and now - fix.measured_at <= LIVE_HOLD
+        live = _live(fix, now)
         # The place (self._located, looked up again every second) is left out: a state keeps the
         # place it was computed with until the next second, rather than being computed twice a second.
         key = (_whole_second(now), live, self._elements(), fix, self._anchor)
@@ -272,7 +272,7 @@ class IssTracker:
         fix, anchor_ = self._fix, self._anchor
         # A fix that is recent now steers the model for any requested moment (?at= included);
         # the accuracy grows with the distance in time from the fix.
-        live = fix is not None and datetime.now(UTC) - fix.measured_at <= LIVE_HOLD
+        live = _live(fix, datetime.now(UTC))
         if live and anchor_ is not None and anchor_.fix is fix and anchor_.elements is elements:
             state = estimate.anchored_state(when, anchor_, located)
         elif elements is not None:
@@ -311,7 +311,7 @@ class IssTracker:
 
     def _status(self, now: datetime) -> str:
         fix = self._fix
-        if fix is not None and now - fix.measured_at <= LIVE_HOLD:
+        if _live(fix, now):
             return "live"
         if self._elements() is not None:
             return "propagating"
@@ -544,6 +544,11 @@ class IssTracker:
         place = self.geography.lookup(state.latitude, state.longitude)
         if place is not None:
             self._located = Located(state.latitude, state.longitude, place)
+
+
+def _live(fix: Fix | None, now: datetime) -> bool:
+    """Whether `fix` is recent enough at `now` to steer the model (LIVE_HOLD)."""
+    return fix is not None and now - fix.measured_at <= LIVE_HOLD
 
 
 def _whole_second(when: datetime) -> datetime:
