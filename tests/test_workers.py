@@ -152,7 +152,9 @@ from services.supervisor import Supervisor
 go = Path(sys.argv[1])
 
 def work(index):
-    (go.parent / "started").write_text(str(os.getpid()))
+    # Written under another name and renamed: the test never reads a half-written file.
+    (go.parent / "starting").write_text(str(os.getpid()))
+    (go.parent / "starting").rename(go.parent / "started")
     while not go.exists():  # still starting: no handler for SIGTERM yet
         time.sleep(0.01)
     asked = []
