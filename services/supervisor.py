@@ -63,6 +63,7 @@ class Supervisor:
         self.slots = [_Slot(index) for index in range(count)]
         self.restarts = 0
         self._stopping = 0  # signals received
+        self._passed_on = 0  # signals passed on to the workers
         self.parent_pid = os.getpid()
 
     def run(self) -> int:
@@ -72,34 +73,42 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         self.hooks.before_fork()
         for slot in self.slots:
-            if not self._stopping:
-                self._start(slot)
-        failed = False
-        while any(slot.pid for slot in self.slots) or not self._stopping:
+            self._start(slot)
+        while True:
+            self._pass_signals_on()
             self._reap()
-            if not self._stopping:
+            if self._stopping:
+                if not any(slot.pid for slot in self.slots):
+                    break
+            else:
                 now = time.monotonic()
                 for slot in self.slots:
                     if not slot.pid and now >= slot.restart_at:
                         self._start(slot)
             time.sleep(POLL_S)
-        for slot in self.slots:
-            failed = failed or any(code != 0 for code in slot.exits[-1:])
+        failed = any(code != 0 for slot in self.slots for code in slot.exits[-1:])
         log.info("all workers stopped")
         return 1 if failed else 0
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        # Counted only: the loop passes it on. Run here, it could come between a fork and the
+        # bookkeeping of its pid (a worker then never asked to stop, and waited for forever).
         self._stopping += 1
-        if self._stopping == 1:
-            # No new connections from here on: the workers close their copies as they drain.
-            for sock in self.sockets:
-                sock.close()
-        for slot in self.slots:
-            if slot.pid:
-                try:
-                    os.kill(slot.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+
+    def _pass_signals_on(self) -> None:
+        """Each signal received and not yet passed on: SIGTERM to every worker on record."""
+        while self._passed_on < self._stopping:
+            self._passed_on += 1
+            if self._passed_on == 1:
+                # No new connections from here on: the workers close their copies as they drain.
+                for sock in self.sockets:
+                    sock.close()
+            for slot in self.slots:
+                if slot.pid:  # not yet reaped, so this pid is still our worker's (dead or alive)
+                    try:
+                        os.kill(slot.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
 
     def _start(self, slot: _Slot) -> None:
         # Blocked across the fork, so the worker is born with SIGTERM held until `work` can drain on
@@ -108,6 +117,10 @@ class Supervisor:
         # would exit 1). The parent takes its own mask back at once.
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         try:
+            # Checked with the signals held (a handler due runs inside the call above): none can
+            # come between this check and the fork, so no worker starts once a signal was received.
+            if self._stopping:
+                return
             pid = os.fork()
         finally:
             if os.getpid() == self.parent_pid:

@@ -195,3 +195,97 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
     finally:
         parent.kill()
         parent.wait(10)
+
+
+RACED = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from services.supervisor import Supervisor
+
+here, count, signal_at = Path(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4])
+real_fork, forks = os.fork, []
+
+def fork():
+    forks.append(1)
+    if len(forks) == signal_at:
+        # The supervisor holds SIGTERM while it forks: this one is delivered to it as it takes its
+        # mask back, the moment a signal from outside would be at its worst.
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_fork()
+
+os.fork = fork
+
+def work(index):
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    me = os.getpid()
+    (here / f"{me}.tmp").write_text(str(index))
+    (here / f"{me}.tmp").rename(here / f"worker-{me}")
+    quit = here / f"quit-{me}"
+    deadline = time.monotonic() + 60
+    while not asked and not quit.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    how = "asked" if asked else "quit" if quit.exists() else "never asked"
+    (here / f"{me}.tmp").write_text(how)
+    (here / f"{me}.tmp").rename(here / f"ended-{me}")
+    return 0 if asked or quit.exists() else 3
+
+sys.exit(Supervisor(count, work, []).run())
+"""
+
+
+def _group_killed(process) -> None:
+    """SIGKILL to the process and everything in its group (its workers), unless it was already reaped."""
+    import contextlib
+    import os
+
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+@pytest.mark.parametrize("signal_at, quitting", [(2, 0), (4, 2)], ids=["while-starting", "while-restarting"])
+def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_worker_starts_after_it(
+    tmp_path, signal_at, quitting
+):
+    # Three workers; SIGTERM comes while the supervisor forks one of them: the second at the start,
+    # or (two workers having ended on their own) the first of their replacements. That worker is
+    # asked to stop like the others, no worker starts after the signal, and the parent exits 0.
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    log = (tmp_path / "parent.log").open("wb")
+    parent = subprocess.Popen([sys.executable, "-c", RACED, str(tmp_path), str(ROOT), "3", str(signal_at)],
+                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
+
+    def started() -> list[int]:
+        return sorted(int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*"))
+
+    try:
+        deadline = time.monotonic() + 60
+        if quitting:
+            while len(started()) < 3:
+                assert time.monotonic() < deadline and parent.poll() is None, "three workers did not start"
+                time.sleep(0.02)
+            for pid in started()[:quitting]:
+                (tmp_path / f"quit-{pid}").touch()
+        try:
+            code = parent.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the parent did not exit after SIGTERM:\n"
+                                 + (tmp_path / "parent.log").read_text()) from None
+        output = (tmp_path / "parent.log").read_text()
+        assert code == 0, output
+        # The forks up to the signal and no other.
+        assert len(started()) == signal_at, output
+        ended = {pid: (tmp_path / f"ended-{pid}").read_text() for pid in started()}
+        assert sorted(ended.values()) == sorted(["quit"] * quitting + ["asked"] * (signal_at - quitting)), ended
+    finally:
+        _group_killed(parent)
+        log.close()
