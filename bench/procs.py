@@ -50,10 +50,10 @@ def raise_nofile(wanted: int = 16384) -> int:
     return soft
 
 
-def die_with_parent() -> None:
-    """In a child, before exec (Linux): SIGTERM when the bench process dies, even by SIGKILL."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child, before exec (Linux): `sig` when the process that started it dies, even by SIGKILL."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 @dataclass

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
 import orjson
 import pytest
 
-from bench.procs import lost_in_log
+from bench.procs import die_with_parent, lost_in_log
 from tests.conftest import ROOT, UPSTREAM_KEY, open_stream
 from tests.redis_server import free_port
 
@@ -32,9 +34,10 @@ _free_port = free_port  # many tests import it from here
 class ServerProcess:
     """`python server.py` in a subprocess, its output collected as it runs."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, before_exec: Callable[[], None] | None = None) -> None:
         self.env = env
         self.args = args
+        self.before_exec = before_exec  # in the child, before exec: what a launcher would leave it
         self.output: list[str] = []
         self.process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
@@ -45,8 +48,16 @@ class ServerProcess:
             sys.executable, str(ROOT / "server.py"), *self.args,
             cwd=str(ROOT), env=self.env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            # Its own process group, so kill() reaches its workers as well; and killed with the test
+            # run, however that ends (its workers, orphaned, then drain and exit by themselves).
+            process_group=0, preexec_fn=self._prepare,
         )
         self._reader = asyncio.ensure_future(self._read())
+
+    def _prepare(self) -> None:
+        die_with_parent(signal.SIGKILL)
+        if self.before_exec is not None:
+            self.before_exec()
 
     async def _read(self) -> None:
         assert self.process and self.process.stdout
@@ -91,8 +102,11 @@ class ServerProcess:
         assert not lost(text), f"{lost(text)} in the server's output:\n{text}"
 
     def kill(self) -> None:
+        """SIGKILL to the server and its workers, unless it has ended (then its group is no longer
+        surely ours: an ended server waited for its workers)."""
         if self.process and self.process.returncode is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

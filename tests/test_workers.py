@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 
@@ -238,7 +239,6 @@ sys.exit(Supervisor(count, work, []).run())
 
 def _group_killed(process) -> None:
     """SIGKILL to the process and everything in its group (its workers), unless it was already reaped."""
-    import contextlib
     import os
 
     if process.poll() is None:
@@ -289,3 +289,81 @@ def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_w
     finally:
         _group_killed(parent)
         log.close()
+
+
+async def test_a_test_server_killed_takes_its_workers_with_it_even_frozen_ones(io_loop, tmp_path):
+    # A test that fails mid-way kills its server in `finally`: a frozen worker (a test may suspend
+    # them) never notices its parent is gone, so the kill must reach the workers themselves.
+    server = ServerProcess(_env(tmp_path), "--port", "0", "--workers", "2")
+    await server.start()
+    workers: list[psutil.Process] = []
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
+        workers = [psutil.Process(pid) for pid in serving(server)]
+        for worker in workers:
+            worker.suspend()
+        server.kill()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, alive
+        assert await asyncio.wait_for(server.process.wait(), 30) == -signal.SIGKILL
+    finally:
+        server.kill()
+        for worker in workers:  # should the assertion above have failed
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
+
+
+DRIVER = """
+import asyncio, json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.test_server_process import ServerProcess, _env
+from tests.test_workers import serving
+
+async def main():
+    here = Path(sys.argv[1])
+    server = ServerProcess(_env(here), "--port", "0", "--workers", "2")
+    await server.start()
+    while len(serving(server)) < 2:
+        await asyncio.sleep(0.05)
+    (here / "pids.tmp").write_text(json.dumps([server.process.pid, *serving(server)]))
+    (here / "pids.tmp").rename(here / "pids")
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path):
+    # The test process itself dies (killed, or interrupted past its `finally`): the server it
+    # started goes with it, and its workers, orphaned, drain and exit by themselves.
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(ROOT)], cwd=ROOT)
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "pids").exists():
+            assert time.monotonic() < deadline and driver.poll() is None, "the driver's server did not start"
+            time.sleep(0.05)
+        pids = json.loads((tmp_path / "pids").read_text())
+        processes = [psutil.Process(pid) for pid in pids]
+        driver.kill()
+        driver.wait(10)
+        _, alive = psutil.wait_procs(processes, timeout=30)
+        assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    finally:
+        driver.kill()
+        driver.wait(10)
+        for pid in pids:  # what this test started, should the assertion above have failed
+            try:
+                process = psutil.Process(pid)
+                if "server.py" in " ".join(process.cmdline()):
+                    process.kill()
+            except psutil.Error:
+                pass
