@@ -159,15 +159,17 @@ class Children:
         raise RuntimeError(f"{child.name} did not announce its port in {timeout}s:\n{child.log_tail()}")
 
     def stop(self, child: Child, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        """SIGTERM, then SIGKILL after `timeout` to it and its process group (a server's workers);
+        returns the exit code."""
         if child.alive():
             with contextlib.suppress(ProcessLookupError):
                 child.popen.send_signal(signal.SIGTERM)
             try:
                 child.popen.wait(timeout)
             except subprocess.TimeoutExpired:
+                # Not reaped yet, so the group (led by its pid) is still this child's.
                 with contextlib.suppress(ProcessLookupError):
-                    child.popen.kill()
+                    os.killpg(child.pid, signal.SIGKILL)
                 child.popen.wait(5)
         return child.popen.returncode
 

@@ -5,6 +5,7 @@ Figures come from `python -m bench.run`, never from a test."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -234,6 +235,26 @@ def test_children_are_stopped_when_the_block_fails(tmp_path):
         assert child.port == 1234 and child.alive()
         raise RuntimeError("boom")
     assert not psutil.pid_exists(child.pid) or psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_child_that_will_not_stop_is_killed_with_the_processes_it_started(tmp_path):
+    # A server deaf to SIGTERM: past the timeout, SIGKILL reaches its workers too, not the parent alone.
+    script = ("import os, signal, time\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+              "print(f'up on http://127.0.0.1:1234 worker {pid}', flush=True)\n"
+              "time.sleep(60)\n")
+    with procs.Children(tmp_path) as kids:
+        child = kids.start("deaf", [sys.executable, "-c", script])
+        worker = psutil.Process(int(child.log_path.read_text().split("worker ")[1].split()[0]))
+        try:
+            assert kids.stop(child, timeout=1.0) == -9
+            _, alive = psutil.wait_procs([worker], timeout=10)
+            assert not alive, "the child's own child outlived it"
+        finally:
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
 
 
 def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
