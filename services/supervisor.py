@@ -71,6 +71,11 @@ class Supervisor:
         # First: a signal from here on (one sent as soon as the start-up line is read) stops cleanly.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        # What the launcher left us must not stop that: SIGTERM held (the mask is inherited through
+        # exec) would never reach the handler, and SIGCHLD ignored has the kernel reap the workers,
+        # so waitpid never reports them and the parent would wait for them forever.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         self.hooks.before_fork()
         for slot in self.slots:
             self._start(slot)

@@ -291,6 +291,38 @@ def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_w
         log.close()
 
 
+def _sigchld_ignored() -> None:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kept through exec: the kernel would reap the workers
+
+
+def _sigterm_held() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # the mask is kept through exec
+
+
+@pytest.mark.parametrize("launcher", [_sigchld_ignored, _sigterm_held], ids=["sigchld-ignored", "sigterm-held"])
+async def test_a_parent_started_with_sigchld_ignored_or_sigterm_held_still_replaces_and_drains_its_workers(
+    io_loop, tmp_path, launcher
+):
+    server = ServerProcess(_env(tmp_path), "--port", "0", "--workers", "2", before_exec=launcher)
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
+        first = serving(server)
+        victim = min(first)
+        psutil.Process(victim).kill()
+        await server.wait_for_line(f"(pid {victim}) died", 30)
+        await wait_until(lambda: len(serving(server) - first) == 1, 60, "no worker serving in place of the dead one")
+        try:
+            code = await server.stop()
+        except TimeoutError:
+            raise AssertionError("the parent did not exit after SIGTERM:\n" + "".join(server.output[-20:])) from None
+        assert code == 0, "".join(server.output)
+        assert sum("shutting down" in line for line in server.output) == 2  # both workers drained
+        server.assert_clean_output()
+    finally:
+        server.kill()
+
+
 async def test_a_test_server_killed_takes_its_workers_with_it_even_frozen_ones(io_loop, tmp_path):
     # A test that fails mid-way kills its server in `finally`: a frozen worker (a test may suspend
     # them) never notices its parent is gone, so the kill must reach the workers themselves.
