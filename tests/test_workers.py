@@ -179,7 +179,7 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
     from tests.support import sigterm_reached
 
     go = tmp_path / "go"
-    parent = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(go), str(ROOT)])
+    parent = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(go), str(ROOT)], process_group=0)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "started").exists():
@@ -194,8 +194,7 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
         # Held until the worker could handle it, not death by signal (the parent's exit would be 1).
         assert parent.wait(60) == 0
     finally:
-        parent.kill()
-        parent.wait(10)
+        _group_killed(parent)  # its worker, still waiting for `go`, with it
 
 
 RACED = """
