@@ -198,6 +198,10 @@ def relay_argv(upstream_url: str) -> list[str]:
     return [PYTHON, "-m", "bench.relay", "--port", "0", "--upstream", upstream_url]
 
 
+def stack_argv(upstream_url: str) -> list[str]:
+    return [PYTHON, "-m", "bench.stack", "--port", "0", "--upstream", upstream_url]
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now (for a child that does not print its port)."""
     with socket.socket() as sock:

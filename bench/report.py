@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.figures import LAYERS, PATHS, Target, find
 from bench.profiles import PROFILES
+from bench.stats import minus
 
 
 def _n(value: float | None, digits: int = 1) -> str:
@@ -93,9 +94,35 @@ def markdown(result: dict[str, Any]) -> str:
         t = target if isinstance(target, Target) else Target(**target)
         met = "not measured" if t.met is None else ("yes" if t.met else "**no**")
         lines.append(f"| {t.name} | {t.goal} | {t.measured} | {met} |")
+    lines += stack_floor(result.get("profile_rows") or [])
     if result.get("skipped"):
         lines += ["", f"Skipped (time limit): {', '.join(result['skipped'])}."]
     return "\n".join(lines) + "\n"
+
+
+def stack_floor(rows: list[dict[str, Any]], profile: str = "openai") -> list[str]:
+    """Issue 8's figures for the relay, the agreed stack alone (Tornado + openai, bench/stack.py) and
+    the server: how much of the server's distance to the relay the stack itself accounts for."""
+    levels = sorted({row["concurrency"] for row in rows if row["path"] == "stack" and row["profile"] == profile
+                     and row["connections"] == "reused"})
+    if not levels:
+        return []
+    lines = [
+        "", "## The agreed stack's own cost", "",
+        "`stack` is Tornado and the openai package relaying the upstream's bytes with nothing else "
+        f"(`bench/stack.py`). {profile} profile, reused connections, same run:", "",
+        "| figure | relay | stack | server | stack − relay | server − stack |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in levels:
+        for key, label in (("added_p50", "added first-content TTFT p50 ms"),
+                           ("pacing_p95", "token-gap deviation p95 ms")):
+            relay, stack, server = (find(rows, path, c, profile).get(key) for path in ("relay", "stack", "server"))
+            lines.append(
+                f"| {label}, c={c} | {_n(relay, 2)} | {_n(stack, 2)} | {_n(server, 2)} | "
+                f"{_n(minus(stack, relay), 2)} | {_n(minus(server, stack), 2)} |"
+            )
+    return lines
 
 
 def profile_table(result: dict[str, Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""The benchmark: upstream directly, through the floor relay and through the server, interleaved.
+"""The benchmark: upstream directly, through the floor relay, the bare stack (profiles) and the server, interleaved.
 
     python -m bench.run            # full run: c = 1, 50, 200, 1000 and the paced profiles (about 10 minutes)
     python -m bench.run --quick    # c = 1, 50, 200, the profiles and the memory check (about 2 minutes)
@@ -102,6 +102,8 @@ class Bench:
         cache = kids.log_dir / "iss-cache"
         self.upstream = kids.start("upstream", procs.fake_upstream_argv(cfg.tokens, cfg.gap, cfg.first_token_delay))
         self.relay = kids.start("relay", procs.relay_argv(self.upstream.url))
+        # Tornado + the openai package alone, for the paced profiles: what the agreed stack adds.
+        self.stack = kids.start("stack", procs.stack_argv(self.upstream.url))
         env = procs.server_env(
             self.upstream.url, cache, CONSOLE_ENABLED=str(cfg.console).lower(), LOG_LEVEL=cfg.log_level,
             UPSTREAM_TIMEOUT=str(cfg.request_timeout),
@@ -110,14 +112,16 @@ class Bench:
         self.server = kids.start("server", procs.server_argv(port), env=env, port=port)
         self.proc = {
             "upstream": self.upstream.process(), "relay": self.relay.process(), "server": self.server.process(),
+            "stack": self.stack.process(),
         }
         self.urls = {
             "direct": self.upstream.url + CHAT_PATH,
             "relay": self.relay.url + CHAT_PATH,
+            "stack": self.stack.url + CHAT_PATH,
             "server": self.server.url + CHAT_PATH,
         }
         self.paths: list[str] = list(PATHS)
-        self.children = [self.upstream, self.relay, self.server]
+        self.children = [self.upstream, self.relay, self.stack, self.server]
         if cfg.baseline:
             # Before/after a change in one run: the same workload through another checkout's server.
             port = procs.free_port()
@@ -126,6 +130,7 @@ class Bench:
             self.urls["baseline"] = base.url + CHAT_PATH
             self.paths.append("baseline")
             self.children.append(base)
+        self.profile_paths = [*self.paths[:2], "stack", *self.paths[2:]]
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -159,7 +164,7 @@ class Bench:
 
     async def warm_up(self) -> None:
         body = chat_body(self.cfg.tokens, self.cfg.gap, self.cfg.first_token_delay)
-        for path in self.paths:
+        for path in self.profile_paths:
             self.progress.set_postfix_str(f"warm-up {path}")
             await self.batch(path, body, 4, 40)
 
@@ -208,10 +213,11 @@ class Bench:
                     return
                 await asyncio.sleep(0.2)
 
-    def rotated(self, round_index: int) -> list[str]:
+    def rotated(self, round_index: int, paths: list[str] | None = None) -> list[str]:
         """The paths in an order that changes each round, so drift hits each path alike."""
-        k = round_index % len(self.paths)
-        return [*self.paths[k:], *self.paths[:k]]
+        paths = self.paths if paths is None else paths
+        k = round_index % len(paths)
+        return [*paths[k:], *paths[:k]]
 
     async def stage(self, c: int) -> None:
         cfg = self.cfg
@@ -238,7 +244,7 @@ class Bench:
         """A paced upstream: time to first content and token pacing, per path, interleaved rounds."""
         profile = PROFILES[name]
         for r in range(self.cfg.rounds):
-            for path in self.rotated(r):
+            for path in self.rotated(r, self.profile_paths):
                 if self.time_left() <= 0:
                     self.skipped.append(f"{name} {connections} c={c} round {r + 1} {path}")
                     continue
@@ -270,8 +276,9 @@ class Bench:
     def planned(self) -> int:
         cfg = self.cfg
         per_round = sum(cfg.latency_requests(c) + cfg.throughput_requests(c) for c in cfg.concurrency)
-        per_round += len(cfg.profile_runs) * sum(cfg.profile_requests(c) for c in cfg.profile_concurrency)
-        return len(self.paths) * (40 + cfg.rounds * per_round) + (len(self.paths) - 1) * cfg.hold
+        profiled = len(cfg.profile_runs) * sum(cfg.profile_requests(c) for c in cfg.profile_concurrency)
+        return (len(self.paths) * (40 + cfg.rounds * per_round) + 40 + len(self.profile_paths) * cfg.rounds * profiled
+                + (len(self.paths) - 1) * cfg.hold)
 
 
 def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> dict[str, Any]:
@@ -283,7 +290,8 @@ def result_of(bench: Bench, started: datetime, elapsed: float, command: str) -> 
     profile_rows = with_added([
         cell.figures() for (name, connections, path, c), cell in sorted(
             bench.profile_cells.items(),
-            key=lambda item: (bench.cfg.profile_runs.index(item[0][:2]), item[0][3], bench.paths.index(item[0][2])),
+            key=lambda item: (bench.cfg.profile_runs.index(item[0][:2]), item[0][3],
+                              bench.profile_paths.index(item[0][2])),
         )
     ])
     return {

@@ -275,11 +275,13 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
     assert data["memory"]["server"]["opened"] == 20
     assert {(r["profile"], r["connections"], r["path"]) for r in data["profile_rows"]} == {
         (p, conn, path) for p, conn in (("openai", "reused"), ("thinking", "new"))
-        for path in ("direct", "relay", "server")
+        for path in ("direct", "relay", "stack", "server")
     }
     assert all(r["failed"] == 0 and r["tokens_paced"] > 0 for r in data["profile_rows"]), data["profile_rows"]
     assert (tmp_path / "latest.png").stat().st_size > 10_000
-    assert "## Targets" in (tmp_path / "latest.md").read_text()
+    report = (tmp_path / "latest.md").read_text()
+    assert "## Targets" in report
+    assert "## The agreed stack's own cost" in report
 
 
 def test_costs_reports_each_helper_against_its_budget():

@@ -1,0 +1,79 @@
+"""The agreed stack alone: Tornado and the openai package relaying an upstream's stream, nothing else.
+
+The project is built on Tornado and streams through the official openai package. This is the least
+those two cost together: a Tornado handler that passes the caller's body to the upstream through
+`AsyncOpenAI` (with the aiohttp transport the server uses, as the package documents it), and
+writes each block of the answer to the caller as it arrives, with TCP_NODELAY on. No parsing,
+validation, ISS block, console, metrics or limits. Against bench/relay.py (aiohttp alone) in the
+same run it shows what the stack itself adds; against the server, what the server's own work adds.
+
+Run alone: python -m bench.stack --port 9400 --upstream http://127.0.0.1:9100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import httpx2
+import openai
+import tornado.netutil
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+
+class StackRelay(tornado.web.RequestHandler):
+    def initialize(self, client: openai.AsyncOpenAI) -> None:
+        self.client = client
+
+    async def post(self) -> None:
+        answer = await self.client.post(
+            "/chat/completions", cast_to=httpx2.Response, content=self.request.body,
+            options={"security": {"bearer_auth": True}}, stream=True,
+        )
+        try:
+            self.set_status(answer.status_code)
+            self.set_header("Content-Type", answer.headers.get("Content-Type", "text/event-stream"))
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[attr-defined]
+            async for block in answer.aiter_raw():
+                self.write(block)
+                await self.flush()  # a caller that left raises here, and the upstream is closed
+        finally:
+            await answer.aclose()
+
+
+def make_stack(upstream: str) -> tuple[tornado.web.Application, openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(
+        api_key="sk-bench-not-a-real-key", base_url=upstream.rstrip("/") + "/v1",
+        http_client=openai.DefaultAioHttpClient(), max_retries=0,
+    )
+    return tornado.web.Application([(r"/v1/chat/completions", StackRelay, {"client": client})]), client
+
+
+async def serve(port: int, upstream: str) -> None:
+    """Listen on loopback until cancelled; prints the URL once listening."""
+    app, client = make_stack(upstream)
+    sockets = tornado.netutil.bind_sockets(port, "127.0.0.1", backlog=4096)
+    server = HTTPServer(app)
+    server.add_sockets(sockets)
+    print(f"stack on http://127.0.0.1:{sockets[0].getsockname()[1]} -> {upstream}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        server.stop()
+        await client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Tornado + openai package relay (the agreed stack's floor)")
+    parser.add_argument("--port", type=int, default=9400)
+    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
+    args = parser.parse_args()
+    try:
+        asyncio.run(serve(args.port, args.upstream))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
