@@ -20,6 +20,7 @@ from bench.figures import Cell, pacing_targets, targets, with_added
 from bench.loadgen import chat_body, run_batch, stream_once
 from bench.relay import make_relay
 from bench.report import chart, markdown
+from bench.stack import make_stack
 from bench.stats import percentile
 from tests.fakes.openai_upstream import FakeUpstream
 
@@ -35,18 +36,19 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
 
-def _pieces_app() -> web.Application:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for piece in PIECES:
-            await response.write(piece)
-            await asyncio.sleep(0.01)
-        return response
+async def _pieces_app_answer(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for piece in PIECES:
+        await response.write(piece)
+        await asyncio.sleep(0.01)
+    return response
 
+
+def _pieces_app() -> web.Application:
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", answer)
+    app.router.add_post("/v1/chat/completions", _pieces_app_answer)
     return app
 
 
@@ -79,6 +81,60 @@ async def test_relay_stops_the_upstream_stream_when_the_caller_leaves():
         assert upstream.aborted_streams == 3
     finally:
         await relay.cleanup()
+        await upstream.close()
+
+
+@contextlib.asynccontextmanager
+async def _stack(upstream_url: str):
+    """bench/stack.py's Tornado app on a loopback port of this loop."""
+    from tornado.httpserver import HTTPServer
+    from tornado.testing import bind_unused_port
+
+    app, client = make_stack(upstream_url)
+    sock, port = bind_unused_port()
+    server = HTTPServer(app)
+    server.add_sockets([sock])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        await client.close()
+
+
+async def test_stack_forwards_the_bytes_unchanged_without_the_sdks_telemetry_headers():
+    seen: list[dict[str, str]] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        seen.append(dict(request.headers))
+        return await _pieces_app_answer(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    origin, origin_url = await _serve(app)
+    try:
+        async with _stack(origin_url) as stack_url:
+            import aiohttp
+
+            async with aiohttp.ClientSession() as session:
+                async with session.post(stack_url + "/v1/chat/completions", data=b"{}") as response:
+                    assert response.headers["Content-Type"].startswith("text/event-stream")
+                    assert await response.read() == b"".join(PIECES)
+        assert seen and not [name for name in seen[0] if name.lower().startswith("x-stainless-")]
+        assert seen[0]["Authorization"].startswith("Bearer ")
+    finally:
+        await origin.cleanup()
+
+
+async def test_stack_stops_the_upstream_stream_when_the_caller_leaves():
+    upstream = await FakeUpstream(tokens=500, gap=0.02).start()
+    try:
+        async with _stack(f"http://127.0.0.1:{upstream.port}") as stack_url:
+            batch = await run_batch(stack_url + "/v1/chat/completions", chat_body(500, 0.02, 0.0), 3, 3,
+                                    time_budget=5.0, request_timeout=0.3)
+            assert [s.error for s in batch.samples] == ["timeout"] * 3  # the callers gave up mid-stream
+            assert await upstream.wait_streams_closed(2.0)
+            assert upstream.aborted_streams == 3
+    finally:
         await upstream.close()
 
 
