@@ -4,7 +4,8 @@ The parent binds the sockets, then forks; it never runs an event loop (a loop mu
 fork). Each worker runs the whole server on the inherited sockets, so the kernel spreads new
 connections over the workers. SIGTERM or SIGINT to the parent: it stops accepting (closes its copy
 of the sockets) and passes SIGTERM on, so every worker drains its streams as one server does; a
-second signal is passed on too (each worker then ends its remaining streams at once). A worker
+second signal is passed on too (each worker then ends its remaining streams at once), once the
+worker has taken the first: standard signals do not queue, two pending at once are one. A worker
 that dies otherwise is replaced, with a growing pause when replacements keep dying young.
 """
 
@@ -18,12 +19,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("iss_llm.workers")
 
 POLL_S = 0.1
 YOUNG_S = 10.0  # a worker that dies sooner than this counts towards the back-off
 MAX_BACKOFF_S = 30.0
+_SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class _Slot:
     started: float = 0.0
     young_deaths: int = 0
     restart_at: float = 0.0
+    signalled: int = 0  # SIGTERMs sent to this worker
     exits: list[int] = field(default_factory=list)
 
 
@@ -63,7 +67,7 @@ class Supervisor:
         self.slots = [_Slot(index) for index in range(count)]
         self.restarts = 0
         self._stopping = 0  # signals received
-        self._passed_on = 0  # signals passed on to the workers
+        self._closed_sockets = False
         self.parent_pid = os.getpid()
 
     def run(self) -> int:
@@ -101,19 +105,25 @@ class Supervisor:
         self._stopping += 1
 
     def _pass_signals_on(self) -> None:
-        """Each signal received and not yet passed on: SIGTERM to every worker on record."""
-        while self._passed_on < self._stopping:
-            self._passed_on += 1
-            if self._passed_on == 1:
-                # No new connections from here on: the workers close their copies as they drain.
-                for sock in self.sockets:
-                    sock.close()
-            for slot in self.slots:
-                if slot.pid:  # not yet reaped, so this pid is still our worker's (dead or alive)
-                    try:
-                        os.kill(slot.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+        """Each signal received: SIGTERM to every worker on record, one at a time.
+
+        A worker gets the next one only once it has taken the last (none pending in it): sent back
+        to back, two would merge into one, and the worker would never see its second signal."""
+        if not self._stopping:
+            return
+        if not self._closed_sockets:
+            self._closed_sockets = True
+            # No new connections from here on: the workers close their copies as they drain.
+            for sock in self.sockets:
+                sock.close()
+        for slot in self.slots:
+            # Not yet reaped, so this pid is still our worker's (dead or alive).
+            if slot.pid and slot.signalled < self._stopping and not _sigterm_pending(slot.pid):
+                slot.signalled += 1
+                try:
+                    os.kill(slot.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def _start(self, slot: _Slot) -> None:
         # Blocked across the fork, so the worker is born with SIGTERM held until `work` can drain on
@@ -147,6 +157,7 @@ class Supervisor:
                 sys.stderr.flush()
                 os._exit(code)
         slot.pid = pid
+        slot.signalled = 0
         slot.started = time.monotonic()
         log.info("worker %d started (pid %d)", slot.index, pid)
 
@@ -178,3 +189,16 @@ class Supervisor:
                 "worker %d (pid %d) died (%s) after %.1fs; starting another%s",
                 slot.index, pid, how, lived, f" in {delay:.1f}s" if delay else "",
             )
+
+
+def _sigterm_pending(pid: int) -> bool:
+    """A SIGTERM sent to this process has not been taken yet (it is blocked, or the process has not
+    run since). False where /proc cannot tell (the signals then go one per turn of the loop)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split(":", 1)[1], 16) & _SIGTERM_BIT:
+            return True
+    return False

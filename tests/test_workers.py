@@ -322,6 +322,79 @@ async def test_a_parent_started_with_sigchld_ignored_or_sigterm_held_still_repla
         server.kill()
 
 
+COUNTING = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from services.supervisor import Supervisor
+
+here = Path(sys.argv[1])
+
+def work(index):
+    # SIGTERM stays held, as the supervisor starts a worker: each one is taken here, one at a time
+    # and a while after it came, as a busy worker would. One sent while the last is still pending
+    # merges with it (standard signals do not queue).
+    me = os.getpid()
+    (here / f"{me}.tmp").write_text("")
+    (here / f"{me}.tmp").rename(here / f"worker-{me}")
+    taken = 0
+    deadline = time.monotonic() + 60
+    while taken < 2 and time.monotonic() < deadline:
+        if signal.SIGTERM in signal.sigpending():
+            time.sleep(0.3)
+            signal.sigtimedwait({signal.SIGTERM}, 0)
+            taken += 1
+            deadline = min(deadline, time.monotonic() + 10)  # for a second one
+        time.sleep(0.01)
+    (here / f"{me}.tmp").write_text(str(taken))
+    (here / f"{me}.tmp").rename(here / f"taken-{me}")
+    return 0
+
+sys.exit(Supervisor(2, work, []).run())
+"""
+
+
+def _worker_pids(here, prefix: str = "worker-") -> list[int]:
+    return sorted(int(path.name.removeprefix(prefix)) for path in here.glob(prefix + "*"))
+
+
+def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_path):
+    # Sent to a worker back to back, the second SIGTERM would merge with the first still pending in
+    # it: the worker would drain and never hear "end the streams now".
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    from tests.support import sigterm_reached
+
+    log = (tmp_path / "parent.log").open("wb")
+    parent = subprocess.Popen([sys.executable, "-c", COUNTING, str(tmp_path), str(ROOT)],
+                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_worker_pids(tmp_path)) < 2:
+            assert time.monotonic() < deadline and parent.poll() is None, "two workers did not start"
+            time.sleep(0.02)
+        workers = _worker_pids(tmp_path)
+        parent.send_signal(signal.SIGTERM)
+        while sigterm_reached(parent.pid):  # the parent took the first before the second comes
+            assert time.monotonic() < deadline, "the parent did not take the first SIGTERM"
+            time.sleep(0.002)
+        time.sleep(0.02)  # the two signals 20 ms apart (what is tested, not a wait for success)
+        parent.send_signal(signal.SIGTERM)
+        try:
+            code = parent.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the parent did not exit:\n" + (tmp_path / "parent.log").read_text()) from None
+        assert code == 0, (tmp_path / "parent.log").read_text()
+        taken = {pid: (tmp_path / f"taken-{pid}").read_text() for pid in workers}
+        assert taken == {pid: "2" for pid in workers}
+    finally:
+        _group_killed(parent)
+        log.close()
+
+
 async def test_a_test_server_killed_takes_its_workers_with_it_even_frozen_ones(io_loop, tmp_path):
     # A test that fails mid-way kills its server in `finally`: a frozen worker (a test may suspend
     # them) never notices its parent is gone, so the kill must reach the workers themselves.
