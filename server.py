@@ -379,6 +379,13 @@ def worker_exited(settings: Settings, pid: int) -> None:
         metrics_multiprocess.worker_exited(pid)
 
 
+# What a worker may take past DRAIN_TIMEOUT once asked to stop: giving up the ISS lease, ending the
+# streams still open (2 s), closing its Redis links (each command bounded by 1 s), or finishing a
+# start that waits on Redis. Past DRAIN_TIMEOUT plus this, the parent kills the workers still
+# running (hung, or deaf to SIGTERM) and exits 1.
+STOP_MARGIN_S = 10.0
+
+
 def run_workers(settings: Settings, count: int) -> int:
     """Bind once, fork `count` workers on the shared sockets, restart the ones that die, drain on SIGTERM."""
     # Every worker must accept the same console URL and cookie (an HMAC of this token).
@@ -409,6 +416,7 @@ def run_workers(settings: Settings, count: int) -> int:
     supervisor = Supervisor(
         count, work, sockets,
         Hooks(before_fork=before_fork, worker_exited=lambda pid: worker_exited(settings, pid)),
+        stop_timeout=settings.drain_timeout + STOP_MARGIN_S,
     )
     chosen_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     try:

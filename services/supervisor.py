@@ -6,7 +6,9 @@ connections over the workers. SIGTERM or SIGINT to the parent: it stops acceptin
 of the sockets) and passes SIGTERM on, so every worker drains its streams as one server does; a
 second signal is passed on too (each worker then ends its remaining streams at once), once the
 worker has taken the first: standard signals do not queue, two pending at once are one. A worker
-that dies otherwise is replaced, with a growing pause when replacements keep dying young.
+still running `stop_timeout` seconds after the first signal (hung, or deaf to SIGTERM) is killed,
+and the parent exits 1. A worker that dies otherwise is replaced, with a growing pause when
+replacements keep dying young.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger("iss_llm.workers")
 POLL_S = 0.1
 YOUNG_S = 10.0  # a worker that dies sooner than this counts towards the back-off
 MAX_BACKOFF_S = 30.0
+REAP_KILLED_S = 5.0  # how long the parent waits to reap the workers it killed past the stop timeout
 _SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
 
 
@@ -51,7 +54,8 @@ class _Slot:
 class Supervisor:
     """Runs `work(index)` in `count` forked workers until a signal asks them all to stop.
 
-    `work` starts with SIGTERM blocked and unblocks it once it handles it (a drain)."""
+    `work` starts with SIGTERM blocked and unblocks it once it handles it (a drain). Workers still
+    running `stop_timeout` seconds after the first signal are killed (SIGKILL)."""
 
     def __init__(
         self,
@@ -59,15 +63,19 @@ class Supervisor:
         work: Callable[[int], int],
         sockets: list[socket.socket],
         hooks: Hooks | None = None,
+        *,
+        stop_timeout: float,
     ) -> None:
         self.count = count
         self.work = work
         self.sockets = sockets
         self.hooks = hooks or Hooks()
+        self.stop_timeout = stop_timeout
         self.slots = [_Slot(index) for index in range(count)]
         self.restarts = 0
         self._stopping = 0  # signals received
-        self._closed_sockets = False
+        self._stop_deadline = 0.0  # set when the loop first sees a signal
+        self._killed: list[int] = []  # pids killed past the stop timeout
         self.parent_pid = os.getpid()
 
     def run(self) -> int:
@@ -89,13 +97,16 @@ class Supervisor:
             if self._stopping:
                 if not any(slot.pid for slot in self.slots):
                     break
+                if time.monotonic() >= self._stop_deadline:
+                    self._kill_the_rest()
+                    break
             else:
                 now = time.monotonic()
                 for slot in self.slots:
                     if not slot.pid and now >= slot.restart_at:
                         self._start(slot)
             time.sleep(POLL_S)
-        failed = any(code != 0 for slot in self.slots for code in slot.exits[-1:])
+        failed = self._killed or any(code != 0 for slot in self.slots for code in slot.exits[-1:])
         log.info("all workers stopped")
         return 1 if failed else 0
 
@@ -111,8 +122,8 @@ class Supervisor:
         to back, two would merge into one, and the worker would never see its second signal."""
         if not self._stopping:
             return
-        if not self._closed_sockets:
-            self._closed_sockets = True
+        if not self._stop_deadline:
+            self._stop_deadline = time.monotonic() + self.stop_timeout
             # No new connections from here on: the workers close their copies as they drain.
             for sock in self.sockets:
                 sock.close()
@@ -124,6 +135,24 @@ class Supervisor:
                     os.kill(slot.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+    def _kill_the_rest(self) -> None:
+        """Past the stop timeout: SIGKILL to every worker not yet reaped (so the pids are still ours),
+        then reap them, for a few seconds at most."""
+        self._killed = [slot.pid for slot in self.slots if slot.pid]
+        log.error(
+            "worker pid(s) %s still running %.1fs after the stop signal (past the drain timeout): killing them",
+            ", ".join(map(str, self._killed)), self.stop_timeout,
+        )
+        for pid in self._killed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        give_up = time.monotonic() + REAP_KILLED_S
+        while any(slot.pid for slot in self.slots) and time.monotonic() < give_up:
+            time.sleep(0.01)
+            self._reap()
 
     def _start(self, slot: _Slot) -> None:
         # Blocked across the fork, so the worker is born with SIGTERM held until `work` can drain on

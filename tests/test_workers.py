@@ -13,6 +13,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
+from server import STOP_MARGIN_S
 from tests.conftest import UPSTREAM_KEY, open_stream
 from tests.support import connection_owner
 from tests.test_server_process import MESSAGES, ServerProcess, _env, _free_port
@@ -166,7 +167,7 @@ def work(index):
         time.sleep(0.01)
     return 0 if asked else 3
 
-sys.exit(Supervisor(1, work, []).run())
+sys.exit(Supervisor(1, work, [], stop_timeout=60).run())
 """
 
 
@@ -232,7 +233,7 @@ def work(index):
     (here / f"{me}.tmp").rename(here / f"ended-{me}")
     return 0 if asked or quit.exists() else 3
 
-sys.exit(Supervisor(count, work, []).run())
+sys.exit(Supervisor(count, work, [], stop_timeout=60).run())
 """
 
 
@@ -350,7 +351,7 @@ def work(index):
     (here / f"{me}.tmp").rename(here / f"taken-{me}")
     return 0
 
-sys.exit(Supervisor(2, work, []).run())
+sys.exit(Supervisor(2, work, [], stop_timeout=60).run())
 """
 
 
@@ -393,6 +394,99 @@ def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_
     finally:
         _group_killed(parent)
         log.close()
+
+
+DEAF = """
+import logging, os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from services.supervisor import Supervisor
+
+here = Path(sys.argv[1])
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+def work(index):
+    if index == 0:  # deaf to SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    me = os.getpid()
+    (here / f"{me}.tmp").write_text("")
+    (here / f"{me}.tmp").rename(here / f"worker{index}-{me}")
+    if index == 0:
+        time.sleep(120)
+        return 0
+    return 0 if signal.sigtimedwait({signal.SIGTERM}, 120) else 3
+
+sys.exit(Supervisor(2, work, [], stop_timeout=float(sys.argv[3])).run())
+"""
+
+
+def test_a_worker_deaf_to_sigterm_is_killed_past_the_stop_timeout_and_the_parent_exits_1(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    log = (tmp_path / "parent.log").open("wb")
+    parent = subprocess.Popen([sys.executable, "-c", DEAF, str(tmp_path), str(ROOT), "1.0"],
+                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        deadline = time.monotonic() + 60
+        while not (_worker_pids(tmp_path, "worker0-") and _worker_pids(tmp_path, "worker1-")):
+            assert time.monotonic() < deadline and parent.poll() is None, "two workers did not start"
+            time.sleep(0.02)
+        [deaf], [heeds] = _worker_pids(tmp_path, "worker0-"), _worker_pids(tmp_path, "worker1-")
+        deaf_process = psutil.Process(deaf)
+        parent.send_signal(signal.SIGTERM)
+        try:
+            code = parent.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the parent still waits for a worker deaf to SIGTERM:\n"
+                                 + (tmp_path / "parent.log").read_text()) from None
+        output = (tmp_path / "parent.log").read_text()
+        assert code == 1, output
+        # One line says which worker was killed and why; the one that heeded SIGTERM stopped on its own.
+        killed = [line for line in output.splitlines() if "still running" in line]
+        assert len(killed) == 1, output
+        assert killed[0].startswith("ERROR") and f"pid(s) {deaf} " in killed[0] and "drain timeout" in killed[0]
+        assert f"(pid {heeds}) stopped, exit 0" in output
+        assert f"(pid {deaf}) stopped, exit -{signal.SIGKILL}" in output
+        assert not deaf_process.is_running()
+    finally:
+        _group_killed(parent)
+        log.close()
+
+
+async def test_a_hung_worker_is_killed_past_drain_timeout_plus_the_margin_and_the_others_drain(io_loop, tmp_path):
+    server = ServerProcess(_env(tmp_path, DRAIN_TIMEOUT="1"), "--port", "0", "--workers", "2")
+    await server.start()
+    hung = None
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
+        hung_pid, other = sorted(serving(server))
+        hung = psutil.Process(hung_pid)
+        hung.suspend()  # frozen: it never takes the SIGTERM
+        started = asyncio.get_running_loop().time()
+        server.terminate()
+        try:
+            code = await asyncio.wait_for(server.process.wait(), 1 + STOP_MARGIN_S + 30)
+        except TimeoutError:
+            raise AssertionError("the parent still waits for a hung worker:\n" + "".join(server.output)) from None
+        output = "".join(server.output)
+        assert code == 1, output
+        # Not before DRAIN_TIMEOUT and the margin, in which a worker ends its streams and closes.
+        assert asyncio.get_running_loop().time() - started >= 1 + STOP_MARGIN_S
+        killed = [line for line in server.output if "still running" in line]
+        assert len(killed) == 1 and f"pid(s) {hung.pid} " in killed[0], output
+        assert f"(pid {other}) stopped, exit 0" in output
+        assert not hung.is_running()
+        server.assert_clean_output()
+    finally:
+        server.kill()
+        if hung is not None:
+            with contextlib.suppress(psutil.Error):
+                hung.kill()
 
 
 async def test_a_test_server_killed_takes_its_workers_with_it_even_frozen_ones(io_loop, tmp_path):
