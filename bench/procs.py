@@ -51,7 +51,12 @@ def raise_nofile(wanted: int = 16384) -> int:
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child, before exec (Linux): `sig` when the process that started it dies, even by SIGKILL."""
+    """In a child, before exec (Linux): `sig` when the *thread* that started it ends (PR_SET_PDEATHSIG),
+    which its whole process dying, even by SIGKILL, includes.
+
+    Not the process: a child started from another thread (an executor's, `asyncio.to_thread`) gets
+    `sig` as soon as that thread exits, however long the process lives on. Start children from a
+    thread that lives as long as they should: the main thread, or the event loop's."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig))
 
@@ -110,6 +115,23 @@ class Children:
         port: int | None = None,
     ) -> Child:
         """Start `argv` and wait until it listens: on `port`, or on the http://127.0.0.1:PORT it prints."""
+        child = self.spawn(name, argv, env, cwd, port)
+        self.wait_ready(child, ready_timeout)
+        return child
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+        port: int | None = None,
+    ) -> Child:
+        """Start `argv` without waiting for it to listen (`wait_ready` does that).
+
+        From a thread that lives as long as the child should (the main thread, or the event loop's in
+        async code, never `asyncio.to_thread`): the child gets SIGTERM when the thread that started
+        it ends (`die_with_parent`). `wait_ready` blocks, and may run in any thread."""
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
@@ -126,14 +148,16 @@ class Children:
                 process_group=0,
                 preexec_fn=die_with_parent,
             )
-        child = Child(name, popen, log_path)
+        child = Child(name, popen, log_path, port or 0)
         self.children.append(child)
-        if port is None:
-            child.port = self._wait_port(child, ready_timeout)
-        else:
-            child.port = port
-            self._wait_listening(child, ready_timeout)
         return child
+
+    def wait_ready(self, child: Child, timeout: float = 20.0) -> None:
+        """Until `child` listens: on the port it was started with, or on the one it prints."""
+        if child.port:
+            self._wait_listening(child, timeout)
+        else:
+            child.port = self._wait_port(child, timeout)
 
     @staticmethod
     def _wait_listening(child: Child, timeout: float) -> None:

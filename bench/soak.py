@@ -193,9 +193,11 @@ class Soak:
             UPSTREAM_MAX_EVENT_BYTES=str(256 * 1024),
             LOG_LEVEL="warning",
         )
-        # Off the event loop: the fakes here must answer the server while it starts.
-        self.server = await asyncio.to_thread(self.kids.start, "server", procs.server_argv(port), env, 30.0,
-                                              procs.ROOT, port)
+        # Started from the loop's thread, which lives as long as the soak: the server dies with the
+        # thread that starts it (procs.die_with_parent), and an executor's may end at any time.
+        self.server = self.kids.spawn("server", procs.server_argv(port), env, procs.ROOT, port)
+        # Waited for off the event loop: the fakes here must answer the server while it starts.
+        await asyncio.to_thread(self.kids.wait_ready, self.server, 30.0)
 
     async def close(self) -> None:
         self.iss.fail_all("ok")

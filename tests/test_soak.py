@@ -43,3 +43,49 @@ def test_an_error_no_code_handled_in_the_server_log_is_a_leak(tmp_path):
     assert len(problems) == 2
     assert any("never retrieved" in problem for problem in problems)
     assert any("Traceback" in problem for problem in problems)
+
+
+def test_the_soak_server_outlives_the_threads_the_soak_used_while_starting_it(tmp_path):
+    # The server dies with the thread that started it (procs.die_with_parent, PR_SET_PDEATHSIG):
+    # started from an executor's thread, it got SIGTERM once that thread ended, the soak still running.
+    import asyncio
+    import os
+    import threading
+    import time
+    import urllib.request
+
+    from tests.support import sigterm_reached
+
+    with procs.Children(tmp_path) as kids:
+        soak = Soak(SoakConfig.quick(), kids)
+        threads: set[int] = set()
+
+        async def start() -> None:
+            before = set(threading.enumerate())
+            try:
+                await soak.start()
+                # The threads the start began (this loop's executor's): asyncio.run joins them as it ends.
+                began = set(threading.enumerate()) - before
+                threads.update(t.native_id for t in began if t.name.startswith("asyncio_"))
+            finally:
+                await soak.close()
+
+        asyncio.run(start())
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/self/task/{tid}") for tid in threads):  # the OS threads too
+            assert time.monotonic() < deadline, "the executor's threads did not end"
+            time.sleep(0.02)
+        server = soak.server
+        assert server is not None
+        deadline = time.monotonic() + 30
+        while server.alive() and sigterm_reached(server.pid):  # a SIGTERM from a thread's end, not taken yet
+            assert time.monotonic() < deadline, "the server did not take its SIGTERM"
+            time.sleep(0.02)
+        assert server.alive(), "the server ended:\n" + server.log_tail()
+        # Still serving: not draining on a SIGTERM from a thread's end...
+        with urllib.request.urlopen(server.url + "/healthz", timeout=10) as response:
+            assert response.status == 200
+        # ...and the SIGTERM sent now is its first: a clean drain, no "second signal".
+        assert kids.stop(server, 30.0) == 0
+        log = server.log_path.read_text()
+        assert "second signal" not in log, log
