@@ -543,14 +543,15 @@ def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path):
     from tests.conftest import ROOT
 
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path), str(ROOT)], cwd=ROOT)
-    pids: list[int] = []
+    processes: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 90
         while not (tmp_path / "pids").exists():
             assert time.monotonic() < deadline and driver.poll() is None, "the driver's server did not start"
             time.sleep(0.05)
-        pids = json.loads((tmp_path / "pids").read_text())
-        processes = [psutil.Process(pid) for pid in pids]
+        # Taken while the driver still runs (it keeps its server up): these are the processes it
+        # started, and psutil checks that each pid still names the same process before signalling it.
+        processes = [psutil.Process(pid) for pid in json.loads((tmp_path / "pids").read_text())]
         driver.kill()
         driver.wait(10)
         _, alive = psutil.wait_procs(processes, timeout=30)
@@ -558,10 +559,6 @@ def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path):
     finally:
         driver.kill()
         driver.wait(10)
-        for pid in pids:  # what this test started, should the assertion above have failed
-            try:
-                process = psutil.Process(pid)
-                if "server.py" in " ".join(process.cmdline()):
-                    process.kill()
-            except psutil.Error:
-                pass
+        for process in processes:  # what this test started, should the assertion above have failed
+            with contextlib.suppress(psutil.Error):
+                process.kill()  # NoSuchProcess if that pid is now another process's
