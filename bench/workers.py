@@ -5,8 +5,10 @@ then how often a 3-worker cluster polls the ISS sources in one minute, with and 
 
 Throughput is content chunks per second at c=200 through each path (closed loop, keep-alive, the
 fake upstream sending as fast as it can). Added TTFT p99 is each server's p99 time to the first
-content chunk minus the relay's, at c=200 with a paced upstream. Paths are interleaved round by
-round so the machine's drift hits each alike. Everything runs on loopback: the load generator,
+content chunk minus the relay's, at c=200 with a paced upstream. Pacing is the token-gap deviation
+(|gap out − gap in|, bench.loadgen) at c=50 with the OpenAI-like profile (bench.profiles): where
+one process runs out of CPU. Paths are interleaved round by round so the machine's drift hits each
+alike. Everything runs on loopback: the load generator,
 the fake upstream, the relay and the servers share this machine's cores.
 """
 
@@ -26,6 +28,7 @@ import psutil
 
 from bench import procs
 from bench.loadgen import chat_body, run_batch
+from bench.profiles import PROFILES
 from bench.stats import minus, ms, percentile, ratio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +50,7 @@ async def throughput_and_ttft(kids: procs.Children, args: argparse.Namespace) ->
     c = args.concurrency
     tp_body = chat_body(args.tokens, 0.0, 0.0)
     lat_body = chat_body(20, args.gap, 0.0)
+    paced_body = PROFILES["openai"].body()
     for path in paths:  # warm-up: every worker started, connections and code paths warm
         await run_batch(urls[path], tp_body, 20, 200, time_budget=30)
     procs_of = {"relay": [relay.process()]}
@@ -60,6 +64,8 @@ async def throughput_and_ttft(kids: procs.Children, args: argparse.Namespace) ->
     walls = {p: 0.0 for p in paths}
     ttfts: dict[str, list[float]] = {p: [] for p in paths}
     failed = {p: 0 for p in paths}
+    pacing: dict[str, list[float]] = {p: [] for p in paths}
+    paced_ttfc: dict[str, list[float]] = {p: [] for p in paths}
     for r in range(args.rounds):
         order = paths[r % len(paths):] + paths[:r % len(paths)]
         for path in order:
@@ -77,15 +83,25 @@ async def throughput_and_ttft(kids: procs.Children, args: argparse.Namespace) ->
             batch = await run_batch(urls[path], lat_body, c, 3 * c, time_budget=60, request_timeout=60)
             ttfts[path] += [s.ttft for s in batch.ok if s.ttft is not None]
             failed[path] += batch.failed
+        for path in order:
+            print(f"round {r + 1}/{args.rounds}: {path} pacing", file=sys.stderr, flush=True)
+            pc = args.paced_concurrency
+            batch = await run_batch(urls[path], paced_body, pc, 3 * pc, time_budget=60, request_timeout=60,
+                                    stamped=True)
+            for sample in batch.ok:
+                pacing[path] += sample.pacing
+                if sample.ttfc is not None:
+                    paced_ttfc[path].append(sample.ttfc)
+            failed[path] += batch.failed
     rows = {}
-    relay_p99 = percentile(ttfts["relay"], 0.99)
+    relay_p99 = percentile(ttfts["relay"], 99)
     for path in paths:
-        p99 = percentile(ttfts[path], 0.99)
         rows[path] = {
             "chunks_per_s": round(chunks[path] / walls[path]) if walls[path] else None,
-            "ttft_p50_ms": ms(percentile(ttfts[path], 0.5)),
-            "ttft_p99_ms": ms(p99),
-            "added_ttft_p99_ms": None if path == "relay" else ms(minus(p99, relay_p99)),
+            **latency_row(ttfts[path], None if path == "relay" else relay_p99),
+            "paced_ttfc_p50_ms": ms(percentile(paced_ttfc[path], 50)),
+            "pacing_p50_ms": ms(percentile(pacing[path], 50)),
+            "pacing_p95_ms": ms(percentile(pacing[path], 95)),
             "failed": failed[path],
             # Cores busy during the throughput batches: the layer (all its processes), the fake
             # upstream, the load generator. Their sum near 2 means the machine itself was the limit.
@@ -96,6 +112,16 @@ async def throughput_and_ttft(kids: procs.Children, args: argparse.Namespace) ->
     for child in list(kids.children):
         kids.stop(child)
     return rows
+
+
+def latency_row(ttfts: list[float], relay_p99: float | None) -> dict[str, float | None]:
+    """TTFT p50 and p99 in ms (percentiles on the 0-100 scale) and the p99 added to the relay's."""
+    p99 = percentile(ttfts, 99)
+    return {
+        "ttft_p50_ms": ms(percentile(ttfts, 50)),
+        "ttft_p99_ms": ms(p99),
+        "added_ttft_p99_ms": None if relay_p99 is None else ms(minus(p99, relay_p99)),
+    }
 
 
 async def cluster_polls(kids: procs.Children, seconds: float, with_redis: bool) -> dict[str, int]:
@@ -134,15 +160,17 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"`{result['command']}`: c={result['concurrency']}, {result['rounds']} interleaved rounds.",
         "",
-        "| path | chunks/s at c=200 | of the relay | TTFT p50 | TTFT p99 | added TTFT p99 vs relay | failed "
+        "| path | chunks/s at c=200 | of the relay | TTFT p50 | TTFT p99 | added TTFT p99 vs relay | "
+        f"first content p50, openai profile, c={result.get('paced_concurrency')} | pacing p50 · p95 | failed "
         "| cores busy: layer · upstream · load generator |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, row in result["paths"].items():
         lines.append(
             f"| {path} | {row['chunks_per_s']:,} | {row['of_relay']:.2f} | {row['ttft_p50_ms']:.1f} ms | "
             f"{row['ttft_p99_ms']:.1f} ms | "
             f"{'–' if row['added_ttft_p99_ms'] is None else format(row['added_ttft_p99_ms'], '.1f') + ' ms'} | "
+            f"{row['paced_ttfc_p50_ms']:.1f} ms | {row['pacing_p50_ms']:.2f} · {row['pacing_p95_ms']:.2f} ms | "
             f"{row['failed']} | {row['cores']['layer']} · {row['cores']['upstream']} · {row['cores']['loadgen']} |"
         )
     lines += ["", f"ISS source requests of a 3-worker cluster in {result['poll_seconds']:.0f} s:", "",
@@ -166,6 +194,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m bench.workers " + " ".join(sys.argv[1:]),
         "machine": {"cpus": psutil.cpu_count(), "python": platform.python_version()},
         "concurrency": args.concurrency, "rounds": args.rounds, "requests": args.requests,
+        "paced_concurrency": args.paced_concurrency,
         "paths": paths, "poll_seconds": args.poll_seconds, "polls": polls,
     }
 
@@ -177,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="throughput requests per batch")
     parser.add_argument("--tokens", type=int, default=50, help="content chunks per throughput request")
     parser.add_argument("--gap", type=float, default=0.02, help="seconds between chunks in latency batches")
+    parser.add_argument("--paced-concurrency", type=int, default=50, help="agents in the pacing batches")
     parser.add_argument("--poll-seconds", type=float, default=60.0)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)

@@ -348,3 +348,32 @@ def test_costs_reports_each_helper_against_its_budget():
     assert all(figure.name in table for figure in figures)
     assert costs.Figure("over", 6.0, "ms", 5.0).within is False
     assert costs.Figure("under", 4.0, "ms", 5.0).within is True
+
+
+def test_workers_latency_row_reads_percentiles_on_the_0_to_100_scale():
+    from bench.workers import latency_row
+
+    row = latency_row([i / 1000 for i in range(1, 101)], relay_p99=0.050)
+    assert row["ttft_p50_ms"] == pytest.approx(50.5)
+    assert row["ttft_p99_ms"] == pytest.approx(99.01)
+    assert row["added_ttft_p99_ms"] == pytest.approx(49.01)
+    assert latency_row([0.01, 0.02], relay_p99=None)["added_ttft_p99_ms"] is None
+
+
+def test_workers_command_measures_each_path_and_writes_its_report(tmp_path):
+    """One tiny run of the real command: relay, 1 and 2 workers, throughput, TTFT and pacing."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.workers", "--rounds", "1", "--requests", "20", "--concurrency", "4",
+         "--paced-concurrency", "2", "--poll-seconds", "0", "--out", str(tmp_path)],
+        cwd=procs.ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "workers.json").read_text())
+    assert set(result["paths"]) == {"relay", "server 1 worker", "server 2 workers"}
+    for path, row in result["paths"].items():
+        assert row["failed"] == 0, (path, row)
+        assert row["chunks_per_s"] > 0
+        assert row["ttft_p99_ms"] >= row["ttft_p50_ms"] > 0
+        assert row["pacing_p95_ms"] >= row["pacing_p50_ms"] >= 0
+        assert row["paced_ttfc_p50_ms"] > 50  # the openai profile's role chunk comes at 50 ms
+    assert "pacing p50 · p95" in (tmp_path / "workers.md").read_text()
