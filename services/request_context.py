@@ -16,6 +16,8 @@ MAX_REQUEST_ID = 128
 # Ids in the wild: UUIDs, hex, base64, AWS/W3C-style ("Root=1-5759e988-bd86..."): kept; anything else
 # (spaces, quotes, control characters, non-ASCII) is dropped, so an id is safe in a header and a log.
 _NOT_ALLOWED = re.compile(r"[^A-Za-z0-9._:=+/@\-]")
+MAX_CONVERSATION_ID = 128
+_NOT_IN_CONVERSATION_ID = re.compile(r"[^A-Za-z0-9._:\-]")
 
 
 @dataclass(slots=True)
@@ -39,6 +41,14 @@ def sanitized_request_id(header: str | None) -> str | None:
     if not header:
         return None
     return _NOT_ALLOWED.sub("", header[: MAX_REQUEST_ID * 4])[:MAX_REQUEST_ID] or None
+
+
+def sanitized_conversation_id(header: str | None) -> str | None:
+    """The caller's conversation-id (Tavus sends one per conversation), unsafe characters dropped, cut
+    to MAX_CONVERSATION_ID; None if nothing is left."""
+    if not header:
+        return None
+    return _NOT_IN_CONVERSATION_ID.sub("", header[: MAX_CONVERSATION_ID * 4])[:MAX_CONVERSATION_ID] or None
 
 
 def request_id_from(header: str | None) -> str:

@@ -7,7 +7,7 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient
 
-from services.request_context import MAX_REQUEST_ID
+from services.request_context import MAX_CONVERSATION_ID, MAX_REQUEST_ID, sanitized_conversation_id
 from tests.conftest import error_of, post_json, sse_events
 
 MESSAGES = [{"role": "user", "content": "Where is the ISS?"}]
@@ -71,3 +71,15 @@ async def test_errors_and_other_routes_carry_the_id_too(base_url, overrides):
     health = await AsyncHTTPClient().fetch(base_url + "/healthz")
     assert health.headers["X-Request-Id"].startswith("req_")
     assert orjson.loads(health.body)["status"] == "ok"
+
+
+@pytest.mark.parametrize(("header", "kept"), [
+    ("conv-2f1e.abc:7", "conv-2f1e.abc:7"),
+    ("conv 1\r\nX-Evil: 1", "conv1X-Evil:1"),
+    ("é\x00\"'<>", None),
+    ("", None),
+    (None, None),
+    ("c" * 10_000, "c" * MAX_CONVERSATION_ID),
+])
+def test_a_conversation_id_keeps_only_safe_characters_and_a_bounded_length(header, kept):
+    assert sanitized_conversation_id(header) == kept
