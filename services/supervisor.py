@@ -129,7 +129,7 @@ class Supervisor:
                 sock.close()
         for slot in self.slots:
             # Not yet reaped, so this pid is still our worker's (dead or alive).
-            if slot.pid and slot.signalled < self._stopping and not _sigterm_pending(slot.pid):
+            if slot.pid and slot.signalled < self._stopping and not sigterm_pending(slot.pid):
                 slot.signalled += 1
                 try:
                     os.kill(slot.pid, signal.SIGTERM)
@@ -220,7 +220,7 @@ class Supervisor:
             )
 
 
-def _sigterm_pending(pid: int) -> bool:
+def sigterm_pending(pid: int) -> bool:
     """A SIGTERM sent to this process has not been taken yet (it is blocked, or the process has not
     run since). False where /proc cannot tell (the signals then go one per turn of the loop)."""
     try:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-from pathlib import Path
 from typing import Any
 
 import psutil
+
+from services.supervisor import sigterm_pending
 
 
 def connection_owner(writer: asyncio.StreamWriter, pids: set[int]) -> int:
@@ -27,11 +27,9 @@ def sigterm_reached(pid: int) -> bool:
     try:
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return True
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (psutil.NoSuchProcess, FileNotFoundError):
+    except psutil.NoSuchProcess:
         return True
-    pending = [int(line.split(":")[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
-    return any(mask & (1 << (signal.SIGTERM - 1)) for mask in pending)
+    return sigterm_pending(pid) or not psutil.pid_exists(pid)
 
 
 class TrackerOverride:
