@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -13,9 +15,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -224,6 +227,21 @@ def relay_argv(upstream_url: str) -> list[str]:
 
 def stack_argv(upstream_url: str) -> list[str]:
     return [PYTHON, "-m", "bench.stack", "--port", "0", "--upstream", upstream_url]
+
+
+def relay_main(
+    serve: Callable[[int, str], Coroutine[Any, Any, None]], description: str, default_port: int
+) -> None:
+    """The command line of a relay child (bench.relay, bench.stack): `--port` and `--upstream`, as
+    relay_argv and stack_argv pass them; `serve` runs until interrupted."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
+    args = parser.parse_args()
+    try:
+        asyncio.run(serve(args.port, args.upstream))
+    except KeyboardInterrupt:
+        pass
 
 
 def free_port() -> int:

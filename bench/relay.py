@@ -9,11 +9,12 @@ Run alone: python -m bench.relay --port 9300 --upstream http://127.0.0.1:9100
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import aiohttp
 from aiohttp import web
+
+from bench.procs import relay_main
 
 _FORWARDED = ("Content-Type", "Authorization")
 _SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -65,16 +66,5 @@ async def serve(port: int, upstream: str) -> None:
         await runner.cleanup()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="byte-for-byte relay (the benchmark's floor)")
-    parser.add_argument("--port", type=int, default=9300)
-    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
-    args = parser.parse_args()
-    try:
-        asyncio.run(serve(args.port, args.upstream))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    relay_main(serve, "byte-for-byte relay (the benchmark's floor)", 9300)

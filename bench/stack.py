@@ -14,7 +14,6 @@ Run alone: python -m bench.stack --port 9400 --upstream http://127.0.0.1:9100
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import httpx2
@@ -23,6 +22,8 @@ import tornado.netutil
 import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.iostream import StreamClosedError
+
+from bench.procs import relay_main
 
 # The two telemetry headers the SDK adds per request, left out as the server leaves them out.
 _PER_REQUEST_TELEMETRY_OFF = {"x-stainless-retry-count": openai.Omit(), "x-stainless-read-timeout": openai.Omit()}
@@ -87,16 +88,5 @@ async def serve(port: int, upstream: str) -> None:
         await client.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Tornado + openai package relay (the agreed stack's floor)")
-    parser.add_argument("--port", type=int, default=9400)
-    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
-    args = parser.parse_args()
-    try:
-        asyncio.run(serve(args.port, args.upstream))
-    except KeyboardInterrupt:
-        pass
-
-
 if __name__ == "__main__":
-    main()
+    relay_main(serve, "Tornado + openai package relay (the agreed stack's floor)", 9400)
