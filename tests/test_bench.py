@@ -70,18 +70,14 @@ async def test_relay_forwards_the_bytes_unchanged_and_the_load_generator_counts_
         await origin.cleanup()
 
 
-async def test_relay_stops_the_upstream_stream_when_the_caller_leaves():
-    upstream = await FakeUpstream(tokens=500, gap=0.02).start()
-    relay, relay_url = await _serve(make_relay(f"http://127.0.0.1:{upstream.port}"))
+@contextlib.asynccontextmanager
+async def _relay(upstream_url: str):
+    """bench/relay.py's aiohttp app on a loopback port of this loop."""
+    relay, relay_url = await _serve(make_relay(upstream_url))
     try:
-        batch = await run_batch(relay_url + "/v1/chat/completions", chat_body(500, 0.02, 0.0), 3, 3,
-                                time_budget=5.0, request_timeout=0.3)
-        assert [s.error for s in batch.samples] == ["timeout"] * 3  # the callers gave up mid-stream
-        assert await upstream.wait_streams_closed(2.0)
-        assert upstream.aborted_streams == 3
+        yield relay_url
     finally:
         await relay.cleanup()
-        await upstream.close()
 
 
 @contextlib.asynccontextmanager
@@ -125,11 +121,12 @@ async def test_stack_forwards_the_bytes_unchanged_without_the_sdks_telemetry_hea
         await origin.cleanup()
 
 
-async def test_stack_stops_the_upstream_stream_when_the_caller_leaves():
+@pytest.mark.parametrize("serve", [_relay, _stack], ids=["relay", "stack"])
+async def test_the_floors_stop_the_upstream_stream_when_the_caller_leaves(serve):
     upstream = await FakeUpstream(tokens=500, gap=0.02).start()
     try:
-        async with _stack(f"http://127.0.0.1:{upstream.port}") as stack_url:
-            batch = await run_batch(stack_url + "/v1/chat/completions", chat_body(500, 0.02, 0.0), 3, 3,
+        async with serve(f"http://127.0.0.1:{upstream.port}") as url:
+            batch = await run_batch(url + "/v1/chat/completions", chat_body(500, 0.02, 0.0), 3, 3,
                                     time_budget=5.0, request_timeout=0.3)
             assert [s.error for s in batch.samples] == ["timeout"] * 3  # the callers gave up mid-stream
             assert await upstream.wait_streams_closed(2.0)
