@@ -145,18 +145,23 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_w
         server.kill()
 
 
-SUPERVISED = """
-import os, signal, sys, time
+# What every supervisor script below starts with: argv[1] is the test's folder, argv[2] the repository.
+SCRIPT_HEAD = """
+import logging, os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from services.supervisor import Supervisor
 
-go = Path(sys.argv[1])
+here = Path(sys.argv[1])
+"""
+
+SUPERVISED = """
+go = here / "go"
 
 def work(index):
     # Written under another name and renamed: the test never reads a half-written file.
-    (go.parent / "starting").write_text(str(os.getpid()))
-    (go.parent / "starting").rename(go.parent / "started")
+    (here / "starting").write_text(str(os.getpid()))
+    (here / "starting").rename(here / "started")
     while not go.exists():  # still starting: no handler for SIGTERM yet
         time.sleep(0.01)
     asked = []
@@ -172,16 +177,12 @@ sys.exit(Supervisor(1, work, [], stop_timeout=60).run())
 
 
 def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tmp_path):
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import ROOT
     from tests.support import sigterm_reached
 
-    go = tmp_path / "go"
-    parent = subprocess.Popen([sys.executable, "-c", SUPERVISED, str(go), str(ROOT)], process_group=0)
-    try:
+    # On the way out its worker, still waiting for `go` should the test fail, is killed with it.
+    with _supervised(SUPERVISED, tmp_path) as parent:
         deadline = time.monotonic() + 60
         while not (tmp_path / "started").exists():
             assert time.monotonic() < deadline and parent.poll() is None, "the worker did not start"
@@ -191,20 +192,13 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
         while not sigterm_reached(worker):
             assert time.monotonic() < deadline, "the parent did not pass SIGTERM on"
             time.sleep(0.02)
-        go.touch()
+        (tmp_path / "go").touch()
         # Held until the worker could handle it, not death by signal (the parent's exit would be 1).
         assert parent.wait(60) == 0
-    finally:
-        _group_killed(parent)  # its worker, still waiting for `go`, with it
 
 
 RACED = """
-import os, signal, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from services.supervisor import Supervisor
-
-here, count, signal_at = Path(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4])
+count, signal_at = int(sys.argv[3]), int(sys.argv[4])
 real_fork, forks = os.fork, []
 
 def fork():
@@ -237,6 +231,35 @@ sys.exit(Supervisor(count, work, [], stop_timeout=60).run())
 """
 
 
+@contextlib.contextmanager
+def _supervised(script: str, here, *args: str):
+    """`script` (after SCRIPT_HEAD) run as a supervisor's parent process in its own process group, its
+    output in here/parent.log; on the way out, it and everything in its group (its workers) killed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    log = (here / "parent.log").open("wb")
+    parent = subprocess.Popen([sys.executable, "-c", SCRIPT_HEAD + script, str(here), str(ROOT), *args],
+                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        yield parent
+    finally:
+        _group_killed(parent)
+        log.close()
+
+
+def _exit_code(parent, here, timeout: float, failure: str) -> int:
+    """The parent's exit code, or an AssertionError with `failure` and its output past `timeout`."""
+    import subprocess
+
+    try:
+        return parent.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"{failure}:\n" + (here / "parent.log").read_text()) from None
+
+
 def _group_killed(process) -> None:
     """SIGKILL to the process and everything in its group (its workers), unless it was already reaped."""
     import os
@@ -254,20 +277,12 @@ def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_w
     # Three workers; SIGTERM comes while the supervisor forks one of them: the second at the start,
     # or (two workers having ended on their own) the first of their replacements. That worker is
     # asked to stop like the others, no worker starts after the signal, and the parent exits 0.
-    import subprocess
-    import sys
     import time
-
-    from tests.conftest import ROOT
-
-    log = (tmp_path / "parent.log").open("wb")
-    parent = subprocess.Popen([sys.executable, "-c", RACED, str(tmp_path), str(ROOT), "3", str(signal_at)],
-                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
 
     def started() -> list[int]:
         return sorted(int(path.name.split("-")[1]) for path in tmp_path.glob("worker-*"))
 
-    try:
+    with _supervised(RACED, tmp_path, "3", str(signal_at)) as parent:
         deadline = time.monotonic() + 60
         if quitting:
             while len(started()) < 3:
@@ -275,20 +290,13 @@ def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_w
                 time.sleep(0.02)
             for pid in started()[:quitting]:
                 (tmp_path / f"quit-{pid}").touch()
-        try:
-            code = parent.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the parent did not exit after SIGTERM:\n"
-                                 + (tmp_path / "parent.log").read_text()) from None
+        code = _exit_code(parent, tmp_path, 30, "the parent did not exit after SIGTERM")
         output = (tmp_path / "parent.log").read_text()
         assert code == 0, output
         # The forks up to the signal and no other.
         assert len(started()) == signal_at, output
         ended = {pid: (tmp_path / f"ended-{pid}").read_text() for pid in started()}
         assert sorted(ended.values()) == sorted(["quit"] * quitting + ["asked"] * (signal_at - quitting)), ended
-    finally:
-        _group_killed(parent)
-        log.close()
 
 
 def _sigchld_ignored() -> None:
@@ -324,13 +332,6 @@ async def test_a_parent_started_with_sigchld_ignored_or_sigterm_held_still_repla
 
 
 COUNTING = """
-import os, signal, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from services.supervisor import Supervisor
-
-here = Path(sys.argv[1])
-
 def work(index):
     # SIGTERM stays held, as the supervisor starts a worker: each one is taken here, one at a time
     # and a while after it came, as a busy worker would. One sent while the last is still pending
@@ -362,17 +363,11 @@ def _worker_pids(here, prefix: str = "worker-") -> list[int]:
 def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_path):
     # Sent to a worker back to back, the second SIGTERM would merge with the first still pending in
     # it: the worker would drain and never hear "end the streams now".
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import ROOT
     from tests.support import sigterm_reached
 
-    log = (tmp_path / "parent.log").open("wb")
-    parent = subprocess.Popen([sys.executable, "-c", COUNTING, str(tmp_path), str(ROOT)],
-                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
-    try:
+    with _supervised(COUNTING, tmp_path) as parent:
         deadline = time.monotonic() + 60
         while len(_worker_pids(tmp_path)) < 2:
             assert time.monotonic() < deadline and parent.poll() is None, "two workers did not start"
@@ -384,25 +379,13 @@ def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_
             time.sleep(0.002)
         time.sleep(0.02)  # the two signals 20 ms apart (what is tested, not a wait for success)
         parent.send_signal(signal.SIGTERM)
-        try:
-            code = parent.wait(60)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the parent did not exit:\n" + (tmp_path / "parent.log").read_text()) from None
+        code = _exit_code(parent, tmp_path, 60, "the parent did not exit")
         assert code == 0, (tmp_path / "parent.log").read_text()
         taken = {pid: (tmp_path / f"taken-{pid}").read_text() for pid in workers}
         assert taken == {pid: "2" for pid in workers}
-    finally:
-        _group_killed(parent)
-        log.close()
 
 
 DEAF = """
-import logging, os, signal, sys, time
-from pathlib import Path
-sys.path.insert(0, sys.argv[2])
-from services.supervisor import Supervisor
-
-here = Path(sys.argv[1])
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
 def work(index):
@@ -422,16 +405,9 @@ sys.exit(Supervisor(2, work, [], stop_timeout=float(sys.argv[3])).run())
 
 
 def test_a_worker_deaf_to_sigterm_is_killed_past_the_stop_timeout_and_the_parent_exits_1(tmp_path):
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import ROOT
-
-    log = (tmp_path / "parent.log").open("wb")
-    parent = subprocess.Popen([sys.executable, "-c", DEAF, str(tmp_path), str(ROOT), "1.0"],
-                              stdout=log, stderr=subprocess.STDOUT, process_group=0)
-    try:
+    with _supervised(DEAF, tmp_path, "1.0") as parent:
         deadline = time.monotonic() + 60
         while not (_worker_pids(tmp_path, "worker0-") and _worker_pids(tmp_path, "worker1-")):
             assert time.monotonic() < deadline and parent.poll() is None, "two workers did not start"
@@ -439,11 +415,7 @@ def test_a_worker_deaf_to_sigterm_is_killed_past_the_stop_timeout_and_the_parent
         [deaf], [heeds] = _worker_pids(tmp_path, "worker0-"), _worker_pids(tmp_path, "worker1-")
         deaf_process = psutil.Process(deaf)
         parent.send_signal(signal.SIGTERM)
-        try:
-            code = parent.wait(30)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("the parent still waits for a worker deaf to SIGTERM:\n"
-                                 + (tmp_path / "parent.log").read_text()) from None
+        code = _exit_code(parent, tmp_path, 30, "the parent still waits for a worker deaf to SIGTERM")
         output = (tmp_path / "parent.log").read_text()
         assert code == 1, output
         # One line says which worker was killed and why; the one that heeded SIGTERM stopped on its own.
@@ -453,9 +425,6 @@ def test_a_worker_deaf_to_sigterm_is_killed_past_the_stop_timeout_and_the_parent
         assert f"(pid {heeds}) stopped, exit 0" in output
         assert f"(pid {deaf}) stopped, exit -{signal.SIGKILL}" in output
         assert not deaf_process.is_running()
-    finally:
-        _group_killed(parent)
-        log.close()
 
 
 async def test_a_hung_worker_is_killed_past_drain_timeout_plus_the_margin_and_the_others_drain(io_loop, tmp_path):
