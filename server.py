@@ -1,4 +1,7 @@
-"""The ISS-aware OpenAI-compatible chat layer: make_app wires the parts, main runs and drains."""
+"""The process: main() reads the settings, listens, runs one process or supervised workers, and drains.
+
+The application itself is built in app.py (the composition root).
+"""
 
 from __future__ import annotations
 
@@ -11,240 +14,19 @@ import secrets
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
+from app import make_app, make_server
 from config import ConfigError, Settings, load_settings
-from handlers import chat, console, health, iss, models
-from handlers import metrics as metrics_handler
-from handlers.base import ApiHandler, NotFoundHandler
-from handlers.static import StaticHandler
-from services import logs
-from services import metrics as metrics_multiprocess
-from services.connections import CappedHTTPServer, ConnectionStats, fitting_cap, raise_open_file_limit
-from services.conversations import Conversations
-from services.events import Hub, MemoryHub
-from services.events.hub import worker_name
-from services.events.redis_hub import RedisHub
-from services.exchange import Outcome
-from services.iss.cluster_feed import RedisIssFeed
-from services.iss.queries import IssQueries
-from services.iss.state import Tracker
-from services.llm.base import Backend
-from services.metrics import Metrics, NullMetrics
-from services.models import ModelCatalog
-from services.redaction import install_log_sanitizer
-from services.station_feed import StationFeed
-from services.supervisor import Hooks, Supervisor
+from services.ops import logs
+from services.ops import metrics as metrics_multiprocess
+from services.ops.connections import raise_open_file_limit
+from services.ops.redaction import install_log_sanitizer
+from services.ops.supervisor import Hooks, Supervisor
 
-ROOT = Path(__file__).resolve().parent
 log = logging.getLogger("iss_llm")
-
-
-class Inflight:
-    """Chat requests in progress (so shutdown can drain, then end them) and how they ended."""
-
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self.metrics = metrics or NullMetrics()
-        self.draining = False
-        self.active: set[Any] = set()
-        self.outcomes: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @property
-    def count(self) -> int:
-        return len(self.active)
-
-    def enter(self, request: Any) -> None:
-        self.active.add(request)
-        self._idle.clear()
-        self.metrics.started()
-
-    def leave(self, request: Any, outcome: str | None = None) -> None:
-        if outcome:
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        if request in self.active:
-            self.active.discard(request)
-            self.metrics.ended()
-        if not self.active:
-            self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
-
-    def end_all(self) -> None:
-        """Past the drain timeout: each request ends its answer with an error event."""
-        for request in list(self.active):
-            request.end_for_shutdown()
-
-
-@dataclass
-class Services:
-    """The collaborators every handler gets through initialize()."""
-
-    settings: Settings
-    tracker: Tracker
-    backend: Backend
-    hub: Hub
-    station: StationFeed
-    console_token: str
-    iss: IssQueries
-    inflight: Inflight = field(default_factory=Inflight)
-    connections: ConnectionStats = field(default_factory=ConnectionStats)
-    metrics: Metrics = field(default_factory=NullMetrics)
-    models: ModelCatalog | None = None  # what /v1/models lists
-    iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
-    conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
-
-    async def start(self) -> None:
-        """Begin background work (ISS refresh) now rather than on the first request."""
-        await self.hub.start()
-        if self.iss_lease is not None:
-            await self.iss_lease.start()
-        await self.tracker.start()
-        await self.metrics.start()
-
-    async def drain(self) -> None:
-        """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""
-        if self.iss_lease is not None:
-            await self.iss_lease.resign()
-
-    async def close(self) -> None:
-        await self.metrics.close()
-        await self.station.close()
-        await self.hub.close()
-        await self.backend.close()
-        if self.iss_lease is not None:
-            await self.iss_lease.close()
-        await self.tracker.close()
-
-
-def build_services(
-    settings: Settings,
-    *,
-    tracker: Tracker | None = None,
-    backend: Backend | None = None,
-    hub: Hub | None = None,
-) -> Services:
-    iss_lease = None
-    if tracker is None:
-        from services.iss.tracker import IssTracker
-
-        if settings.redis_url:
-            iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
-        tracker = IssTracker(settings, feed=iss_lease)
-        if iss_lease is not None:
-            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
-    queries = IssQueries(tracker)
-    if backend is None:
-        from services.llm import make_backend
-
-        backend = make_backend(settings, queries)
-        if settings.use_openai and settings.iss_tools:
-            from services.llm.tool_rounds import ToolRounds
-            from services.tools import IssTools
-
-            backend = ToolRounds(backend, IssTools(queries, settings.iss_tool_timeout), settings.iss_tool_rounds)
-    if hub is None:
-        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
-            settings.console_buffer
-        )
-    metrics: Metrics = NullMetrics()
-    if settings.metrics_enabled:
-        # The model label's values: the configured models always, a few others at most.
-        configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
-        metrics = Metrics(configured_models=configured)
-        metrics.watch_iss(tracker.health)
-        hub.fanout.on_resync = metrics.console_resynced
-    return Services(
-        settings=settings,
-        tracker=tracker,
-        backend=backend,
-        hub=hub,
-        station=StationFeed(hub, tracker),
-        console_token=settings.console_token or secrets.token_urlsafe(24),
-        inflight=Inflight(metrics),
-        metrics=metrics,
-        models=ModelCatalog(settings, getattr(backend, "list_models", None)),
-        iss_lease=iss_lease,
-        iss=queries,
-    )
-
-
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log without query strings: a console token in ?token= must never reach a log. The status
-    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
-    status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
-    request = handler.request
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    duration_ms = round(1000.0 * request.request_time(), 1)
-    logging.getLogger("tornado.access").log(
-        level,
-        "%d %s %s (%s) %.1fms",
-        status,
-        request.method,
-        request.path,
-        request.remote_ip,
-        duration_ms,
-        extra={"status": status, "method": request.method, "path": request.path, "remote_ip": request.remote_ip,
-               "duration_ms": duration_ms},
-    )
-
-
-def make_app(settings: Settings, services: Services | None = None, **debug: Any) -> tornado.web.Application:
-    """The Tornado application with every route; `services` defaults to real collaborators."""
-    services = services or build_services(settings)
-    routes: list[Any] = [
-        *chat.routes(services),
-        *models.routes(services),
-        *health.routes(services),
-        *iss.routes(services),
-    ]
-    if settings.console_enabled:
-        routes += console.routes(services)
-    if settings.metrics_enabled:
-        routes += metrics_handler.routes(services)
-    app = tornado.web.Application(
-        routes,
-        default_handler_class=NotFoundHandler,
-        static_path=str(ROOT / "static"),
-        static_handler_class=StaticHandler,
-        template_path=str(ROOT / "templates"),
-        log_function=_log_request,
-        compress_response=False,
-        **debug,
-    )
-    app.services = services  # type: ignore[attr-defined]
-    return app
-
-
-def make_server(app: tornado.web.Application, settings: Settings) -> HTTPServer:
-    """The HTTP server with its limits: open connections (MAX_CONNECTIONS, lowered to what the
-    open-file limit holds), body size (the chat handler answers 413 itself), headers, timeouts."""
-    services: Services = app.services  # type: ignore[attr-defined]
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return CappedHTTPServer(
-        app,
-        max_connections=fitting_cap(settings.max_connections, soft),
-        stats=services.connections,
-        # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
-        xheaders=settings.trust_proxy_headers,
-        max_body_size=settings.max_body_bytes,
-        body_timeout=30.0,
-        idle_connection_timeout=75.0,
-        max_header_size=64 * 1024,
-    )
 
 
 async def serve(
@@ -256,7 +38,7 @@ async def serve(
     the parent, listens for SIGTERM alone, and drains as well when its parent goes away.
     """
     app = make_app(settings)
-    services: Services = app.services  # type: ignore[attr-defined]
+    services = app.services
     server = make_server(app, settings)
     if sockets is None:
         try:
@@ -336,7 +118,7 @@ async def serve(
 
 def backend_line(settings: Settings) -> str:
     """Which backend answers and why, for the start-up line: "openai at host:port, because ..."."""
-    from services.llm.openai_upstream import upstream_host
+    from services.upstream.openai_upstream import upstream_host
 
     use_openai, why = settings.backend_choice
     if not use_openai:

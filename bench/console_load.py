@@ -192,8 +192,8 @@ def summary(values: list[float]) -> str:
 
 
 async def main(args: argparse.Namespace) -> None:
+    from app import make_app, make_server
     from config import Settings
-    from server import make_app, make_server
 
     fake = None
     backend: dict[str, Any] = {"llm_backend": "builtin"}

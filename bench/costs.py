@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.events import MemoryHub  # noqa: E402
+from services.console import MemoryHub  # noqa: E402
 from services.iss.geography import Geography  # noqa: E402
 from services.iss.tracker import IssTracker  # noqa: E402
 from tests.fakes.iss_sources import FakeIssSources, tracker_settings, wait_until  # noqa: E402

@@ -191,9 +191,10 @@ async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
 
 def micro_figures(calls: int) -> dict[str, float]:
     """The chat path's metrics calls for one request, and one JSON log line, in µs (in this process)."""
-    from services import logs, request_context
-    from services.exchange import Exchange, Outcome
-    from services.metrics import Metrics
+    from services.chat.exchange import Exchange, Outcome
+    from services.common import request_context
+    from services.ops import logs
+    from services.ops.metrics import Metrics
 
     class Nowhere:
         def publish(self, event: dict[str, Any]) -> None:

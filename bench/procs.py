@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from services.logs import logged_exceptions
+from services.ops.logs import logged_exceptions
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

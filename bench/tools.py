@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app import make_app, make_server  # noqa: E402
 from config import Settings  # noqa: E402
-from server import make_app, make_server  # noqa: E402
 from services.iss.queries import IssQueries  # noqa: E402
+from services.iss.tools import IssTools  # noqa: E402
 from services.iss.tracker import IssTracker  # noqa: E402
-from services.tools import IssTools  # noqa: E402
 from tests.fakes.iss_sources import FakeIssSources, tracker_settings  # noqa: E402
 from tests.fakes.openai_upstream import FakeUpstream  # noqa: E402
 

@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 import tornado.web
 
-from services import request_context
-from services.errors import ApiError, error_body
-from services.request_context import new_request_id, sanitized_request_id
+from services.common import request_context
+from services.common.errors import ApiError, error_body
+from services.common.request_context import new_request_id, sanitized_request_id
 
 log = logging.getLogger("iss_llm.http")
 

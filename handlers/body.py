@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from services.errors import ApiError
+from services.common.errors import ApiError
 
 # An oversized body is read to its end and thrown away, so the caller gets its 413 rather than a
 # reset connection; past this much it is cut off instead.

@@ -2,7 +2,7 @@
 
 The handler only decides: it parses and authorizes, injects the ISS block, picks a streamed or a
 whole answer, and records how the request ended exactly once (Exchange.end). Writing SSE lives in
-handlers/sse.py, reading and recording the upstream's chunks in services/relay.py.
+handlers/sse.py, reading and recording the upstream's chunks in services/chat/relay.py.
 """
 
 from __future__ import annotations
@@ -11,33 +11,43 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tornado.web
 
+from config import Settings
 from handlers.body import BoundedBodyHandler
 from handlers.cross_site import check_cross_site
 from handlers.sse import CallerGone, SseWriter
-from services import request_context
-from services.context import inject, iss_block
-from services.deadline import Deadline
-from services.endings import CALLER_LEFT, Stop, clean_end_chunks, failed_before_first_token, fallback_chunks, stopped
-from services.errors import ApiError, error_body
-from services.exchange import Ending, Exchange, Outcome
-from services.iss.state import IssState
-from services.models import resolve_model
-from services.openai_format import (
+from services.chat.conversations import Conversations
+from services.chat.deadline import Deadline
+from services.chat.endings import (
+    CALLER_LEFT,
+    Stop,
+    clean_end_chunks,
+    failed_before_first_token,
+    fallback_chunks,
+    stopped,
+)
+from services.chat.exchange import Ending, Exchange, Outcome
+from services.chat.inflight import Inflight
+from services.chat.models import resolve_model
+from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
+from services.common import request_context
+from services.common.errors import ApiError, error_body
+from services.common.openai_format import (
     DONE_EVENT,
     ChatRequest,
     completion_from_chunks,
     parse_chat_request,
     sse_json,
 )
-from services.relay import Relay, read_completion, record_finish_reason, record_usage
-from services.request_context import new_request_id
-
-if TYPE_CHECKING:
-    from server import Services
+from services.common.request_context import new_request_id
+from services.console import Hub
+from services.iss.block import inject, iss_block
+from services.iss.state import IssState, Tracker
+from services.ops.metrics import Metrics
+from services.upstream.base import Backend
 
 log = logging.getLogger("iss_llm.chat")
 
@@ -45,17 +55,18 @@ log = logging.getLogger("iss_llm.chat")
 class ChatHandler(BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
-    def initialize(self, services: Services) -> None:
-        self.config = services.settings
-        self.tracker = services.tracker
-        self.backend = services.backend
-        self.hub = services.hub
-        self.inflight = services.inflight
-        self.metrics = services.metrics
-        self.server_api_key = services.settings.server_api_key
-        self._secrets = (services.settings.openai_api_key, services.settings.server_api_key)
-        self.body_limit = services.settings.max_body_bytes
-        self.conversations = services.conversations
+    def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
+                   metrics: Metrics, conversations: Conversations) -> None:
+        self.config = settings
+        self.tracker = tracker
+        self.backend = backend
+        self.hub = hub
+        self.inflight = inflight
+        self.metrics = metrics
+        self.server_api_key = settings.server_api_key
+        self._secrets = (settings.openai_api_key, settings.server_api_key)
+        self.body_limit = settings.max_body_bytes
+        self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
         self._stopped: Stop | None = None
@@ -65,7 +76,7 @@ class ChatHandler(BoundedBodyHandler):
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
         self._exchange: Exchange | None = None
-        self.sse = SseWriter(self, services.settings.keepalive_interval, on_keepalive=services.metrics.keepalive)
+        self.sse = SseWriter(self, settings.keepalive_interval, on_keepalive=metrics.keepalive)
 
     def prepare(self) -> None:
         super().prepare()
@@ -213,7 +224,7 @@ class ChatHandler(BoundedBodyHandler):
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
         exchange.upstream_sent = time.monotonic()
-        chunks = self.backend.stream(params, state)
+        chunks = self.backend.stream(params, state, exchange)
         relay = self._relay = Relay(exchange, self._secrets)
         self.sse.start_keepalive()
         try:
@@ -246,7 +257,7 @@ class ChatHandler(BoundedBodyHandler):
     async def _complete(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
         exchange.upstream_sent = time.monotonic()
         try:
-            body = await self.backend.complete(params, state)
+            body = await self.backend.complete(params, state, exchange)
             self._first_token.cancel()  # type: ignore[union-attr]
             completion = read_completion(body, exchange)
         except ApiError as error:
@@ -290,11 +301,3 @@ class ChatHandler(BoundedBodyHandler):
             await self.sse.send(sse_json(error_body(error.message, type=error.type, code=error.code)) + DONE_EVENT)
             return
         self.send_api_error(error)
-
-
-def routes(services: Services) -> list[tuple[str, type, dict[str, Any]]]:
-    args = {"services": services}
-    return [
-        (r"/chat/completions", ChatHandler, args),
-        (r"/v1/chat/completions", ChatHandler, args),
-    ]

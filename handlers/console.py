@@ -15,12 +15,12 @@ import tornado.web
 import tornado.websocket
 
 from handlers.base import log_by_path
-from services import request_context
-from services.events import EVENT_TYPES, Hub, Subscription, encode
-from services.futures import retrieve_outcome
-from services.metrics import Metrics
-from services.request_context import request_id_from
-from services.station_feed import StationFeed
+from services.common import request_context
+from services.common.futures import retrieve_outcome
+from services.common.request_context import request_id_from
+from services.console import EVENT_TYPES, Hub, Subscription, encode
+from services.console.station_feed import StationFeed
+from services.ops.metrics import Metrics
 
 log = logging.getLogger("iss_llm.console")
 
@@ -259,13 +259,3 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
             self.close(1013, "console too slow")
             return False
         return True
-
-
-def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    """The console's handler table: the page and its WebSocket."""
-    auth = ConsoleAuth(services.console_token)
-    return [
-        (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": services.settings.console_buffer}),
-        (r"/console/ws", ConsoleSocketHandler,
-         {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
-    ]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from tornado.httputil import HTTPServerRequest
 
 from config import Settings
-from services.errors import ApiError
+from services.common.errors import ApiError
 
 
 def is_local_name(hostname: str) -> bool:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+from config import Settings
 from handlers.base import ApiHandler
+from services.chat.inflight import Inflight
+from services.iss.state import Tracker
+from services.ops.connections import ConnectionStats
+from services.upstream.base import Backend
 
 
 class HealthHandler(ApiHandler):
@@ -15,28 +19,28 @@ class HealthHandler(ApiHandler):
     With SERVER_API_KEY set, only a caller sending it sees more than liveness and the backend.
     """
 
-    def initialize(self, services: Any) -> None:
-        self.services = services
-        self.server_api_key = services.settings.server_api_key
+    def initialize(self, settings: Settings, backend: Backend, tracker: Tracker, inflight: Inflight,
+                   connections: ConnectionStats) -> None:
+        self.config = settings
+        self.backend = backend
+        self.tracker = tracker
+        self.inflight = inflight
+        self.connections = connections
+        self.server_api_key = settings.server_api_key
 
     def get(self) -> None:
-        services = self.services
-        _, why = services.settings.backend_choice
-        summary = {"status": "ok", "backend": {**services.backend.describe(), "why": why}}
+        _, why = self.config.backend_choice
+        summary = {"status": "ok", "backend": {**self.backend.describe(), "why": why}}
         if not self.bearer_ok():
             self.write_json({**summary, "details": "send the SERVER_API_KEY as a bearer token to see them"})
             return
         self.write_json(
             {
                 **summary,
-                "iss": services.tracker.health(),
-                "chat": {"in_flight": services.inflight.count, **services.inflight.outcomes},
-                "connections": services.connections.to_dict(),
+                "iss": self.tracker.health(),
+                "chat": {"in_flight": self.inflight.count, **self.inflight.outcomes},
+                "connections": self.connections.to_dict(),
                 # For leak checks under load: tasks that outlive their request show up here.
                 "asyncio_tasks": len(asyncio.all_tasks()),
             }
         )
-
-
-def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    return [(r"/healthz", HealthHandler, {"services": services})]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from handlers.base import ApiHandler
-from services.errors import ApiError
+from services.common.errors import ApiError
 from services.iss.describe import describe_state
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
 from services.iss.queries import MAX_PASSES, IssQueries
+from services.iss.state import Tracker
 
 MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60
@@ -44,8 +44,8 @@ def _parse_number(value: str, param: str, low: float, high: float) -> float:
 class IssHandler(ApiHandler):
     """Public, read-only: where the ISS is now, or at ?at=, with ?track=<minutes> of ground track."""
 
-    def initialize(self, services: Any) -> None:
-        self.tracker = services.tracker
+    def initialize(self, tracker: Tracker) -> None:
+        self.tracker = tracker
 
     async def get(self) -> None:
         now = datetime.now(UTC)
@@ -83,8 +83,8 @@ def _parse_bool(value: str, param: str) -> bool:
 class PassesHandler(ApiHandler):
     """Public, read-only: the next passes over ?place= (a city) or ?lat=&lon=, in UTC and local time."""
 
-    def initialize(self, services: Any) -> None:
-        self.queries: IssQueries = services.iss
+    def initialize(self, queries: IssQueries) -> None:
+        self.queries = queries
 
     async def get(self) -> None:
         place = self.get_query_argument("place", None)
@@ -105,13 +105,8 @@ class PassesHandler(ApiHandler):
 class CrewHandler(ApiHandler):
     """Public, read-only: who is aboard the ISS, as Open Notify last said, with the list's age."""
 
-    def initialize(self, services: Any) -> None:
-        self.queries: IssQueries = services.iss
+    def initialize(self, queries: IssQueries) -> None:
+        self.queries = queries
 
     def get(self) -> None:
         self.write_json(self.queries.crew())
-
-
-def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    args = {"services": services}
-    return [(r"/iss", IssHandler, args), (r"/iss/passes", PassesHandler, args), (r"/iss/crew", CrewHandler, args)]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from handlers.base import ApiHandler
-from services.metrics import Metrics
+from services.ops.metrics import Metrics
 
 
 class MetricsHandler(ApiHandler):
@@ -25,10 +23,3 @@ class MetricsHandler(ApiHandler):
         body, content_type = self.metrics.exposition(self.request.headers.get("Accept"))
         self.set_header("Content-Type", content_type)
         self.finish(body)
-
-
-def routes(services: Any) -> list[tuple[str, type, dict[str, Any]]]:
-    settings = services.settings
-    args = {"metrics": services.metrics, "public": settings.metrics_public,
-            "server_api_key": settings.server_api_key}
-    return [(r"/metrics", MetricsHandler, args)]

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from services.futures import retrieve_outcome
-from services.openai_format import KEEPALIVE_EVENT
+from services.common.futures import retrieve_outcome
+from services.common.openai_format import KEEPALIVE_EVENT
 
 
 class CallerGone(Exception):

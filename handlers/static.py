@@ -10,7 +10,7 @@ import orjson
 import tornado.web
 
 from handlers.base import log_by_path
-from services.errors import error_body
+from services.common.errors import error_body
 
 # What the pages load (templates/console*.html and console.js): scripts, the style sheet and the
 # map's land polygons. Anything else under static/ (its README, a dotfile an editor or a deploy

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app import make_app, make_server  # noqa: E402
 from config import Settings  # noqa: E402
-from server import make_app, make_server  # noqa: E402
 from tests.fakes.openai_upstream import FakeUpstream  # noqa: E402
 
 # A copy of ../shared/fixtures, so the suite runs wherever the repository is cloned.

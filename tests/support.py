@@ -7,7 +7,7 @@ from typing import Any
 
 import psutil
 
-from services.supervisor import sigterm_pending
+from services.ops.supervisor import sigterm_pending
 
 
 def connection_owner(writer: asyncio.StreamWriter, pids: set[int]) -> int:

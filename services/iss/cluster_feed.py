@@ -27,7 +27,7 @@ import redis.asyncio as redis
 
 from services.iss.sources import Fix
 from services.iss.tle import Elements, TleError, parse_tle
-from services.redis_link import UNAVAILABLE, Backoff, client, describe, where
+from services.ops.redis_link import UNAVAILABLE, Backoff, client, describe, where
 
 log = logging.getLogger("iss_llm.iss")
 

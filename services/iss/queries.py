@@ -11,7 +11,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.errors import ApiError
+from services.common.errors import ApiError
 from services.iss.estimate import ORBIT_SPEED_KMS
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS, Pass, find_passes, pass_dict
 from services.iss.places import Observer, PlaceError, Places

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from services.futures import retrieve_outcome
+from services.common.futures import retrieve_outcome
 from services.iss.orbit import ground_distance_km
 from services.iss.tle import Elements, TleError, parse_omm, parse_omm_json, parse_tle
 

@@ -1,0 +1,223 @@
+"""The composition root: builds every collaborator once (build_services) and wires the handlers (make_app).
+
+Nothing here runs a process: server.py listens, forks workers and drains. Each handler takes exactly
+the collaborators it uses through initialize(), from the table make_app builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+
+from config import Settings
+from handlers.base import ApiHandler, NotFoundHandler
+from handlers.chat import ChatHandler
+from handlers.console import ConsoleAuth, ConsolePageHandler, ConsoleSocketHandler
+from handlers.health import HealthHandler
+from handlers.iss import CrewHandler, IssHandler, PassesHandler
+from handlers.metrics import MetricsHandler
+from handlers.models import ModelsHandler
+from handlers.static import StaticHandler
+from services.chat.conversations import Conversations
+from services.chat.inflight import Inflight
+from services.chat.models import ModelCatalog
+from services.console import Hub, MemoryHub
+from services.console.hub import worker_name
+from services.console.redis_hub import RedisHub
+from services.console.station_feed import StationFeed
+from services.iss.cluster_feed import RedisIssFeed
+from services.iss.queries import IssQueries
+from services.iss.state import Tracker
+from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
+from services.ops.metrics import Metrics, NullMetrics
+from services.upstream import make_backend
+from services.upstream.base import Backend
+
+ROOT = Path(__file__).resolve().parent
+
+Route = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
+
+
+@dataclass
+class Services:
+    """Every collaborator of the handlers, built once per process."""
+
+    settings: Settings
+    tracker: Tracker
+    backend: Backend
+    hub: Hub
+    station: StationFeed
+    console_token: str
+    iss: IssQueries
+    inflight: Inflight = field(default_factory=Inflight)
+    connections: ConnectionStats = field(default_factory=ConnectionStats)
+    metrics: Metrics = field(default_factory=NullMetrics)
+    models: ModelCatalog | None = None  # what /v1/models lists
+    iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
+    conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
+
+    async def start(self) -> None:
+        """Begin background work (ISS refresh) now rather than on the first request."""
+        await self.hub.start()
+        if self.iss_lease is not None:
+            await self.iss_lease.start()
+        await self.tracker.start()
+        await self.metrics.start()
+
+    async def drain(self) -> None:
+        """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""
+        if self.iss_lease is not None:
+            await self.iss_lease.resign()
+
+    async def close(self) -> None:
+        await self.metrics.close()
+        await self.station.close()
+        await self.hub.close()
+        await self.backend.close()
+        if self.iss_lease is not None:
+            await self.iss_lease.close()
+        await self.tracker.close()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    tracker: Tracker | None = None,
+    backend: Backend | None = None,
+    hub: Hub | None = None,
+) -> Services:
+    """The real collaborators; a test hands in its own tracker, backend or hub."""
+    iss_lease = None
+    if tracker is None:
+        from services.iss.tracker import IssTracker
+
+        if settings.redis_url:
+            iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
+        tracker = IssTracker(settings, feed=iss_lease)
+        if iss_lease is not None:
+            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
+    queries = IssQueries(tracker)
+    if backend is None:
+        backend = make_backend(settings, queries)
+    if hub is None:
+        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
+            settings.console_buffer
+        )
+    metrics: Metrics = NullMetrics()
+    if settings.metrics_enabled:
+        # The model label's values: the configured models always, a few others at most.
+        configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
+        metrics = Metrics(configured_models=configured)
+        metrics.watch_iss(tracker.health)
+        hub.fanout.on_resync = metrics.console_resynced
+    return Services(
+        settings=settings,
+        tracker=tracker,
+        backend=backend,
+        hub=hub,
+        station=StationFeed(hub, tracker),
+        console_token=settings.console_token or secrets.token_urlsafe(24),
+        inflight=Inflight(metrics),
+        metrics=metrics,
+        models=ModelCatalog(settings, getattr(backend, "list_models", None)),
+        iss_lease=iss_lease,
+        iss=queries,
+    )
+
+
+def routes(settings: Settings, services: Services) -> list[Route]:
+    """The handler table: each route with exactly the collaborators its handler uses."""
+    chat = {
+        "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
+        "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
+    }
+    models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
+    health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,
+              "inflight": services.inflight, "connections": services.connections}
+    table: list[Route] = [
+        (r"/chat/completions", ChatHandler, chat),
+        (r"/v1/chat/completions", ChatHandler, chat),
+        (r"/models", ModelsHandler, models),
+        (r"/v1/models", ModelsHandler, models),
+        (r"/healthz", HealthHandler, health),
+        (r"/iss", IssHandler, {"tracker": services.tracker}),
+        (r"/iss/passes", PassesHandler, {"queries": services.iss}),
+        (r"/iss/crew", CrewHandler, {"queries": services.iss}),
+    ]
+    if settings.console_enabled:
+        auth = ConsoleAuth(services.console_token)
+        table += [
+            (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": settings.console_buffer}),
+            (r"/console/ws", ConsoleSocketHandler,
+             {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
+        ]
+    if settings.metrics_enabled:
+        table.append((r"/metrics", MetricsHandler, {"metrics": services.metrics, "public": settings.metrics_public,
+                                                    "server_api_key": settings.server_api_key}))
+    return table
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log without query strings: a console token in ?token= must never reach a log. The status
+    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
+    status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
+    request = handler.request
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    duration_ms = round(1000.0 * request.request_time(), 1)
+    logging.getLogger("tornado.access").log(
+        level,
+        "%d %s %s (%s) %.1fms",
+        status,
+        request.method,
+        request.path,
+        request.remote_ip,
+        duration_ms,
+        extra={"status": status, "method": request.method, "path": request.path, "remote_ip": request.remote_ip,
+               "duration_ms": duration_ms},
+    )
+
+
+class App(tornado.web.Application):
+    """The Tornado application, holding the collaborators it was built with (for the process and tests)."""
+
+    def __init__(self, settings: Settings, services: Services, **debug: Any) -> None:
+        super().__init__(
+            routes(settings, services),
+            default_handler_class=NotFoundHandler,
+            static_path=str(ROOT / "static"),
+            static_handler_class=StaticHandler,
+            template_path=str(ROOT / "templates"),
+            log_function=_log_request,
+            compress_response=False,
+            **debug,
+        )
+        self.services = services
+
+
+def make_app(settings: Settings, services: Services | None = None, **debug: Any) -> App:
+    """The Tornado application with every route; `services` defaults to real collaborators."""
+    return App(settings, services or build_services(settings), **debug)
+
+
+def make_server(app: App, settings: Settings) -> HTTPServer:
+    """The HTTP server with its limits: open connections (MAX_CONNECTIONS, lowered to what the
+    open-file limit holds), body size (the chat handler answers 413 itself), headers, timeouts."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return CappedHTTPServer(
+        app,
+        max_connections=fitting_cap(settings.max_connections, soft),
+        stats=app.services.connections,
+        # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
+        xheaders=settings.trust_proxy_headers,
+        max_body_size=settings.max_body_bytes,
+        body_timeout=30.0,
+        idle_connection_timeout=75.0,
+        max_header_size=64 * 1024,
+    )

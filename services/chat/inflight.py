@@ -1,0 +1,57 @@
+"""The chat requests in progress: so a shutdown can drain them, then end them, and count how they ended."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from services.chat.exchange import Outcome
+from services.ops.metrics import Metrics, NullMetrics
+
+
+class Request(Protocol):
+    """What the registry needs of a request in flight: a way to end it past the drain timeout."""
+
+    def end_for_shutdown(self) -> None: ...
+
+
+class Inflight:
+    """Chat requests in progress (so shutdown can drain, then end them) and how they ended."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or NullMetrics()
+        self.draining = False
+        self.active: set[Request] = set()
+        self.outcomes: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def count(self) -> int:
+        return len(self.active)
+
+    def enter(self, request: Request) -> None:
+        self.active.add(request)
+        self._idle.clear()
+        self.metrics.started()
+
+    def leave(self, request: Request, outcome: str | None = None) -> None:
+        if outcome:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if request in self.active:
+            self.active.discard(request)
+            self.metrics.ended()
+        if not self.active:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def end_all(self) -> None:
+        """Past the drain timeout: each request ends its answer with an error event."""
+        for request in list(self.active):
+            request.end_for_shutdown()

@@ -1,0 +1,201 @@
+"""The OpenAI chat wire format: request validation, chunk and error builders. Pure functions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from services.common.errors import ApiError
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# Fields this layer interprets itself; every other field of the request goes upstream unchanged.
+OWN_FIELDS = frozenset({"messages", "model", "stream"})
+
+MAX_MODEL_CHARS = 256
+
+DONE_EVENT = b"data: [DONE]\n\n"
+KEEPALIVE_EVENT = b": keepalive\n\n"
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat request: what this layer reads, and everything else untouched."""
+
+    messages: list[dict[str, Any]]
+    model: str | None
+    stream: bool
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def include_usage(self) -> bool:
+        options = self.params.get("stream_options")
+        return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+
+def _invalid(message: str, param: str | None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def _check_content(content: Any, index: int, role: str, has_tool_calls: bool) -> None:
+    param = f"messages[{index}].content"
+    if isinstance(content, str):
+        return
+    if content is None:
+        if role in {"assistant", "function"} or has_tool_calls:
+            return
+        raise _invalid(f"{param} must be a string or a list of content parts, not null", param)
+    if isinstance(content, list):
+        for part_index, part in enumerate(content):
+            part_param = f"{param}[{part_index}]"
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _invalid(f"{part_param} must be an object with a string 'type'", part_param)
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise _invalid(f"{part_param}.text must be a string", f"{part_param}.text")
+        return
+    raise _invalid(
+        f"{param} must be a string or a list of content parts, not {type(content).__name__}", param
+    )
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    if messages is None:
+        raise _invalid("'messages' is a required property", "messages", "missing_required_parameter")
+    if not isinstance(messages, list):
+        raise _invalid(f"'messages' must be an array, not {type(messages).__name__}", "messages")
+    if not messages:
+        raise _invalid("'messages' must contain at least one message", "messages", "empty_array")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise _invalid(f"{param} must be an object", param)
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise _invalid(f"{param}.role is required and must be a string", f"{param}.role")
+        if role not in ROLES:
+            raise _invalid(
+                f"{param}.role {role!r} is not one of {', '.join(sorted(ROLES))}",
+                f"{param}.role",
+                "invalid_role",
+            )
+        _check_content(message.get("content"), index, role, bool(message.get("tool_calls")))
+    return messages
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    """Validate a /chat/completions body; raises ApiError(400) naming what is wrong."""
+    if not body.strip():
+        raise _invalid("The request body is empty; expected a JSON object.", None, "invalid_json")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _invalid(
+            f"We could not parse the JSON body of your request: {exc.msg}.", None, "invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise _invalid("The request body must be a JSON object.", None, "invalid_json")
+    messages = validate_messages(data.get("messages"))
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _invalid("'model' must be a string", "model")
+    if isinstance(model, str) and len(model) > MAX_MODEL_CHARS:
+        raise _invalid(f"'model' is longer than {MAX_MODEL_CHARS} characters", "model", "model_too_long")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _invalid("'stream' must be a boolean", "stream")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid("'stream_options' must be an object", "stream_options")
+    params = {key: value for key, value in data.items() if key not in OWN_FIELDS}
+    return ChatRequest(messages=messages, model=model or None, stream=stream, params=params)
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def chunk(
+    completion_id: str,
+    model: str,
+    created: int,
+    delta: Mapping[str, Any] | None = None,
+    finish_reason: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": dict(delta or {}), "finish_reason": finish_reason}],
+    }
+
+
+def usage_chunk(completion_id: str, model: str, created: int, usage: Mapping[str, int]) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": dict(usage),
+    }
+
+
+def text_chunks(
+    pieces: Iterable[str], model: str, *, usage: Mapping[str, int] | None = None
+) -> Iterable[dict[str, Any]]:
+    """A whole streamed completion of the given text pieces, role first, finish_reason last."""
+    completion_id, created = new_completion_id(), int(time.time())
+    yield chunk(completion_id, model, created, {"role": "assistant", "content": ""})
+    for piece in pieces:
+        yield chunk(completion_id, model, created, {"content": piece})
+    yield chunk(completion_id, model, created, {}, "stop")
+    if usage is not None:
+        yield usage_chunk(completion_id, model, created, usage)
+
+
+def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Fold a chunk stream into one chat.completion object (non-streamed answer)."""
+    completion: dict[str, Any] = {}
+    usage = None
+    content: list[str] = []
+    finish_reason = None
+    for item in chunks:
+        if not completion:
+            completion = {"id": item.get("id"), "object": "chat.completion", "created": item.get("created"),
+                          "model": item.get("model")}
+        if item.get("usage"):
+            usage = item["usage"]
+        for choice in item.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            finish_reason = choice.get("finish_reason") or finish_reason
+    completion["choices"] = [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "".join(content)},
+            "finish_reason": finish_reason,
+        }
+    ]
+    completion["usage"] = usage
+    return completion
+
+
+def sse_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def sse_json(obj: Any) -> bytes:
+    return sse_event(orjson.dumps(obj))
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters a token) for the offline responder's usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0

@@ -1,0 +1,93 @@
+"""`--workers 2`: whichever worker answers /metrics, the totals are the whole server's (multiprocess mode)."""
+
+from __future__ import annotations
+
+import signal
+
+import psutil
+from tornado.httpclient import AsyncHTTPClient
+
+from tests.conftest import open_stream, post_json, sse_events
+from tests.ops.test_metrics import parse, value
+from tests.ops.test_workers import _workers_env, serving, wait_until
+from tests.server.test_server_process import MESSAGES, ServerProcess, _free_port
+
+ROUTE = "/v1/chat/completions"
+
+
+async def _scrapes(base: str, count: int) -> list[dict]:
+    """`count` scrapes, each on a new connection (so the kernel hands them to either worker)."""
+    out = []
+    for _ in range(count):
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(base + "/metrics")
+        finally:
+            client.close()
+        out.append(parse(response.body.decode())[0])
+    return out
+
+
+async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upstream, tmp_path):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom")),
+                           "--port", str(port), "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        workers = serving(server)
+        for _ in range(8):  # each on a new connection: both workers answer some
+            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                              "x_fake": {"tokens": 3, "gap": 0}})
+            assert sse_events(response.body)[-1] == "[DONE]"
+        for samples in await _scrapes(base, 6):
+            assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 8
+            assert value(samples, "iss_llm_answer_tokens_count", route=ROUTE) == 8
+            assert value(samples, "iss_llm_chat_in_flight") == 0
+            pids = {dict(labels)["pid"] for (name, labels) in samples if name == "process_cpu_seconds_total"}
+            assert {str(pid) for pid in workers} <= pids  # each worker's own process figures
+        # A worker killed mid-stream: its stream stops counting as in flight, its counts stay.
+        _reader, writer, _ = await open_stream(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                                      "x_fake": {"tokens": 400, "gap": 0.05}})
+        local_port = writer.get_extra_info("sockname")[1]
+        holder = next(pid for pid in workers for conn in psutil.Process(pid).net_connections(kind="tcp")
+                      if conn.raddr and conn.raddr.port == local_port)
+        for samples in await _scrapes(base, 3):
+            assert value(samples, "iss_llm_chat_in_flight") == 1
+        psutil.Process(holder).send_signal(signal.SIGKILL)
+        await server.wait_for_line(f"(pid {holder}) died")
+        writer.close()
+        await wait_until(lambda: len(serving(server)) == 3, 30, "a replacement worker")
+        for samples in await _scrapes(base, 4):
+            assert value(samples, "iss_llm_chat_in_flight") == 0
+            assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 8
+        assert await server.stop() == 0
+    finally:
+        server.kill()
+    # The operator's PROMETHEUS_MULTIPROC_DIR is kept (emptied at the next start), holding only the client's files.
+    assert {p.suffix for p in (tmp_path / "prom").iterdir()} == {".db"}
+
+
+async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, paced_upstream, tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR set without workers: the directory is emptied at start, then used."""
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    (directory / "counter_4242.db").write_bytes(b"\0" * 16)  # an earlier run's counts
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream, PROMETHEUS_MULTIPROC_DIR=str(directory)),
+                           "--port", str(port))
+    await server.start()
+    try:
+        await server.wait_for_line("listening on")
+        response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                          "x_fake": {"tokens": 3, "gap": 0}})
+        assert sse_events(response.body)[-1] == "[DONE]"
+        [samples] = await _scrapes(base, 1)
+        assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 1
+        assert not (directory / "counter_4242.db").exists()
+        assert await server.stop() == 0
+        server.assert_clean_output()
+    finally:
+        server.kill()
