@@ -13,7 +13,7 @@ import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import sse_event
+from services.common.openai_format import Chunk, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -33,14 +33,14 @@ class Relay:
         self.content = False  # a content token or tool call came (a role chunk alone does not count)
         self.first: dict[str, Any] | None = None  # the first chunk's id, model and created
 
-    async def events(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def events(self, payloads: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
         async for payload in payloads:
             yield self.event(payload)
         if not self.payloads:
             raise upstream_error(502, "The upstream LLM ended the stream without sending anything.",
                                  code="upstream_empty")
 
-    def event(self, payload: bytes) -> bytes:
+    def event(self, payload: Chunk) -> bytes:
         """One payload read and recorded, as the SSE event to send.
 
         A payload that is not a JSON object, or whose `choices` is not a list of objects, is an
@@ -50,10 +50,7 @@ class Relay:
         """
         self.payloads += 1
         exchange = self.exchange
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            chunk = None
+        chunk = payload.data
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not isinstance(chunk, dict) or not (choices is None or isinstance(choices, list)) or not all(
             isinstance(choice, dict) for choice in choices or ()
@@ -82,10 +79,11 @@ class Relay:
         usage = record_usage(chunk.get("usage"))
         if usage:
             self.usage = usage
-        if b"\n" in payload:
+        raw = payload.raw
+        if b"\n" in raw:
             # A multi-line SSE data field: valid JSON may hold raw newlines between tokens only.
-            payload = payload.replace(b"\r", b" ").replace(b"\n", b" ")
-        return sse_event(payload)
+            raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
+        return sse_event(raw)
 
 
 MAX_MODEL_CHARS = 256

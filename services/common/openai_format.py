@@ -188,6 +188,39 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
     return completion
 
 
+class _Unread:
+    """The marker of a payload not parsed yet."""
+
+
+_UNREAD = _Unread()
+NOT_JSON = object()  # Chunk.data of a payload that is not JSON
+
+
+class Chunk:
+    """One streamed payload, parsed at most once, by whoever reads it first (the tool layer, the relay,
+    the record): `raw` is the payload as it goes to the caller, `data` its JSON value (or NOT_JSON)."""
+
+    __slots__ = ("_data", "raw")
+
+    def __init__(self, raw: bytes, data: Any = _UNREAD) -> None:
+        self.raw = raw
+        self._data = data
+
+    @classmethod
+    def of(cls, obj: Any) -> Chunk:
+        """A payload made here (or rewritten): serialized once, never parsed back."""
+        return cls(orjson.dumps(obj), obj)
+
+    @property
+    def data(self) -> Any:
+        if self._data is _UNREAD:
+            try:
+                self._data = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                self._data = NOT_JSON
+        return self._data
+
+
 def sse_event(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 

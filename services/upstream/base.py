@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from services.common.openai_format import Chunk
 from services.iss.state import IssState
 
 
@@ -15,7 +16,7 @@ class ToolLog(Protocol):
 
 
 class Backend(Protocol):
-    """Streams chat completions; `stream` yields each SSE data payload as raw JSON bytes."""
+    """Streams chat completions; `stream` yields each SSE data payload as a Chunk (parsed at most once)."""
 
     name: str
 
@@ -24,7 +25,7 @@ class Backend(Protocol):
         ...
 
     def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-               ) -> AsyncIterator[bytes]: ...
+               ) -> AsyncIterator[Chunk]: ...
 
     async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes: ...
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError
-from services.common.openai_format import completion_from_chunks, estimate_tokens, text_chunks
+from services.common.openai_format import Chunk, completion_from_chunks, estimate_tokens, text_chunks
 from services.iss.accuracy import age_words
 from services.iss.block import BLOCK_START
 from services.iss.describe import describe_state
@@ -194,9 +194,9 @@ class BuiltinResponder:
         return list(text_chunks(re.findall(r"\S+\s*", text), params["model"], usage=usage))
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[bytes]:
+                     ) -> AsyncIterator[Chunk]:
         for item in await self._chunks(params, iss):
-            yield orjson.dumps(item)
+            yield Chunk.of(item)
             # Hand the loop back between words, as a real stream would.
             await asyncio.sleep(0)
 

@@ -22,6 +22,7 @@ import orjson
 
 from config import Settings
 from services.common.errors import ApiError, upstream_error
+from services.common.openai_format import Chunk
 from services.common.request_context import current_request_id
 from services.iss.state import IssState
 from services.ops.redaction import redact_text
@@ -170,11 +171,11 @@ class OpenAIUpstream:
             await response.aclose()
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[bytes]:
+                     ) -> AsyncIterator[Chunk]:
         try:
             async with self._create(params, stream=True) as response:
                 async for payload in sse_payloads(response.aiter_raw(), self._max_event):
-                    yield payload
+                    yield Chunk(payload)
         except Exception as exc:
             raise self._translate(exc) from None
 

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError, tool_round_error
+from services.common.openai_format import NOT_JSON, Chunk
 from services.iss.state import IssState
 from services.iss.tools import IssTools, ToolResult
 from services.upstream.base import Backend, ToolLog
@@ -55,16 +56,15 @@ class _Round:
         self.usage: Any = None
         self.finished = False
 
-    def take(self, payload: bytes) -> bytes | None:
+    def take(self, payload: Chunk) -> Chunk | None:
         """The payload to send on now (as is, or rewritten), or None when it is the layer's alone.
 
         Chunks without a layer call pass byte for byte. Once a layer call appears in a round, the
         caller's calls of that round and its finish are left out: the round continues here.
         """
         self.payloads += 1
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
+        chunk = payload.data
+        if chunk is NOT_JSON:
             return None if self.layer else payload  # the relay reports it
         if self.finished and self.layer:
             if isinstance(chunk, dict) and chunk.get("usage") is not None:
@@ -100,16 +100,16 @@ class _Round:
             return payload
         if all(not choice.get("delta") for choice in choices) and not self.finished:
             return None  # nothing left for the caller in this chunk
-        return orjson.dumps(chunk)
+        return Chunk.of(chunk)
 
-    def _final_usage(self, chunk: dict[str, Any], payload: bytes) -> bytes:
+    def _final_usage(self, chunk: dict[str, Any], payload: Chunk) -> Chunk:
         """The last round's usage chunk: as sent, or with the earlier rounds' tokens added in."""
         usage = chunk.get("usage")
         if not self.earlier_usage or not isinstance(usage, dict):
             return payload
         total = dict(self.earlier_usage)
         _add_usage(total, usage)
-        return orjson.dumps({**chunk, "usage": {**usage, **total}})
+        return Chunk.of({**chunk, "usage": {**usage, **total}})
 
     def _absorb(self, call: Any) -> bool:
         """Whether a tool-call delta is the layer's own (kept here) rather than the caller's."""
@@ -190,7 +190,7 @@ class ToolRounds:
                     "them for %.0f s", error.message[:200], REFUSAL_HOLD_S)
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[bytes]:
+                     ) -> AsyncIterator[Chunk]:
         ours = self._offer(params)
         if not ours:
             async for payload in self.inner.stream(params, iss):

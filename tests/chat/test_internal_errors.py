@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from app import build_services, make_app
+from services.common.openai_format import Chunk
 from services.iss.state import IssState
 from services.ops import logs
 from services.upstream.base import ToolLog
@@ -42,8 +43,8 @@ def _leaks(text: str) -> list[str]:
     return found
 
 
-def _chunk(delta: dict[str, Any]) -> bytes:
-    return orjson.dumps({"id": "chatcmpl-broken", "object": "chat.completion.chunk", "created": int(time.time()),
+def _chunk(delta: dict[str, Any]) -> Chunk:
+    return Chunk.of({"id": "chatcmpl-broken", "object": "chat.completion.chunk", "created": int(time.time()),
                          "model": "broken", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
 
@@ -63,7 +64,7 @@ class BrokenBackend:
         return {"backend": self.name}
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[bytes]:
+                     ) -> AsyncIterator[Chunk]:
         after = int((params.get("x_fake") or {}).get("raise_after", 0))
         if after:
             yield _chunk({"role": "assistant", "content": ""})

@@ -11,6 +11,7 @@ import pytest
 from services.chat.exchange import Ending, Exchange, Outcome
 from services.chat.relay import Relay
 from services.common.errors import ApiError
+from services.common.openai_format import Chunk
 
 
 class Recorder:
@@ -25,9 +26,9 @@ def _exchange(hub: Recorder) -> Exchange:
     return Exchange(hub, request_id="req_1", conversation_id="c", remote_ip="127.0.0.1", path="/v1/chat/completions")
 
 
-async def _payloads(*items: Any) -> AsyncIterator[bytes]:
+async def _payloads(*items: Any) -> AsyncIterator[Chunk]:
     for item in items:
-        yield item if isinstance(item, bytes) else orjson.dumps(item)
+        yield Chunk(item if isinstance(item, bytes) else orjson.dumps(item))
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, model: str = "up-model") -> dict[str, Any]:
