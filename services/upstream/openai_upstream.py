@@ -139,6 +139,8 @@ class OpenAIUpstream:
         return self._models
 
     async def close(self) -> None:
+        if self._models_fetch is not None:
+            self._models_fetch.cancel()
         await self._http.close()
 
     async def _known_models(self) -> list[str] | None:
@@ -147,9 +149,11 @@ class OpenAIUpstream:
             return self._models
         if self._models_fetch is None or self._models_fetch.done():
             self._models_fetch = asyncio.ensure_future(self.list_models())
+            # Read when it fails after the hint stopped waiting: a failed fetch is only "no list".
+            self._models_fetch.add_done_callback(lambda fetch: fetch.cancelled() or fetch.exception())
         try:
             return await asyncio.wait_for(asyncio.shield(self._models_fetch), MODEL_HINT_WAIT)
-        except (ApiError, asyncio.TimeoutError):
+        except (TimeoutError, ApiError):
             return None
 
     def _clean(self, message: str) -> str:

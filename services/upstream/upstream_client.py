@@ -185,7 +185,7 @@ class UpstreamClient:
                     proxy_auth=self._proxy_auth, allow_redirects=False, timeout=timeout or self.timeout,
                     trace_request_ctx=attempt,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if retries < self._max_retries:
                     retries += 1
                     await asyncio.sleep(_backoff(retries))
@@ -236,7 +236,7 @@ class UpstreamClient:
                     size += len(piece)
                     if size > DRAIN_BYTES:
                         break
-        except (asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
             pass
         finally:
             if response.content.at_eof():

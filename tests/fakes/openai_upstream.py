@@ -121,6 +121,7 @@ class FakeUpstream:
     peers: deque = field(default_factory=lambda: deque(maxlen=50))  # the client's (address, port) per request
     # What GET /v1/models lists.
     models_listed: tuple[str, ...] = ("fake-model",)
+    models_delay: float = 0.0  # seconds before GET /v1/models answers
     headers: deque = field(default_factory=lambda: deque(maxlen=50))
     # One list per stream, oldest stream first: (time.monotonic() when written, the event's bytes).
     timeline: deque = field(default_factory=lambda: deque(maxlen=50))
@@ -180,6 +181,8 @@ class FakeUpstream:
         self.request_lines.append(f"{request.method} {request.path_qs}")
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
         return web.json_response({"object": "list",
                                   "data": [{"id": model, "object": "model"} for model in self.models_listed]})
 
