@@ -487,7 +487,8 @@ def scripted_round(body: dict, caller_tools: list) -> tuple[list[dict], str, dic
       layer_first (default), caller_first, interleaved (parallel calls, deltas alternating),
       whole (Ollama: every call whole in one delta), whole_no_index (the same, without indexes),
       caller_only (only the caller's tool: no layer call in the round).
-    Arguments come in `x_fake.pieces` pieces (default 2). Round 2 (with the tool's result) says the
+    Arguments come in `x_fake.pieces` pieces (default 2); `x_fake.layer_calls` iss_passes calls
+    (default 1). Round 2 (with the tool's result) says the
     rise times it gave and, unless `x_fake.again` is false, calls the caller's tool again.
     The caller's tool gets {"location": <place>, "round": <n>}. Usage: 100n+7 prompt, 10n+3 completion.
     """
@@ -507,11 +508,13 @@ def scripted_round(body: dict, caller_tools: list) -> tuple[list[dict], str, dic
     if number == 1:
         ours = orjson.dumps({"place": place}).decode()
         if order == "caller_only" and caller:
-            return _call_deltas(0, "call_caller", caller, theirs, pieces), "tool_calls", usage
-        layer = ("call_passes", "iss_passes", ours)
-        calls = [layer, ("call_caller", caller, theirs)] if caller else [layer]
+            return [{"tool_calls": [d]} for d in _call_deltas(0, "call_caller", caller, theirs, pieces)], \
+                "tool_calls", usage
+        count = int(fake.get("layer_calls", 1))  # a model asked about "these 100 cities"
+        layer = [("call_passes" if i == 0 else f"call_passes_{i}", "iss_passes", ours) for i in range(count)]
+        calls = [*layer, ("call_caller", caller, theirs)] if caller else layer
         if order in {"caller_first", "interleaved"} and caller:
-            calls.reverse()
+            calls = [calls[-1], *calls[:-1]]
         if order in {"whole", "whole_no_index"}:
             whole = [{**({"index": i} if order == "whole" else {}), "id": call_id, "type": "function",
                       "function": {"name": name, "arguments": arguments}}
