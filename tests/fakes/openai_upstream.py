@@ -211,8 +211,9 @@ class FakeUpstream:
         model = body.get("model", "fake-model")
         created = int(time.time())
         cid = f"chatcmpl-fake{self.requests}"
-        offered = [tool for tool in body.get("tools") or () if isinstance(tool, dict)]
-        layer = [tool for tool in offered if str(tool.get("function", {}).get("name", "")).startswith("iss_")]
+        tools = body.get("tools")
+        offered = [tool for tool in tools if _tool_name(tool) is not None] if isinstance(tools, list) else []
+        layer = [tool for tool in offered if str(_tool_name(tool)).startswith("iss_")]
         if layer and (self.refuse_tools or model in self.refuse_tools_for):
             return self._error(400, "This model does not support tools.", "invalid_request_error")
         if self.refuse_tool_results and any(
@@ -330,8 +331,7 @@ class FakeUpstream:
 
         yield event({"role": "assistant", "content": ""})
         if tools:
-            name = next(tool for tool in body["tools"]
-                        if not str(tool["function"]["name"]).startswith("iss_"))["function"]["name"]
+            name = next(name for name in map(_tool_name, body["tools"]) if name and not name.startswith("iss_"))
             yield event({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
                                          "function": {"name": name, "arguments": ""}}]})
             yield event({"tool_calls": [{"index": 0, "function": {"arguments": '{"where": "iss"}'}}]})
@@ -461,6 +461,13 @@ if __name__ == "__main__":
 
 def cid_of(number: int) -> str:
     return f"chatcmpl-fake{number}"
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a function tool, or None for anything else (a caller may send odd tools)."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _pieces(text: str, count: int) -> list[str]:
