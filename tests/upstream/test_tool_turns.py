@@ -164,3 +164,17 @@ async def test_langchain_bind_tools_streaming_builds_one_call(base_url, upstream
         ("get_weather", {"location": "Paris", "round": 2})]
     assert not message.invalid_tool_calls
     assert message.response_metadata.get("finish_reason") == "tool_calls"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_the_console_shows_tokens_per_second_for_streamed_answers_only(stream, base_url, upstream, app):
+    upstream.gap = 0.01  # a streamed answer takes time to generate
+    response = await post_json(base_url, {"model": "m", "messages": PARIS, "stream": stream})
+    assert response.code == 200
+    app.services.hub.flush()
+    [record] = [r for r in app.services.hub.snapshot() if r.get("status") == "done"]
+    speed = record["outcome"]["tokens_per_second"]
+    if stream:
+        assert isinstance(speed, float) and 0 < speed < 1000
+    else:
+        assert speed is None
