@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import operator
+import time
 
 import orjson
 import pytest
@@ -178,3 +179,19 @@ async def test_the_console_shows_tokens_per_second_for_streamed_answers_only(str
         assert isinstance(speed, float) and 0 < speed < 1000
     else:
         assert speed is None
+
+
+@pytest.mark.parametrize("overrides", [{"first_token_timeout": 1.3, "fallback_reply": "One moment."}])
+async def test_the_first_token_deadline_holds_across_tool_rounds(overrides, base_url, upstream, app):
+    """Each round takes the model 1 s before its first chunk: the answer's first word would come after
+    2 s; the deadline ends it at 1.3 s, while the layer works (its tool run or its second round)."""
+    await app.services.tracker.current()
+    upstream.scripted_tools = True
+    upstream.first_token_delay = 1.0
+    started = time.monotonic()
+    response = await post_json(base_url, {"model": "m", "messages": PARIS, "stream": True})
+    elapsed = time.monotonic() - started
+    assert response.code == 200
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in _chunks(response.body) if c["choices"])
+    assert "One moment." in text and "You can see it at" not in text
+    assert 1.3 <= elapsed < 1.9, elapsed
