@@ -23,13 +23,15 @@ from services.chat.conversations import Conversations
 from services.chat.deadline import Deadline
 from services.chat.endings import (
     CALLER_LEFT,
+    Ending,
+    Outcome,
     Stop,
     clean_end_chunks,
     failed_before_first_token,
     fallback_chunks,
     stopped,
 )
-from services.chat.exchange import Ending, Exchange, Outcome
+from services.chat.exchange import Exchange
 from services.chat.inflight import Inflight
 from services.chat.models import resolve_model
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
@@ -223,7 +225,7 @@ class ChatHandler(BoundedBodyHandler):
                        content_sent=self._relay is not None and self._relay.content)
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
-        exchange.upstream_sent = time.monotonic()
+        exchange.asked_upstream()
         chunks = self.backend.stream(params, state, exchange)
         relay = self._relay = Relay(exchange, self._secrets)
         self.sse.start_keepalive()
@@ -234,11 +236,10 @@ class ChatHandler(BoundedBodyHandler):
                         self._first_token.cancel()  # type: ignore[union-attr]
                     if relay.payloads == 1:
                         await self.sse.send(event)  # the first event leaves at once, with the headers
-                        if exchange.first_token_at is not None:
-                            exchange.first_written = time.monotonic()
+                        exchange.first_token_written()
                     elif exchange.first_written is None and exchange.first_token_at is not None:
                         await self.sse.send(event)  # so does the first content token: the caller waits on it
-                        exchange.first_written = time.monotonic()
+                        exchange.first_token_written()
                     else:
                         # Per-chunk flushes were a third of the CPU under load: coalesce what is already here.
                         await self.sse.flushed()
@@ -255,7 +256,7 @@ class ChatHandler(BoundedBodyHandler):
             await chunks.aclose()
 
     async def _complete(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
-        exchange.upstream_sent = time.monotonic()
+        exchange.asked_upstream()
         try:
             body = await self.backend.complete(params, state, exchange)
             self._first_token.cancel()  # type: ignore[union-attr]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
-from services.common.errors import ApiError
+from services.chat.endings import Ending, Outcome
 
 log = logging.getLogger("iss_llm.chat")
 
@@ -23,29 +21,7 @@ class OutcomeObserver(Protocol):
     def outcome(self, record: Exchange) -> None: ...
 
 
-class Outcome(StrEnum):
-    """How a chat request ended; each request has exactly one, recorded once by Exchange.end()."""
-
-    DONE = "done"  # the answer was sent whole
-    CANCELLED = "cancelled"  # the caller went away
-    SUPERSEDED = "superseded"  # a newer request of the same conversation replaced it (SUPERSEDE)
-    ERROR = "error"  # the caller got an error (status, or an SSE error event)
-    FALLBACK = "fallback"  # the upstream failed before the first token; FALLBACK_REPLY was sent
-    SHUTDOWN = "shutdown"  # the server ended it while shutting down
-
-
-@dataclass(frozen=True)
-class Ending:
-    """A request's outcome with what goes with it: the answer's finish reason and usage, or the error."""
-
-    outcome: Outcome
-    status: int = 200
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    error: ApiError | None = None
-    where: str | None = None  # for an error: where it happened
-
-
+MAX_MODEL_CHARS = 256
 MAX_TOOL_CALLS = 16
 MAX_TOOL_NAME = 256
 MAX_TOOL_ARGUMENTS = 8 * 1024
@@ -106,13 +82,12 @@ class Exchange:
         self.conversation_id = conversation_id
         self.remote_ip = remote_ip
         self.path = path
-        self.route = path
         self._observer = observer
         self.started = time.monotonic()
-        self.received = self.started
         self.stream = False
-        # Timings (time.monotonic()) for the first-token split: the upstream asked, its first content
-        # token received (first_token_at), that token written to the caller; and the end.
+        # Timings (time.monotonic()), each set by this record's own methods: the request received
+        # (started), the upstream asked (upstream_sent), its first content token received
+        # (first_token_at), that token written to the caller (first_written); and the end.
         self.upstream_sent: float | None = None
         self.first_written: float | None = None
         self.ended: float | None = None
@@ -130,10 +105,6 @@ class Exchange:
 
     def _elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 2)
-
-    @property
-    def upstream_first(self) -> float | None:
-        return self.first_token_at
 
     @property
     def ttft_ms(self) -> float | None:
@@ -165,6 +136,20 @@ class Exchange:
             params=params,
             upstream=upstream,
         )
+
+    def asked_upstream(self) -> None:
+        """The request left for the upstream (or the built-in responder)."""
+        self.upstream_sent = time.monotonic()
+
+    def answered_by(self, model: Any) -> None:
+        """The model the upstream says answered (its first chunk's, or the whole answer's), bounded."""
+        if self.upstream_model is None and isinstance(model, str):
+            self.upstream_model = model[:MAX_MODEL_CHARS]
+
+    def first_token_written(self) -> None:
+        """The first content token reached the caller's socket (once; later calls change nothing)."""
+        if self.first_written is None and self.first_token_at is not None:
+            self.first_written = time.monotonic()
 
     def iss(self, block: str, state: dict[str, Any] | None) -> None:
         self._emit("iss", block=block, state=state)
