@@ -150,6 +150,10 @@ class ChatHandler(BoundedBodyHandler):
                 self.conversations.release(superseding, self)
             self.inflight.leave(self, exchange.outcome)
 
+    def logs_itself(self) -> bool:
+        """A chat request's one log line is its outcome line (Exchange.end, or _refused)."""
+        return self.request.method == "POST"
+
     def outcome_status(self) -> int:
         """The recorded outcome's status once there is one (Exchange.end), so the access log and the
         outcome line agree: 499 for a caller that left, the error's status for an error event."""
@@ -168,8 +172,13 @@ class ChatHandler(BoundedBodyHandler):
         status = self.get_status()
         outcome = Outcome.SHUTDOWN if status == 503 and self.inflight.draining else Outcome.ERROR
         self.metrics.refused(self.request.path, outcome.value, status)
-        log.info("request %s refused status=%d", self.request_id, status,
-                 extra={"outcome": outcome.value, "status": status})
+        request = self.request
+        duration_ms = round(1000.0 * request.request_time(), 1)
+        log.log(logging.WARNING if status < 500 else logging.ERROR,
+                "request %s %d %s %s (%s) refused %.1fms", self.request_id, status, request.method, request.path,
+                request.remote_ip, duration_ms,
+                extra={"outcome": outcome.value, "status": status, "method": request.method, "path": request.path,
+                       "remote_ip": request.remote_ip, "duration_ms": duration_ms})
 
     def on_connection_close(self) -> None:
         # Tornado's own handling ends the wait for a body the caller stopped sending.
