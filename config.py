@@ -263,6 +263,10 @@ class Settings:
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
     )
+    # auto: uvloop where it is installed (requirements.txt pins it), else asyncio's own loop.
+    event_loop: str = field(
+        default="auto", metadata={"env": "EVENT_LOOP", "parse": _choice("auto", "uvloop", "asyncio")}
+    )
 
     @property
     def use_openai(self) -> bool:
