@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -296,13 +297,13 @@ class Settings:
     def listens_beyond_loopback(self) -> bool:
         return self.host not in {"127.0.0.1", "localhost", "::1"} and not self.host.startswith("127.")
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:  # one value per field, each of its own type
         return replace(self, **changes)
 
 
 def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Settings:
     """Settings from environment-style names; an invalid value raises ConfigError naming it."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> the parsed value, of that field's own type
     for f in fields(Settings):
         name = f.metadata.get("env")
         if name is None or name not in values or values[name] is None:

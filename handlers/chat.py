@@ -72,8 +72,9 @@ class ChatHandler(BoundedBodyHandler):
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
         self._stopped: Stop | None = None
-        self._first_token: Deadline | None = None
-        self._max_stream: Deadline | None = None
+        # Both armed when a request begins (post); until then deadlines that never fire.
+        self._first_token = Deadline(None, lambda: None)
+        self._max_stream = Deadline(None, lambda: None)
         self._relay: Relay | None = None
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
@@ -242,7 +243,7 @@ class ChatHandler(BoundedBodyHandler):
             async with contextlib.aclosing(relay.events(chunks)) as events:
                 async for event in events:
                     if relay.content:
-                        self._first_token.cancel()  # type: ignore[union-attr]
+                        self._first_token.cancel()
                     if relay.payloads == 1:
                         await self.sse.send(event)  # the first event leaves at once, with the headers
                         exchange.first_token_written()
@@ -268,7 +269,7 @@ class ChatHandler(BoundedBodyHandler):
         exchange.asked_upstream()
         try:
             body = await self.backend.complete(params, state, exchange)
-            self._first_token.cancel()  # type: ignore[union-attr]
+            self._first_token.cancel()
             completion = read_completion(body, exchange)
         except ApiError as error:
             return failed_before_first_token(error, self.config.fallback_reply)

@@ -6,7 +6,7 @@ with any async iterator of payloads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ class Relay:
         self.content = False  # a content token or tool call came (a role chunk alone does not count)
         self.first: dict[str, Any] | None = None  # the first chunk's id, model and created
 
-    async def events(self, payloads: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+    async def events(self, payloads: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
         async for payload in payloads:
             yield self.event(payload)
         if not self.payloads:

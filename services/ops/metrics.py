@@ -15,6 +15,7 @@ PROMETHEUS_MULTIPROC_DIR, and whichever worker answers a scrape merges them all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -457,7 +458,7 @@ class WorkerProcessCollector(Collector):
         pids = [parent, *_children(parent)]
         families: dict[str, Metric] = {}
         for pid in pids:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=functools.partial(int, pid), registry=None).collect():
                 merged = families.get(family.name)
                 if merged is None:
                     merged = families[family.name] = Metric(family.name, family.documentation, family.type)

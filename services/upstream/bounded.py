@@ -103,8 +103,12 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
         encoding = response.headers.get("Content-Encoding", "")
         headers = [(name, value) for name, value in response.headers.raw
                    if name.lower() not in (b"content-encoding", b"content-length")]
+        inner = response.stream
+        if not isinstance(inner, httpx2.AsyncByteStream):  # an async transport's bodies are async streams
+            await response.aclose()
+            raise TypeError(f"{type(self._inner).__name__} answered with a synchronous body")
         try:
-            stream = _BoundedStream(response.stream, encoding, self.max_bytes)  # type: ignore[arg-type]
+            stream = _BoundedStream(inner, encoding, self.max_bytes)
         except ApiError:
             await response.aclose()
             raise
