@@ -248,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level,
                    secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
                    with_pid=workers > 1)
-    # The HTTP client logs every upstream request at INFO; our own request log already has them.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
     install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
