@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +75,13 @@ class _Calls:
             return
         index = delta.get("index")
         index = index if isinstance(index, int) and not isinstance(index, bool) else None
-        call_id = delta.get("id") if isinstance(delta.get("id"), str) else ""
-        function = delta.get("function") if isinstance(delta.get("function"), dict) else {}
-        name = function.get("name") if isinstance(function.get("name"), str) else ""
+        call_id = delta.get("id")
+        call_id = call_id if isinstance(call_id, str) else ""
+        function = delta.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        name = function.get("name")
+        name = name if isinstance(name, str) else ""
         arguments = function.get("arguments")
         if isinstance(arguments, dict):  # a server that sends the object itself
             arguments = orjson.dumps(arguments).decode()
@@ -310,7 +314,7 @@ class ToolRounds:
                     "offering them to that model for %.0f s", model[:64], error.message[:200], REFUSAL_HOLD_S)
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         ours = self._offer(params)
         if not ours:
             async for payload in self.inner.stream(params, iss):
