@@ -257,6 +257,12 @@ class Settings:
         default=5.0, metadata={"env": "ISS_TOOL_TIMEOUT", "parse": _positive_float}
     )
     iss_tool_rounds: int = field(default=3, metadata={"env": "ISS_TOOL_ROUNDS", "parse": _positive_int})
+    # At most this many of the layer's tool calls run per round (the rest get an error result the
+    # model reads), and at most this many bytes of tool results go back upstream per request.
+    iss_tool_max_calls: int = field(default=4, metadata={"env": "ISS_TOOL_MAX_CALLS", "parse": _positive_int})
+    iss_tool_result_bytes: int = field(
+        default=64 * 1024, metadata={"env": "ISS_TOOL_RESULT_BYTES", "parse": _positive_int}
+    )
     iss_refresh_interval: float = field(
         default=5.0, metadata={"env": "ISS_REFRESH_INTERVAL", "parse": _positive_float}
     )

@@ -263,7 +263,9 @@ class Exchange:
             generating_s = (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
             counted = (ending.usage or {}).get("completion_tokens")
             completion_tokens = counted if isinstance(counted, int) and counted > 0 else self.chunks
-            tps = round(completion_tokens / generating_s, 1) if generating_s > 0 else None
+            # Only a streamed answer has a generation time to divide by: a whole answer's "first
+            # token" arrives with its last.
+            tps = round(completion_tokens / generating_s, 1) if self.stream and generating_s > 0 else None
             self._emit(
                 "done", finish_reason=ending.finish_reason, usage=ending.usage, tokens_per_second=tps,
                 tool_calls=[self.tool_calls[index].to_dict() for index in sorted(self.tool_calls)] or None,
