@@ -34,6 +34,7 @@ class BoundedWork:
         self._admitted = 0  # waiting or running (a running job counts until its thread is done)
         self.started = 0
         self.refused = 0
+        self.peak = 0  # the most jobs ever admitted at once (never above running + waiting)
 
     @property
     def admitted(self) -> int:
@@ -45,6 +46,7 @@ class BoundedWork:
             self.refused += 1
             raise QueueFull(retry_after=1)
         self._admitted += 1
+        self.peak = max(self.peak, self._admitted)
         try:
             await self._slots.acquire()
         except BaseException:

@@ -53,7 +53,12 @@ class IssQueries:
         self._passes_cache: OrderedDict[_SearchKey, tuple[float, list[Pass]]] = OrderedDict()
         self._in_flight: dict[_SearchKey, asyncio.Future[list[Pass]]] = {}
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """End the searches in flight (their threads finish on their own) and the queue."""
+        searches = list(self._in_flight.values())
+        for search in searches:
+            search.cancel()
+        await asyncio.gather(*searches, return_exceptions=True)
         self.searches.close()
 
     # ---- where ----
