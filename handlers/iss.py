@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from config import Settings
 from handlers.base import ApiHandler
@@ -104,6 +106,8 @@ class PassesHandler(PublicReadHandler):
 
     def initialize(self, settings: Settings, limit: RateLimit, queries: IssQueries) -> None:
         self.config, self.limit, self.queries = settings, limit, queries
+        self._search: asyncio.Future[dict[str, Any]] | None = None
+        self._gone = False
 
     async def get(self) -> None:
         place = self.get_query_argument("place", None)
@@ -116,9 +120,21 @@ class PassesHandler(PublicReadHandler):
         limit = int(_parse_number(self.get_query_argument("limit", "5"), "limit", 1, MAX_PASSES))
         visible_only = _parse_bool(self.get_query_argument("visible_only", "false"), "visible_only")
         observer = self.queries.observer(place, latitude, longitude)
-        body = await self.queries.passes(observer, days=days, min_elevation=elevation,
-                                         visible_only=visible_only, limit=limit)
+        self._search = asyncio.ensure_future(self.queries.passes(observer, days=days, min_elevation=elevation,
+                                                                 visible_only=visible_only, limit=limit))
+        try:
+            body = await self._search
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise
+            return  # the caller left: its search was given up (unless others wait for it too)
         self.write_json(body)
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._gone = True
+        if self._search is not None:
+            self._search.cancel()
 
 
 class CrewHandler(PublicReadHandler):

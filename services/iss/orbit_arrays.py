@@ -23,7 +23,7 @@ _DEG = np.pi / 180.0
 _EARTH_RADIUS_KM = 6371.0
 # sgp4_array holds the GIL while it runs (about 1 µs a point): in slices this long, a search in a
 # worker thread lets the event loop in every millisecond or so instead of every 10-30 ms.
-CHUNK = 1024
+CHUNK = 256
 
 
 def julian(unix: Floats) -> tuple[Floats, Floats]:

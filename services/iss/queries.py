@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -32,6 +32,14 @@ PLACE_DECIMALS = 1
 _SearchKey = tuple[Any, ...]
 
 
+@dataclass
+class _Search:
+    """One search in flight and how many callers wait for it."""
+
+    task: asyncio.Future[list[Pass]]
+    callers: int = 0
+
+
 def _retrieved(task: asyncio.Future[list[Pass]]) -> None:
     """A search's failure is read here too: when every caller left, no one else would."""
     if not task.cancelled():
@@ -51,14 +59,14 @@ class IssQueries:
         # Every pass search (the endpoint's and the tools') waits its turn here: one small queue per process.
         self.searches = searches or BoundedWork(running=2, waiting=8, name="pass-search")
         self._passes_cache: OrderedDict[_SearchKey, tuple[float, list[Pass]]] = OrderedDict()
-        self._in_flight: dict[_SearchKey, asyncio.Future[list[Pass]]] = {}
+        self._in_flight: dict[_SearchKey, _Search] = {}
 
     async def close(self) -> None:
         """End the searches in flight (their threads finish on their own) and the queue."""
-        searches = list(self._in_flight.values())
-        for search in searches:
-            search.cancel()
-        await asyncio.gather(*searches, return_exceptions=True)
+        tasks = [search.task for search in self._in_flight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.searches.close()
 
     # ---- where ----
@@ -135,7 +143,8 @@ class IssQueries:
     ) -> list[Pass]:
         """The passes from `start`: cached per element set, rounded place and parameters (for
         CACHE_SECONDS, least recently used first out); one search for callers asking the same at
-        once; else a new search through the bounded queue (ApiError 503 when it is full)."""
+        once, given up when they all leave; else a new search through the bounded queue (ApiError 503
+        when it is full)."""
         place = replace(observer, latitude=round(observer.latitude, PLACE_DECIMALS),
                         longitude=round(observer.longitude, PLACE_DECIMALS))
         key = (orbit.key, place.latitude, place.longitude, days, min_elevation)
@@ -144,14 +153,21 @@ class IssQueries:
         if cached is not None and now - cached[0] < CACHE_SECONDS:
             self._passes_cache.move_to_end(key)
             return [item for item in cached[1] if item.set > start]
-        running = self._in_flight.get(key)
-        if running is None:
-            search = partial(find_passes, orbit.positions, place, start, days, min_elevation, MAX_PASSES * 3)
-            running = asyncio.ensure_future(self._search(key, search))
-            running.add_done_callback(_retrieved)
-            self._in_flight[key] = running
-        # Shielded: a caller that leaves does not end the search the others (and the cache) wait for.
-        found = await asyncio.shield(running)
+        search = self._in_flight.get(key)
+        if search is None:
+            job = partial(find_passes, orbit.positions, place, start, days, min_elevation, MAX_PASSES * 3)
+            search = _Search(asyncio.ensure_future(self._search(key, job)))
+            search.task.add_done_callback(_retrieved)
+            self._in_flight[key] = search
+        search.callers += 1
+        try:
+            # Shielded: one caller leaving does not end the search the others wait for...
+            found = await asyncio.shield(search.task)
+        finally:
+            search.callers -= 1
+            if search.callers == 0 and not search.task.done():
+                # ...but when every one left, it is given up (never run if it still waited its turn).
+                search.task.cancel()
         return [item for item in found if item.set > start]
 
     async def _search(self, key: _SearchKey, search: partial[list[Pass]]) -> list[Pass]:

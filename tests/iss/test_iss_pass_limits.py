@@ -137,10 +137,9 @@ async def test_the_queue_runs_at_most_its_bound_and_refuses_the_rest_at_once(io_
 
 async def test_a_running_job_keeps_its_slot_when_its_caller_leaves(io_loop):
     work = BoundedWork(running=1, waiting=0, name="test")
-    release = threading.Event()
-    leaving = asyncio.ensure_future(work.run(lambda: release.wait(10)))
-    while work.started == 0:
-        await asyncio.sleep(0.001)
+    release, running = threading.Event(), threading.Event()
+    leaving = asyncio.ensure_future(work.run(lambda: running.set() or release.wait(10)))
+    assert await asyncio.to_thread(running.wait, 10)
     leaving.cancel()
     with pytest.raises(QueueFull):
         await work.run(lambda: True)  # the thread still runs: no room yet
@@ -156,11 +155,10 @@ async def test_a_running_job_keeps_its_slot_when_its_caller_leaves(io_loop):
 async def test_the_pass_tool_past_the_queue_is_an_error_result_the_model_reads(io_loop, tmp_path):
     async with _tracker(tmp_path) as tracker:
         queries = IssQueries(tracker, searches=BoundedWork(running=1, waiting=0))  # type: ignore[arg-type]
-        release = threading.Event()
-        busy = asyncio.ensure_future(queries.searches.run(lambda: release.wait(10)))
+        release, running = threading.Event(), threading.Event()
+        busy = asyncio.ensure_future(queries.searches.run(lambda: running.set() or release.wait(10)))
         try:
-            while queries.searches.started == 0:
-                await asyncio.sleep(0.001)
+            assert await asyncio.to_thread(running.wait, 10)
             result = await IssTools(queries).run("iss_passes", '{"place": "Tokyo"}')
             assert not result.ok
             assert "Too many pass searches" in orjson.loads(result.content)["error"]
@@ -220,7 +218,6 @@ async def test_a_flood_of_pass_searches_is_shed_and_chat_still_answers(base_url,
     assert searches.peak <= 1 + 3
     assert searches.started + searches.refused <= 200 and searches.refused >= statuses.count(503)
     assert searches.started <= 200 - searches.refused
-    print("FLOOD", statuses.count(200), statuses.count(503), searches.started, searches.refused, searches.peak, chat_first_event_s)
     assert b"data: " in seen and chat_first_event_s < 10
 
 
@@ -291,3 +288,38 @@ async def test_with_a_key_set_iss_routes_still_check_the_host(base_url, override
     rebound = await _get(base_url, "/iss", {"Host": "attacker.example"})
     assert rebound.code == 403 and error_of(rebound)["code"] == "host_not_allowed"
     assert (await _get(base_url, "/iss")).code == 200
+
+
+async def test_a_search_every_caller_left_while_it_waited_never_runs(io_loop, tmp_path):
+    async with _tracker(tmp_path) as tracker:
+        queries = IssQueries(tracker, searches=BoundedWork(running=1, waiting=4))  # type: ignore[arg-type]
+        release, running = threading.Event(), threading.Event()
+        busy = asyncio.ensure_future(queries.searches.run(lambda: running.set() or release.wait(10)))
+        try:
+            assert await asyncio.to_thread(running.wait, 10)
+            paris = queries.observer("Paris")
+            callers = [asyncio.ensure_future(queries.passes(paris, days=2)) for _ in range(3)]
+            # The blocker, and one search for the three callers.
+            assert await _until(lambda: queries.searches.admitted == 2)
+            callers[0].cancel()
+            await asyncio.gather(callers[0], return_exceptions=True)
+            assert queries.searches.admitted == 2 and not callers[1].done()  # two callers still wait for it
+            for caller in callers[1:]:
+                caller.cancel()
+            await asyncio.gather(*callers, return_exceptions=True)
+            assert await _until(lambda: queries.searches.admitted == 1)  # given up: out of the line
+            release.set()
+            await busy
+            assert queries.searches.started == 1 and tracker.propagations == 0
+        finally:
+            release.set()
+            await queries.close()
+
+
+async def _until(condition: Any, seconds: float = 5.0) -> bool:
+    """Whether `condition()` became true within `seconds` (checked every millisecond)."""
+    for _ in range(int(seconds * 1000)):
+        if condition():
+            return True
+        await asyncio.sleep(0.001)
+    return bool(condition())
