@@ -45,6 +45,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be a number, 0 or more, got {value!r}")
+    return number
+
+
 def _non_negative_int(value: str) -> int:
     number = int(value)
     if number < 0:
@@ -263,6 +270,14 @@ class Settings:
     iss_tool_result_bytes: int = field(
         default=64 * 1024, metadata={"env": "ISS_TOOL_RESULT_BYTES", "parse": _positive_int}
     )
+    # --- /iss* and pass searches bounded (issue 19) ---
+    # Requests a minute (on average) and at once to /iss, /iss/passes and /iss/crew per caller address;
+    # ISS_RATE_PER_MIN=0 turns the limit off.
+    iss_rate_per_min: float = field(default=60.0, metadata={"env": "ISS_RATE_PER_MIN", "parse": _non_negative_float})
+    iss_rate_burst: int = field(default=20, metadata={"env": "ISS_RATE_BURST", "parse": _positive_int})
+    # Pass searches (the endpoint's and the tools') running at once in worker threads, and waiting.
+    pass_searches: int = field(default=2, metadata={"env": "PASS_SEARCHES", "parse": _positive_int})
+    pass_search_queue: int = field(default=8, metadata={"env": "PASS_SEARCH_QUEUE", "parse": _non_negative_int})
     iss_refresh_interval: float = field(
         default=5.0, metadata={"env": "ISS_REFRESH_INTERVAL", "parse": _positive_float}
     )

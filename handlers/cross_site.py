@@ -33,20 +33,42 @@ def check_cross_site(request: HTTPServerRequest, settings: Settings) -> None:
     """Raise ApiError (403/415) for a request a foreign page could have made; nothing when a key is set."""
     if settings.server_api_key:
         return
-    origin = request.headers.get("Origin")
-    if origin is not None and _origin_host(origin) != _host(request.host):
-        raise ApiError(403, "Requests from a web page on another origin are refused; set SERVER_API_KEY to "
-                            "serve browsers.", code="cross_origin_refused")
+    _check_origin(request, "; set SERVER_API_KEY to serve browsers")
     content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, "Send the body as JSON, with 'Content-Type: application/json'.",
                        code="unsupported_media_type")
+    _check_host(request, settings, " (or set SERVER_API_KEY)")
+
+
+def check_public_read(request: HTTPServerRequest, settings: Settings) -> None:
+    """The GET routes no key guards (/iss, /iss/passes, /iss/crew): refuse (403) what a page on another
+    site makes a browser send (a foreign `Origin`; `Sec-Fetch-Site: cross-site` for anything but a
+    link followed, e.g. an `<img>`), and, on loopback, a Host that is not this machine's (DNS
+    rebinding), with SERVER_API_KEY set or not. curl, API clients and the console page (same origin)
+    are unaffected."""
+    _check_origin(request)
+    fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+    navigating = request.headers.get("Sec-Fetch-Mode", "").strip().lower() == "navigate"
+    if fetch_site == "cross-site" and not navigating:
+        raise ApiError(403, "Requests from a web page on another site are refused.", code="cross_origin_refused")
+    _check_host(request, settings)
+
+
+def _check_origin(request: HTTPServerRequest, or_else: str = "") -> None:
+    origin = request.headers.get("Origin")
+    if origin is not None and _origin_host(origin) != _host(request.host):
+        raise ApiError(403, f"Requests from a web page on another origin are refused{or_else}.",
+                       code="cross_origin_refused")
+
+
+def _check_host(request: HTTPServerRequest, settings: Settings, or_else: str = "") -> None:
     if settings.listens_beyond_loopback or "*" in settings.allowed_hosts:
         return
     hostname, _ = _host(request.host) or (None, None)
     if hostname is None or not (is_local_name(hostname) or hostname in settings.allowed_hosts):
         raise ApiError(403, "This server listens on loopback and answers to local names only; add this host "
-                            "to ALLOWED_HOSTS (or set SERVER_API_KEY).", code="host_not_allowed")
+                            f"to ALLOWED_HOSTS{or_else}.", code="host_not_allowed")
 
 
 def _host(host: str) -> tuple[str, int | None] | None:

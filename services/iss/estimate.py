@@ -11,6 +11,7 @@ from services.iss.accuracy import ROUGH_AFTER_DAYS, age_words, elements_error_km
 from services.iss.anchor import Anchor
 from services.iss.geography import Place
 from services.iss.orbit import (
+    IDENTITY,
     OrbitPoint,
     Vector,
     bearing_deg,
@@ -19,6 +20,7 @@ from services.iss.orbit import (
     propagate,
     teme_state,
 )
+from services.iss.orbit_arrays import TemePositions, shifted_and_turned
 from services.iss.sources import Fix
 from services.iss.state import IssState
 from services.iss.tle import Elements
@@ -46,6 +48,11 @@ class OrbitModel:
     point: Callable[[datetime], OrbitPoint]
     error_km: Callable[[datetime], float]
     basis: str
+    # The same model at many moments at once (pass searches), and what it rests on: the element set
+    # and the anchor's time shift to the second (the anchor's small rotation, renewed with each fix,
+    # is left out: it moves a pass by about a second).
+    positions: TemePositions
+    key: tuple[object, ...]
 
     def position(self, when: datetime) -> Vector:
         return self.teme(when)[0]
@@ -57,6 +64,9 @@ def anchored_model(anchor: Anchor) -> OrbitModel:
         anchor.teme, anchor.point,
         lambda when: anchored_error_km(anchor, (when - fix.measured_at).total_seconds()),
         f"the {fix.source} fix moved along the orbit with {_elements_phrase(anchor.elements, fix.measured_at)}",
+        shifted_and_turned(anchor.elements.satrec, anchor.shift_s,
+                           None if anchor.rotation is IDENTITY else anchor.rotation),
+        ("anchored", *_elements_key(anchor.elements), round(anchor.shift_s)),
     )
 
 
@@ -66,7 +76,13 @@ def elements_model(elements: Elements, now: datetime) -> OrbitModel:
         lambda when: teme_state(satrec, when), lambda when: propagate(satrec, when),
         lambda when: elements_error_km(elements.age_days(when)),
         f"{_elements_phrase(elements, now)} (no live fix)",
+        shifted_and_turned(satrec, 0.0, None), ("elements", *_elements_key(elements)),
     )
+
+
+def _elements_key(elements: Elements) -> tuple[object, ...]:
+    """What identifies an element set: its object, epoch and lines (empty when it came as OMM)."""
+    return (elements.catalog_number, elements.epoch.isoformat(), elements.line1, elements.line2)
 
 
 @dataclass(frozen=True)
