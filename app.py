@@ -28,6 +28,7 @@ from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
 from services.chat.models import ModelCatalog
+from services.chat.platforms import Platforms
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
 from services.console.redis_hub import RedisHub
@@ -137,6 +138,7 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
+        "platforms": Platforms(settings),
     }
     models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,

@@ -104,6 +104,28 @@ def _console_token(value: str) -> str | None:
     return token or None
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """Comma-separated names, as written (request fields are case-sensitive)."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """Exact web origins (scheme://host[:port]); never a wildcard: the chat routes take a key."""
+    origins = []
+    for part in value.split(","):
+        origin = part.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        if origin == "*" or "*" in origin:
+            raise ValueError("list exact origins such as https://app.example.com; a wildcard is not accepted "
+                             "(a page on any site could then spend your key's upstream)")
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in {"http", "https"} or not sep or not rest or "/" in rest or "?" in rest or "#" in rest:
+            raise ValueError(f"expected an origin such as https://app.example.com (no path), got {part.strip()!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value.strip()) if value.strip() else None
 
@@ -262,6 +284,33 @@ class Settings:
     metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": _bool})
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
+    )
+
+    # --- agent platforms, browsers, traces (issue 21) ---
+    # Whose request shape to read: auto recognises Tavus (conversation-id header), Vapi (a `call`
+    # object) and the plain OpenAI shape; a name forces that platform's profile.
+    platform: str = field(
+        default="auto", metadata={"env": "PLATFORM", "parse": _choice("auto", "tavus", "vapi", "openai")}
+    )
+    # passthrough: every field the caller sent goes upstream (vendor extensions of vLLM, Ollama...);
+    # openai: only OpenAI's chat-completion parameters (OpenAI answers 400 to any other).
+    upstream_params: str = field(
+        default="passthrough", metadata={"env": "UPSTREAM_PARAMS", "parse": _choice("passthrough", "openai")}
+    )
+    # Fields sent upstream whatever the two settings above leave out (e.g. top_k, or Vapi's metadata).
+    upstream_extra_params: tuple[str, ...] = field(
+        default=(), metadata={"env": "UPSTREAM_EXTRA_PARAMS", "parse": _names}
+    )
+    # Web pages (exact origins) allowed to call the chat and model routes from a browser, with the key.
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={"env": "ALLOWED_ORIGINS", "parse": _origins})
+    # OpenTelemetry traces: off unless an OTLP/HTTP endpoint is set (the standard variable).
+    otel_endpoint: str | None = field(
+        default=None, metadata={"env": "OTEL_EXPORTER_OTLP_ENDPOINT", "parse": _optional}
+    )
+    otel_service_name: str = field(default="iss-llm", metadata={"env": "OTEL_SERVICE_NAME", "parse": str})
+    # Prompt and answer text on the spans (the GenAI conventions' opt-in); off: counts and names only.
+    otel_capture_content: bool = field(
+        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": _bool}
     )
 
     @property

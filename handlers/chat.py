@@ -32,6 +32,7 @@ from services.chat.endings import (
 from services.chat.exchange import Ending, Exchange, Outcome
 from services.chat.inflight import Inflight
 from services.chat.models import resolve_model
+from services.chat.platforms import Platforms
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.common import request_context
 from services.common.errors import ApiError, error_body
@@ -56,8 +57,9 @@ class ChatHandler(BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations) -> None:
+                   metrics: Metrics, conversations: Conversations, platforms: Platforms) -> None:
         self.config = settings
+        self.platforms = platforms
         self.tracker = tracker
         self.backend = backend
         self.hub = hub
@@ -92,7 +94,10 @@ class ChatHandler(BoundedBodyHandler):
     async def post(self) -> None:
         request = parse_chat_request(self.read_body())
         assert self.request_id is not None  # named in prepare()
-        conversation_id = request_context.sanitized_conversation_id(self.request.headers.get("conversation-id"))
+        # The platform's conversation id (Tavus: the header; Vapi: call.id), and what goes upstream.
+        caller = self.platforms.read(self.request.headers, request.params)
+        request.params = caller.params
+        conversation_id = caller.conversation_id
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
@@ -121,6 +126,8 @@ class ChatHandler(BoundedBodyHandler):
             messages=request.messages,
             params=request.params,
             upstream=self.backend.describe(),
+            platform=caller.platform,
+            left_out=caller.left_out,
         )
         self._streamed = request.stream
         self.inflight.enter(self)

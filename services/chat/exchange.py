@@ -150,6 +150,8 @@ class Exchange:
         messages: list[dict[str, Any]],
         params: dict[str, Any],
         upstream: dict[str, Any],
+        platform: str | None = None,
+        left_out: list[str] | None = None,
     ) -> None:
         self.stream = stream
         self._emit(
@@ -164,6 +166,8 @@ class Exchange:
             messages=messages,
             params=params,
             upstream=upstream,
+            platform=platform,
+            left_out=left_out or None,  # the caller's fields kept from the upstream (names only)
         )
 
     def iss(self, block: str, state: dict[str, Any] | None) -> None:

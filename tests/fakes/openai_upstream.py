@@ -45,6 +45,10 @@ then, with the tool's result in the conversation, the rise times it gave as cont
 caller's tool called again). With `refuse_tools`, a request offering iss_* tools is refused with a
 400, as some servers do.
 
+With `strict`, a request carrying a top-level field OpenAI does not know (the openai package's
+`CompletionCreateParams` and `stream`; `x_fake` included) is refused with OpenAI's own 400,
+"Unrecognized request argument supplied: <name>", as api.openai.com does.
+
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
 for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
@@ -67,6 +71,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+def _openai_fields() -> frozenset[str]:
+    """The top-level fields OpenAI's chat completions accept, from the openai package (not the project's list)."""
+    from openai.types.chat import completion_create_params
+
+    return frozenset(completion_create_params.CompletionCreateParamsBase.__annotations__) | {"stream"}
+
+
+OPENAI_FIELDS = _openai_fields()
 
 WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
 
@@ -105,6 +118,7 @@ class FakeUpstream:
     scripted_tools: bool = False
     refuse_tools: bool = False
     refuse_tool_results: bool = False  # a later tool round (a request carrying tool results) gets a 400
+    strict: bool = False  # unknown top-level fields get OpenAI's 400 (see the module docstring)
 
     requests: int = 0
     model_lists: int = 0  # GET /v1/models answered
@@ -175,6 +189,11 @@ class FakeUpstream:
             return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
         body = await request.json(loads=orjson.loads)
         self.bodies.append(body)
+        if self.strict:
+            unknown = [name for name in body if name not in OPENAI_FIELDS]
+            if unknown:
+                return self._error(400, f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                                   "invalid_request_error")
         fake = body.get("x_fake") or {}
         fault = fake.get("fault")
         size = int(fake.get("bytes", 0))
