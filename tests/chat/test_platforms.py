@@ -165,7 +165,7 @@ async def _until(predicate, timeout: float = 2.0) -> bool:
 async def test_a_newer_vapi_request_of_the_same_call_supersedes_the_older(app, base_url, upstream):
     vapi, _ = recorded("vapi", "request_variable")
     upstream.tokens, upstream.gap = 300, 0.02
-    reader, writer, seen = await open_stream(base_url, vapi, events=2)
+    _reader, writer, _seen = await open_stream(base_url, vapi, events=2)
     assert await _until(lambda: upstream.open_streams == 1)
     upstream.tokens, upstream.gap = 3, 0.0
     newer = await post_json(base_url, vapi)

@@ -72,6 +72,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+
 def _openai_fields() -> frozenset[str]:
     """The top-level fields OpenAI's chat completions accept, from the openai package (not the project's list)."""
     from openai.types.chat import completion_create_params
