@@ -386,6 +386,9 @@ def load_settings(
         settings = replace(settings, workers=args.workers)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
+    if settings.allowed_origins and not settings.server_api_key:
+        raise ConfigError("ALLOWED_ORIGINS: needs SERVER_API_KEY (without a key, any page a browser opens could "
+                          "spend the upstream; the listed pages send the key)")
     if not settings.metrics_public and settings.metrics_enabled and not settings.server_api_key:
         raise ConfigError("METRICS_PUBLIC: false needs SERVER_API_KEY (the key /metrics then asks for)")
     return settings

@@ -17,7 +17,7 @@ import tornado.web
 
 from config import Settings
 from handlers.body import BoundedBodyHandler
-from handlers.cross_site import check_cross_site
+from handlers.cross_site import CorsMixin, check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services.chat.conversations import Conversations
 from services.chat.deadline import Deadline
@@ -53,12 +53,13 @@ from services.upstream.base import Backend
 log = logging.getLogger("iss_llm.chat")
 
 @tornado.web.stream_request_body
-class ChatHandler(BoundedBodyHandler):
+class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
                    metrics: Metrics, conversations: Conversations, platforms: Platforms) -> None:
         self.config = settings
+        self.allow_origins(settings)
         self.platforms = platforms
         self.tracker = tracker
         self.backend = backend
