@@ -313,6 +313,9 @@ class Settings:
         default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": _bool}
     )
 
+    # Which .env file these settings were read from (None: none), for the start-up line.
+    env_file: Path | None = field(default=None, compare=False)
+
     @property
     def use_openai(self) -> bool:
         """Whether chat goes to the openai upstream rather than the built-in responder."""
@@ -359,12 +362,34 @@ def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Set
     return replace(base or Settings(), **changes)
 
 
+class _Find:
+    """The marker of "look for .env" (find_env_file) rather than a given file or none."""
+
+
+FIND = _Find()
+
+
+def find_env_file(cwd: Path | None = None, beside: Path = ROOT) -> Path | None:
+    """The .env to read: the working directory's, else the one beside server.py; None if neither exists."""
+    for folder in (Path.cwd() if cwd is None else cwd, beside):
+        candidate = folder / ".env"
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
 def load_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    env_file: str | os.PathLike[str] | None = ".env",
+    env_file: str | os.PathLike[str] | _Find | None = FIND,
+    beside: Path = ROOT,
 ) -> Settings:
-    """Read .env (never overriding the real environment), the environment, then --host/--port."""
+    """Read .env (never overriding the real environment), the environment, then --host/--port.
+
+    By default the .env is the working directory's, else the one beside server.py (`beside`), so a
+    server started from elsewhere (a systemd unit without WorkingDirectory) still reads its own;
+    `env_file` names one instead, or None reads none. Settings.env_file says which was read.
+    """
     parser = argparse.ArgumentParser(description="ISS-aware OpenAI-compatible chat layer")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 5000)")
@@ -372,10 +397,13 @@ def load_settings(
     args = parser.parse_args(argv)
 
     merged: dict[str, str] = {}
-    if env_file and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    path = find_env_file(beside=beside) if isinstance(env_file, _Find) else Path(env_file) if env_file else None
+    if path is not None and path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    else:
+        path = None
     merged.update(os.environ if environ is None else environ)
-    settings = from_mapping(merged)
+    settings = replace(from_mapping(merged), env_file=path)
     if args.host:
         settings = replace(settings, host=args.host)
     if args.port is not None:

@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -116,6 +117,14 @@ async def serve(
     return 0
 
 
+def env_file_line(settings: Settings, cwd: Path, here: Path) -> str:
+    """Which .env the settings came from, or where none was found: for the start-up messages."""
+    if settings.env_file is not None:
+        return f"settings: read {settings.env_file} (then the environment, which wins)"
+    places = [str(cwd / ".env")] + ([str(here / ".env")] if here != cwd.resolve() else [])
+    return f"settings: no .env file read (looked for {' and '.join(places)}); the environment only"
+
+
 def backend_line(settings: Settings) -> str:
     """Which backend answers and why, for the start-up line: "openai at host:port, because ..."."""
     from services.upstream.openai_upstream import upstream_host
@@ -210,8 +219,9 @@ def run_workers(settings: Settings, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, beside=here)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -222,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
+    log.info("%s", env_file_line(settings, Path.cwd(), here))
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
     if workers > 1:
