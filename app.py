@@ -38,6 +38,7 @@ from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
 from services.ops.metrics import Metrics, NullMetrics
+from services.ops.tracing import NoTracing, Tracing, make_tracing
 from services.upstream import make_backend
 from services.upstream.base import Backend
 
@@ -63,6 +64,7 @@ class Services:
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
+    tracing: Tracing = field(default_factory=NoTracing)  # OpenTelemetry, with OTEL_EXPORTER_OTLP_ENDPOINT
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -85,6 +87,7 @@ class Services:
         if self.iss_lease is not None:
             await self.iss_lease.close()
         await self.tracker.close()
+        await self.tracing.close()
 
 
 def build_services(
@@ -130,6 +133,7 @@ def build_services(
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
         iss_lease=iss_lease,
         iss=queries,
+        tracing=make_tracing(settings.otel_endpoint, settings.otel_service_name, settings.otel_capture_content),
     )
 
 
@@ -138,7 +142,7 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
-        "platforms": Platforms(settings),
+        "platforms": Platforms(settings), "tracing": services.tracing,
     }
     models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,

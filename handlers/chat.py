@@ -48,6 +48,7 @@ from services.console import Hub
 from services.iss.block import inject, iss_block
 from services.iss.state import IssState, Tracker
 from services.ops.metrics import Metrics
+from services.ops.tracing import Tracing
 from services.upstream.base import Backend
 
 log = logging.getLogger("iss_llm.chat")
@@ -57,8 +58,9 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations, platforms: Platforms) -> None:
+                   metrics: Metrics, conversations: Conversations, platforms: Platforms, tracing: Tracing) -> None:
         self.config = settings
+        self.tracing = tracing
         self.allow_origins(settings)
         self.platforms = platforms
         self.tracker = tracker
@@ -102,6 +104,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
+        model = resolve_model(self.config, request.model)
         exchange = Exchange(
             self.hub,
             request_id=self.request_id,
@@ -111,9 +114,11 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             remote_ip=self.request.remote_ip,
             path=self.request.path,
             observer=self.metrics,
+            trace=self.tracing.start(self.request.headers, request_id=self.request_id,
+                                     conversation_id=conversation_id, model=model, stream=request.stream,
+                                     params=request.params),
         )
         self._exchange = exchange
-        model = resolve_model(self.config, request.model)
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
         # is for following a request step by step.
         log.debug(

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import httpx2
 
 from services.common.errors import ApiError, upstream_error
+from services.ops.tracing import upstream_headers
 
 ACCEPT_ENCODING = "gzip, deflate"
 
@@ -99,6 +100,9 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         request.headers["Accept-Encoding"] = ACCEPT_ENCODING  # what _Inflater reads, nothing else
+        trace_context = upstream_headers()  # the upstream round's traceparent, when tracing is on
+        if trace_context:
+            request.headers.update(trace_context)
         response = await self._inner.handle_async_request(request)
         encoding = response.headers.get("Content-Encoding", "")
         headers = [(name, value) for name, value in response.headers.raw
