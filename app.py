@@ -172,7 +172,9 @@ def routes(settings: Settings, services: Services) -> list[Route]:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without query strings: a console token in ?token= must never reach a log. The status
-    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
+    is the recorded outcome's (ApiHandler.outcome_status). Chat requests log their own one line."""
+    if isinstance(handler, ApiHandler) and handler.logs_itself():
+        return  # one line per request: a chat request's outcome line says it all
     status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
     request = handler.request
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR

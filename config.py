@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -126,6 +129,31 @@ def _origins(value: str) -> tuple[str, ...]:
     return tuple(origins)
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADERS_NOT_SET = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+def _headers(value: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of header names to string values, e.g. {"HTTP-Referer": "https://example.org"}."""
+    if not value.strip():
+        return ()
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise ValueError('expected a JSON object of header names to values, e.g. {"X-Title": "ISS"}') from None
+    if not isinstance(parsed, dict):
+        raise ValueError('expected a JSON object of header names to values, e.g. {"X-Title": "ISS"}')
+    pairs = []
+    for name, header in parsed.items():
+        if not _HEADER_NAME.match(name) or name.lower() in _HEADERS_NOT_SET:
+            raise ValueError(f"{name[:40]!r} is not a header name this server can set")
+        if not isinstance(header, str) or any(ch in header for ch in "\r\n\0"):
+            # Never echo the value: it may be a credential.
+            raise ValueError(f"the value of {name!r} must be a string on one line")
+        pairs.append((name, header))
+    return tuple(pairs)
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value.strip()) if value.strip() else None
 
@@ -207,8 +235,16 @@ class Settings:
         default=1024 * 1024, metadata={"env": "UPSTREAM_MAX_EVENT_BYTES", "parse": _positive_int}
     )
     upstream_max_retries: int = field(
-        default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": int}
+        default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": _non_negative_int}
     )
+    # Sent with every upstream request (a gateway's own headers): a JSON object, e.g.
+    # {"HTTP-Referer": "https://example.org", "X-Title": "ISS"}. Values may be credentials: never shown.
+    upstream_headers: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "UPSTREAM_HEADERS", "parse": _headers}
+    )
+    # OpenAI's organization and project headers, as the openai package sends them from the same variables.
+    openai_org_id: str | None = field(default=None, metadata={"env": "OPENAI_ORG_ID", "parse": _optional})
+    openai_project_id: str | None = field(default=None, metadata={"env": "OPENAI_PROJECT_ID", "parse": _optional})
 
     iss_inject: str = field(
         default="user", metadata={"env": "ISS_INJECT", "parse": _choice("user", "system", "off")}
@@ -285,6 +321,10 @@ class Settings:
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
     )
+    # auto: uvloop where it is installed (requirements.txt pins it), else asyncio's own loop.
+    event_loop: str = field(
+        default="auto", metadata={"env": "EVENT_LOOP", "parse": _choice("auto", "uvloop", "asyncio")}
+    )
 
     # --- agent platforms, browsers, traces (issue 21) ---
     # Whose request shape to read: auto recognises Tavus (conversation-id header), Vapi (a `call`
@@ -344,13 +384,13 @@ class Settings:
     def listens_beyond_loopback(self) -> bool:
         return self.host not in {"127.0.0.1", "localhost", "::1"} and not self.host.startswith("127.")
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:  # one value per field, each of its own type
         return replace(self, **changes)
 
 
 def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Settings:
     """Settings from environment-style names; an invalid value raises ConfigError naming it."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> the parsed value, of that field's own type
     for f in fields(Settings):
         name = f.metadata.get("env")
         if name is None or name not in values or values[name] is None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from config import Settings
 from services.common.openai_format import select_params
@@ -30,10 +30,6 @@ from services.common.request_context import sanitized_conversation_id
 VAPI_FIELDS = frozenset({"call", "phoneNumber", "customer", "metadata"})
 MAX_LEFT_OUT = 32  # names of fields left out, as the console shows them
 MAX_FIELD_NAME = 64
-
-
-class Headers(Protocol):
-    def get(self, name: str, default: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class Platforms:
         self.openai_only = settings.upstream_params == "openai"
         self.keep = frozenset(settings.upstream_extra_params)
 
-    def platform_of(self, headers: Headers, params: Mapping[str, Any]) -> str:
+    def platform_of(self, headers: Mapping[str, str], params: Mapping[str, Any]) -> str:
         if self.forced is not None:
             return self.forced
         if _vapi_call_id(params) is not None:
@@ -63,7 +59,7 @@ class Platforms:
             return "tavus"
         return "openai"
 
-    def read(self, headers: Headers, params: Mapping[str, Any]) -> Caller:
+    def read(self, headers: Mapping[str, str], params: Mapping[str, Any]) -> Caller:
         """The caller's platform and conversation id, and `params` (a parsed request's fields other
         than messages, model and stream) narrowed to what goes upstream."""
         platform = self.platform_of(headers, params)

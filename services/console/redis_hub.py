@@ -20,12 +20,14 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from redis.typing import XReadResponse
 
-from services.console.fanout import SubscriberPolicy, encode
+from services.console.fanout import SubscriberPolicy, Subscription, encode
 from services.console.hub import Hub
 from services.console.kinds import role_of
 from services.ops.redis_link import UNAVAILABLE, Backoff, client, describe, where
@@ -37,6 +39,30 @@ MAX_STREAM_ENTRIES = 50_000  # hard cap on the stream, whatever the trimming by 
 READ_BLOCK_MS = 1000
 READ_COUNT = 200
 FIELD = b"e"
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(raw: Iterable[Any] | None) -> list[Entry]:
+    """A stream range as this hub reads it: (id, fields), bytes (the client does not decode).
+
+    redis-py types an entry's id and fields as possibly None or str (decoded clients, deleted
+    entries of a claim); such an entry carries no event for this hub and is skipped."""
+    return [
+        (entry_id, fields)
+        for entry_id, fields in raw or ()
+        if isinstance(entry_id, bytes) and isinstance(fields, dict)
+    ]
+
+
+def _read_entries(reply: XReadResponse | None) -> list[Entry]:
+    """The entries of an XREAD reply on one stream: a list of [stream, entries] (RESP2) or a
+    mapping stream -> entries (RESP3)."""
+    if not reply:
+        return []
+    ranges = reply.values() if isinstance(reply, dict) else (entries for _stream, entries in reply)
+    return [entry for entries in ranges for entry in _entries(entries)]
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -106,7 +132,7 @@ class RedisHub(Hub):
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
 
-    def subscribe(self):  # type: ignore[no-untyped-def]
+    def subscribe(self) -> Subscription:
         # A console may open before start() was awaited (e.g. a test app): begin linking now.
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
@@ -128,14 +154,14 @@ class RedisHub(Hub):
             newest = await asyncio.wait_for(self._client.xrevrange(self.key, count=1), self.timeout)
         except UNAVAILABLE:
             return False
-        if newest:
-            target = _id_key(newest[0][0])
+        if latest := _entries(newest):
+            target = _id_key(latest[0][0])
             if not await self._until(lambda: _id_key(self._last_id) >= target, deadline):
                 return False
         self.fanout.flush()
         return True
 
-    async def _until(self, predicate, deadline: float) -> bool:  # type: ignore[no-untyped-def]
+    async def _until(self, predicate: Callable[[], bool], deadline: float) -> bool:
         while not predicate():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -224,12 +250,12 @@ class RedisHub(Hub):
     async def _load_history(self) -> None:
         """Fold the stream's entries into a fresh replay buffer; follow the stream from its end."""
         assert self._client is not None
-        entries = await asyncio.wait_for(
+        entries = _entries(await asyncio.wait_for(
             self._client.xrange(self.key, count=MAX_STREAM_ENTRIES), self.timeout * 5
-        )
+        ))
         events: list[dict[str, Any]] = []
         self._first_entry.clear()
-        for entry_id, fields in entries or ():
+        for entry_id, fields in entries:
             for event in self._decode(entry_id, fields):
                 events.append(event)
         self._last_id = entries[-1][0] if entries else b"0-0"
@@ -259,11 +285,10 @@ class RedisHub(Hub):
                 self._reader.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
                 READ_BLOCK_MS / 1000 + 2 * self.timeout,
             )
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    for event in self._decode(entry_id, fields):
-                        self.fanout.publish(event)
-                    self._last_id = entry_id
+            for entry_id, fields in _read_entries(reply):
+                for event in self._decode(entry_id, fields):
+                    self.fanout.publish(event)
+                self._last_id = entry_id
             self._changed.set()
             await self._trim()
 

@@ -179,7 +179,7 @@ class RedisIssFeed:
             # (timed out) may have set it. The script deletes it only while it is still ours.
             try:
                 released = await asyncio.wait_for(
-                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
+                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)
             except UNAVAILABLE as exc:
                 log.info("ISS: could not give up the polling lease (%s); it expires on its own", describe(exc))
                 return
@@ -252,7 +252,9 @@ class RedisIssFeed:
             async with self._lease_lock:
                 await self._hold_lease(commands, ttl_ms)
             leader = await asyncio.wait_for(commands.get(self.lease_key), self.timeout)
-            self.leader = leader.decode(errors="replace").rsplit(":", 1)[0] if leader else None
+            if isinstance(leader, bytes):
+                leader = leader.decode(errors="replace")
+            self.leader = leader.rsplit(":", 1)[0] if leader else None
             left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
             if left_ms and left_ms > 0:
                 self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
@@ -265,7 +267,7 @@ class RedisIssFeed:
             return
         if self.holder:
             kept = await asyncio.wait_for(
-                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
+                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)
             if not kept:
                 self.holder = False
                 log.warning("ISS: lost the polling lease")

@@ -33,10 +33,6 @@ MAX_CONTENT_CHARS = 64 * 1024  # captured text per attribute, when asked for
 PROVIDER = "openai"  # the wire protocol spoken upstream (gen_ai.provider.name)
 
 
-class Headers(Protocol):
-    def get(self, name: str, default: Any = None) -> Any: ...
-
-
 class RoundTrace(Protocol):
     """One upstream call's span, told what came back."""
 
@@ -104,7 +100,7 @@ def upstream_headers() -> dict[str, str] | None:
 
 
 class Tracing(Protocol):
-    def start(self, headers: Headers, *, request_id: str, conversation_id: str | None, model: str,
+    def start(self, headers: Mapping[str, str], *, request_id: str, conversation_id: str | None, model: str,
               stream: bool, params: Mapping[str, Any]) -> RequestTrace: ...
 
     async def close(self) -> None: ...
@@ -113,7 +109,7 @@ class Tracing(Protocol):
 class NoTracing:
     """Tracing off: nothing recorded, nothing imported."""
 
-    def start(self, headers: Headers, **_: Any) -> RequestTrace:
+    def start(self, headers: Mapping[str, str], **_: Any) -> RequestTrace:
         return NULL_TRACE
 
     async def close(self) -> None:
@@ -150,7 +146,7 @@ class OtelTracing:
         self.propagator = TraceContextTextMapPropagator()
         self.capture_content = capture_content
 
-    def start(self, headers: Headers, *, request_id: str, conversation_id: str | None, model: str,
+    def start(self, headers: Mapping[str, str], *, request_id: str, conversation_id: str | None, model: str,
               stream: bool, params: Mapping[str, Any]) -> RequestTrace:
         """The request's span (its parent the caller's traceparent), made current for the request's task."""
         from opentelemetry.trace import SpanKind

@@ -1,4 +1,4 @@
-"""Chat backends: the openai-package upstream and the built-in offline responder."""
+"""Chat backends: the upstream LLM (over aiohttp) and the built-in offline responder."""
 
 from __future__ import annotations
 

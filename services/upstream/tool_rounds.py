@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +116,9 @@ class _Round:
         if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
             return False
         index = call.get("index", 0)
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         if index not in self.kind_of:
             self.kind_of[index] = "layer" if function.get("name") in self.ours else "caller"
         if self.kind_of[index] != "layer":
@@ -190,7 +192,7 @@ class ToolRounds:
                     "them for %.0f s", error.message[:200], REFUSAL_HOLD_S)
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         ours = self._offer(params)
         if not ours:
             async for payload in self.inner.stream(params, iss):

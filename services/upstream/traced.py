@@ -7,7 +7,7 @@ with the request (BoundedTransport adds tracing.upstream_headers()).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from services.common.openai_format import NOT_JSON, Chunk
@@ -33,7 +33,7 @@ class TracedUpstream:
         await self.inner.close()
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         round_ = tracing.current().round(params)
         try:
             async for payload in self.inner.stream(params, iss, tools):

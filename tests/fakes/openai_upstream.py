@@ -13,6 +13,9 @@ passes upstream unchanged like every other field:
     {"x_fake": {"fault": "empty"}}                      a stream with no chunk, only [DONE]
     {"x_fake": {"fault": "odd_completion"}}             a non-streamed answer that is not a completion
     {"x_fake": {"fault": "status", "echo_key": true}}   an error message repeating the key it got
+    {"x_fake": {"fault": "status", "status": 404, "code": "model_not_found"}}   ... with this error code
+    {"x_fake": {"fault": "status", "status": 404, "body": {...}}}   ... with exactly this JSON body
+    {"x_fake": {"fault": "status", "status": 404, "text": "..."}}   ... with this plain text body
     {"x_fake": {"pause_after_role": 2}}                 the role chunk at once, then a pause
     {"x_fake": {"pause_after_role": 2, "pause_comments": 0.1}}   ... an SSE comment every 0.1 s of it
     {"x_fake": {"pause_after_role": 2, "pause_partial": true}}   ... half the next chunk's line before it
@@ -49,7 +52,8 @@ With `strict`, a request carrying a top-level field OpenAI does not know (the op
 `CompletionCreateParams` and `stream`; `x_fake` included) is refused with OpenAI's own 400,
 "Unrecognized request argument supplied: <name>", as api.openai.com does.
 
-It counts requests and open streams, and keeps the last bodies and headers it received, so a
+It counts requests and open streams, and keeps the last bodies (parsed, and as the bytes received),
+request lines ("POST /v1/chat/completions") and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
 for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
 and its bytes, so a test in the same process can tell how late the caller got each token.
@@ -127,6 +131,12 @@ class FakeUpstream:
     completed_streams: int = 0
     aborted_streams: int = 0
     bodies: deque = field(default_factory=lambda: deque(maxlen=50))
+    raw_bodies: deque = field(default_factory=lambda: deque(maxlen=50))
+    request_lines: deque = field(default_factory=lambda: deque(maxlen=50))
+    peers: deque = field(default_factory=lambda: deque(maxlen=50))  # the client's (address, port) per request
+    # What GET /v1/models lists.
+    models_listed: tuple[str, ...] = ("fake-model",)
+    models_delay: float = 0.0  # seconds before GET /v1/models answers
     headers: deque = field(default_factory=lambda: deque(maxlen=50))
     # One list per stream, oldest stream first: (time.monotonic() when written, the event's bytes).
     timeline: deque = field(default_factory=lambda: deque(maxlen=50))
@@ -141,7 +151,13 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_route("*", "/{path:.*}", self.elsewhere)
         return app
+
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        """Any other path: recorded, then the plain-text 404 a web server gives for a path it does not serve."""
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        return web.Response(status=404, text="404: Not Found")
 
     async def start(self) -> FakeUpstream:
         # handler_cancellation: the handler is cancelled the moment the client goes away, so
@@ -177,18 +193,29 @@ class FakeUpstream:
 
     async def models(self, request: web.Request) -> web.Response:
         self.model_lists += 1
-        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        return web.json_response({"object": "list",
+                                  "data": [{"id": model, "object": "model"} for model in self.models_listed]})
 
-    def _error(self, status: int, message: str, type_: str = "server_error") -> web.Response:
-        body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+    def _error(self, status: int, message: str, type_: str = "server_error", code: str | None = None
+               ) -> web.Response:
+        body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
         return web.json_response(body, status=status)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         self.headers.append(dict(request.headers))
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
-        body = await request.json(loads=orjson.loads)
+        raw = await request.read()
+        self.raw_bodies.append(raw)
+        body = orjson.loads(raw)
         self.bodies.append(body)
         if self.strict:
             unknown = [name for name in body if name not in OPENAI_FIELDS]
@@ -211,7 +238,11 @@ class FakeUpstream:
             message = fake.get("message", f"fake upstream failure {status}")
             if fake.get("echo_key"):  # like a careless upstream that repeats the credentials it got
                 message += f" (you sent {request.headers.get('Authorization')})"
-            return self._error(status, message, kind)
+            if "body" in fake:
+                return web.json_response(fake["body"], status=status)
+            if "text" in fake:
+                return web.Response(text=fake["text"], status=status, content_type="text/plain")
+            return self._error(status, message, kind, fake.get("code"))
         if fault == "odd_completion":
             return web.json_response({"choices": [{"message": "hello"}]})
         tokens = int(fake.get("tokens", len(fake["words"]) if fake.get("words") else self.tokens))

@@ -10,8 +10,7 @@ import pytest
 from skyfield.api import EarthSatellite, load, wgs84
 
 from config import BUNDLED_TLE
-from services.chat.endings import failed_before_first_token
-from services.chat.exchange import Outcome
+from services.chat.endings import Outcome, failed_before_first_token
 from services.common.errors import ApiError, tool_round_error
 from services.iss.places import Places
 from services.iss.queries import IssQueries
