@@ -5,10 +5,10 @@ script); the others try to take it each renewal period, so it moves within a few
 holder's death. A worker that begins to drain resigns: it gives the lease up at once (a
 compare-and-delete, so never another's) and never takes or renews it again, so a live worker polls
 within a renewal period. A holder stops polling when a renewal finds the lease taken, or when the
-lease it last renewed runs out with no renewal answered (a slow or frozen Redis). While this worker cannot reach Redis there is no lease to be had: it polls
-on its own, at its own pace. CelesTrak's rule holds for the whole cluster: each attempt is recorded in
-Redis (10 minutes, the retry after a failure), each success for the full refresh interval, and no
-worker asks while the record stands.
+lease it last renewed runs out with no renewal answered (a slow or frozen Redis). While this worker
+cannot reach Redis there is no lease to be had: it polls on its own, at its own pace. CelesTrak's
+rule holds for the whole cluster: each attempt is recorded in Redis (10 minutes, the retry after a
+failure), each success for the full refresh interval, and no worker asks while the record stands.
 """
 
 from __future__ import annotations

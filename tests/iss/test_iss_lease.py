@@ -145,7 +145,6 @@ async def test_a_holder_whose_lease_was_taken_stops_polling_within_a_renewal_per
     try:
         # Its lease expired unseen (a pause longer than the TTL) and another worker took it.
         await client.set(feed.lease_key, b"w9:other", px=10_000)
-        taken = time.monotonic()
         await _until(lambda: not feed.may_poll(), feed.renew_every + feed.timeout,
                      "the holder still polls a renewal period after its lease was taken")
         assert not feed.holder and feed.connected

@@ -156,6 +156,7 @@ here = Path(sys.argv[1])
 """
 
 SUPERVISED = """
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")  # the log a failure prints
 go = here / "go"
 
 def work(index):
@@ -194,7 +195,8 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
             time.sleep(0.02)
         (tmp_path / "go").touch()
         # Held until the worker could handle it, not death by signal (the parent's exit would be 1).
-        assert parent.wait(60) == 0
+        code = _exit_code(parent, tmp_path, 60, "the parent did not exit")
+        assert code == 0, (tmp_path / "parent.log").read_text()
 
 
 RACED = """
@@ -534,6 +536,7 @@ def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path):
 
 
 BACKOFF = """
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 import services.ops.supervisor as supervisor
 supervisor.YOUNG_S = float(sys.argv[3])  # dying sooner counts towards the back-off
 
