@@ -70,3 +70,22 @@ async def test_a_caller_that_stops_reading_stalls_the_upstream_and_nothing_piles
         assert await _until(lambda: _written(upstream) > held, 10), "the upstream stayed stalled"
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("overrides", [{"upstream_max_bytes": 128 * 1024 * 1024}])
+async def test_a_caller_who_leaves_while_a_write_is_blocked_has_the_upstream_closed_at_once(
+        overrides, base_url, upstream, app):
+    _reader, writer, _ = await open_stream(
+        base_url, {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": TOKENS, "words": [WORD]}},
+    )
+    try:
+        assert await _stalled(upstream, quiet=1.0, limit=30.0), "the server's write never blocked"
+        writer.close()  # with unread data: the server's blocked write fails
+        assert await _until(lambda: app.services.inflight.outcomes["cancelled"] == 1, 10), "no outcome"
+        # The answer's task closes the upstream stream itself on its way out, before the outcome is
+        # recorded: left to the garbage collector, the stream would stay open (and billed) for as long
+        # as something holds the cancelled task's frames. The 1 s is the promise to callers who leave.
+        assert await upstream.wait_streams_closed(1.0), "the upstream stream is still open after the outcome"
+        assert upstream.aborted_streams == 1
+    finally:
+        writer.close()
