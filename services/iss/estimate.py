@@ -157,7 +157,9 @@ def anchored_error_km(anchor: Anchor, since_fix_s: float) -> float:
     """How far off the fix moved on by `since_fix_s` can be: the fix's own error plus the model's drift.
 
     The drift has two parts: how fast the elements' own error grows at their age, and the heading
-    error of a model that needed turning by the residual's angle to meet the fix.
+    error of a model whose plane may be turned from the real one (Anchor.plane_error_km: the
+    residual's angle once two fixes gave the source's track; with one fix, what the elements may be
+    off by, as the fix says nothing of the direction of travel).
     """
     elements = anchor.elements
     if anchor.held:
@@ -165,7 +167,7 @@ def anchored_error_km(anchor: Anchor, since_fix_s: float) -> float:
     age_days = elements.age_days(anchor.fix.measured_at)
     drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
     travelled_km = ORBIT_SPEED_KMS * abs(since_fix_s)
-    heading_km = travelled_km * min(1.0, anchor.residual_km / ORBIT_RADIUS_KM)
+    heading_km = travelled_km * min(1.0, anchor.plane_error_km() / ORBIT_RADIUS_KM)
     return FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix_s) + heading_km
 
 

@@ -23,6 +23,8 @@ passes upstream unchanged like every other field:
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
     {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
     {"x_fake": {"pause_at": 9, "pause": 0.5}}           a pause before chunk 9 (a model that thinks)
+    {"x_fake": {"burst": true}}                          every chunk after the role chunk in one write:
+                                                         they reach the layer in one read
     {"x_fake": {"stamp": true}}                          each chunk carries "x_sent": time.monotonic()
                                                          when written (the benchmark's token pacing)
 
@@ -315,6 +317,7 @@ class FakeUpstream:
             after = int(fake.get("after", 1))
             pause_after_role = float(fake.get("pause_after_role", 0))
             pause_at, pause = fake.get("pause_at"), float(fake.get("pause", 0))
+            burst: list[bytes] = []
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
                 if index == 1 and pause_after_role:
                     await self._pause(response, pause_after_role, fake, payload)
@@ -347,8 +350,14 @@ class FakeUpstream:
                     await self.release.wait()
                 if fake.get("stamp") and payload.endswith(b"}\n\n"):
                     payload = payload[:-3] + b',"x_sent":%.6f}\n\n' % time.monotonic()
+                if index and fake.get("burst"):
+                    burst.append(payload)
+                    continue
                 await response.write(payload)
                 sent.append((time.monotonic(), payload))
+            if burst:
+                await response.write(b"".join(burst))
+                sent.append((time.monotonic(), b"".join(burst)))
             for extra in fake.get("extra_chunks") or ():
                 await response.write(b"data: " + orjson.dumps(extra) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
