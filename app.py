@@ -102,13 +102,14 @@ def build_services(
             iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
         tracker = IssTracker(settings, feed=iss_lease)
         if iss_lease is not None:
-            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
+            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived, tracker.elements)
     queries = IssQueries(tracker)
     if backend is None:
         backend = make_backend(settings, queries)
     if hub is None:
-        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
-            settings.console_buffer
+        bounds = {"record_bytes": settings.console_record_bytes, "buffer_bytes": settings.console_buffer_bytes}
+        hub = RedisHub(settings.redis_url, settings.console_buffer, **bounds) if settings.redis_url else MemoryHub(
+            settings.console_buffer, **bounds
         )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:
