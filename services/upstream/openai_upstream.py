@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -95,7 +95,7 @@ class OpenAIUpstream:
         return {"backend": self.name, "host": self._host}
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         try:
             response = await self._http.send("POST", self._http.chat_url, _encode({**params, "stream": True}),
                                              request_id=current_request_id())
