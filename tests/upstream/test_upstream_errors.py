@@ -104,17 +104,25 @@ async def test_a_redirect_is_not_followed(upstream):
     assert upstream.requests == 0  # never re-sent as a GET elsewhere
 
 
-async def test_an_upstream_whose_certificate_does_not_verify_is_refused(upstream, tmp_path, caplog):
-    """TLS verification is on: a self-signed certificate is a 502, and nothing is sent."""
-    import ssl
+@pytest.fixture
+def self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl."""
     import subprocess
-
-    from aiohttp import web
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_an_upstream_whose_certificate_does_not_verify_is_refused(upstream, self_signed, caplog):
+    """TLS verification is on: a self-signed certificate is a 502, and nothing is sent."""
+    import ssl
+
+    from aiohttp import web
+
+    cert, key = self_signed
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     runner = web.AppRunner(upstream.app())
