@@ -195,3 +195,16 @@ async def test_the_first_token_deadline_holds_across_tool_rounds(overrides, base
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in _chunks(response.body) if c["choices"])
     assert "One moment." in text and "You can see it at" not in text
     assert 1.3 <= elapsed < 1.9, elapsed
+
+
+@pytest.mark.parametrize("order", ORDERS)
+async def test_each_call_order_not_streamed_gives_one_call_and_the_rounds_usage(order, client, upstream):
+    upstream.scripted_tools = True
+    whole = await client.chat.completions.create(model="m", messages=PARIS, tools=[WEATHER],
+                                                 extra_body={"x_fake": {"order": order}})
+    [choice] = whole.choices
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"location": "Paris",
+                                                                                         "round": 2})
+    assert choice.finish_reason == "tool_calls"
+    assert whole.usage.model_dump(exclude_none=True) == TWO_ROUNDS
