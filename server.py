@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from tornado.ioloop import PeriodicCallback
@@ -116,6 +117,14 @@ async def serve(
     await services.close()
     log.info("stopped")
     return 0
+
+
+def env_file_line(settings: Settings, cwd: Path, here: Path) -> str:
+    """Which .env the settings came from, or where none was found: for the start-up messages."""
+    if settings.env_file is not None:
+        return f"settings: read {settings.env_file} (then the environment, which wins)"
+    places = [str(cwd / ".env")] + ([str(here / ".env")] if here != cwd.resolve() else [])
+    return f"settings: no .env file read (looked for {' and '.join(places)}); the environment only"
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -234,8 +243,9 @@ def run_workers(settings: Settings, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, beside=here)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -249,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                    secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
                    with_pid=workers > 1)
     install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
+    log.info("%s", env_file_line(settings, Path.cwd(), here))
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
     if workers > 1:

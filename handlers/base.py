@@ -94,6 +94,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.clear()
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, error.retry_after)))
         self.set_status(error.status)
         self.finish(orjson.dumps(error.body()))
 

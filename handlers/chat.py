@@ -17,7 +17,7 @@ import tornado.web
 
 from config import Settings
 from handlers.body import BoundedBodyHandler
-from handlers.cross_site import check_cross_site
+from handlers.cross_site import CorsMixin, check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services.chat.conversations import Conversations
 from services.chat.deadline import Deadline
@@ -34,6 +34,7 @@ from services.chat.endings import (
 from services.chat.exchange import Exchange
 from services.chat.inflight import Inflight
 from services.chat.models import resolve_model
+from services.chat.platforms import Platforms
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.common import request_context
 from services.common.errors import ApiError, error_body
@@ -49,17 +50,21 @@ from services.console import Hub
 from services.iss.block import inject, iss_block
 from services.iss.state import IssState, Tracker
 from services.ops.metrics import Metrics
+from services.ops.tracing import Tracing
 from services.upstream.base import Backend
 
 log = logging.getLogger("iss_llm.chat")
 
 @tornado.web.stream_request_body
-class ChatHandler(BoundedBodyHandler):
+class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations) -> None:
+                   metrics: Metrics, conversations: Conversations, platforms: Platforms, tracing: Tracing) -> None:
         self.config = settings
+        self.tracing = tracing
+        self.allow_origins(settings)
+        self.platforms = platforms
         self.tracker = tracker
         self.backend = backend
         self.hub = hub
@@ -95,10 +100,14 @@ class ChatHandler(BoundedBodyHandler):
     async def post(self) -> None:
         request = parse_chat_request(self.read_body())
         assert self.request_id is not None  # named in prepare()
-        conversation_id = request_context.sanitized_conversation_id(self.request.headers.get("conversation-id"))
+        # The platform's conversation id (Tavus: the header; Vapi: call.id), and what goes upstream.
+        caller = self.platforms.read(self.request.headers, request.params)
+        request.params = caller.params
+        conversation_id = caller.conversation_id
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
+        model = resolve_model(self.config, request.model)
         exchange = Exchange(
             self.hub,
             request_id=self.request_id,
@@ -108,9 +117,11 @@ class ChatHandler(BoundedBodyHandler):
             remote_ip=self.request.remote_ip,
             path=self.request.path,
             observer=self.metrics,
+            trace=self.tracing.start(self.request.headers, request_id=self.request_id,
+                                     conversation_id=conversation_id, model=model, stream=request.stream,
+                                     params=request.params),
         )
         self._exchange = exchange
-        model = resolve_model(self.config, request.model)
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
         # is for following a request step by step.
         log.debug(
@@ -124,6 +135,8 @@ class ChatHandler(BoundedBodyHandler):
             messages=request.messages,
             params=request.params,
             upstream=self.backend.describe(),
+            platform=caller.platform,
+            left_out=caller.left_out,
         )
         self._streamed = request.stream
         self.inflight.enter(self)

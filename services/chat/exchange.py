@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from services.chat.endings import Ending, Outcome
+from services.ops.tracing import NULL_TRACE, RequestTrace
 
 log = logging.getLogger("iss_llm.chat")
 
@@ -77,8 +78,10 @@ class Exchange:
         path: str,
         event_id: str | None = None,
         observer: OutcomeObserver | None = None,
+        trace: RequestTrace = NULL_TRACE,
     ) -> None:
         self.hub = hub
+        self.trace = trace  # the request's span (OpenTelemetry), a no-op when tracing is off
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
         # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
         self.id = event_id or request_id
@@ -139,6 +142,8 @@ class Exchange:
         messages: list[dict[str, Any]],
         params: dict[str, Any],
         upstream: dict[str, Any],
+        platform: str | None = None,
+        left_out: list[str] | None = None,
     ) -> None:
         self.stream = stream
         self._emit(
@@ -153,6 +158,8 @@ class Exchange:
             messages=messages,
             params=params,
             upstream=upstream,
+            platform=platform,
+            left_out=left_out or None,  # the caller's fields kept from the upstream (names only)
         )
 
     def asked_upstream(self) -> None:
@@ -176,6 +183,7 @@ class Exchange:
         """One of the layer's own tools, run for the model: the console shows it, the caller never does."""
         self._emit("iss_tool", name=name[:64], arguments=arguments[:2000], result=result[:4000], ok=ok, ms=ms,
                    round=round)
+        self.trace.tool(name=name, ok=ok, ms=ms, round=round)
 
     def token(self, text: str) -> None:
         """One content delta relayed to the caller (an empty string still marks the first token)."""
@@ -242,12 +250,22 @@ class Exchange:
                  "code": self.error_code}
         try:
             self._log_end(ending, total_ms, extra)
+            self._trace_end(ending)
         finally:
             if self._observer is not None:
                 try:
                     self._observer.outcome(self)
                 except Exception:  # counting must never break an answer
                     log.exception("request %s: metrics not recorded", self.request_id)
+
+    def _trace_end(self, ending: Ending) -> None:
+        try:
+            self.trace.end(outcome=ending.outcome.value, status=ending.status, response_model=self.upstream_model,
+                           usage=ending.usage, finish_reason=ending.finish_reason,
+                           ttft_s=None if self.first_token_at is None else round(self.first_token_at - self.started, 6),
+                           error_code=self.error_code)
+        except Exception:  # a trace must never break an answer
+            log.exception("request %s: trace not recorded", self.request_id)
 
     def _upstream_ttft_ms(self) -> float | None:
         if self.upstream_sent is None or self.first_token_at is None:

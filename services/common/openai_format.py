@@ -13,8 +13,21 @@ import orjson
 from services.common.errors import ApiError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# Fields this layer interprets itself; every other field of the request goes upstream unchanged.
+# Fields this layer interprets itself; every other field of the request goes upstream unchanged
+# (UPSTREAM_PARAMS=passthrough), or only those in OPENAI_CHAT_PARAMS (UPSTREAM_PARAMS=openai).
 OWN_FIELDS = frozenset({"messages", "model", "stream"})
+
+# The request parameters of OpenAI's chat completions (POST /v1/chat/completions), as its API reference
+# and the openai package's `CompletionCreateParams` list them (openai 3.51; a test compares the two).
+# OpenAI answers 400 "Unrecognized request argument supplied" to any other top-level field.
+OPENAI_CHAT_PARAMS = frozenset({
+    "messages", "model", "stream", "stream_options",
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "moderation", "n", "parallel_tool_calls",
+    "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop", "store",
+    "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
 
 MAX_MODEL_CHARS = 256
 
@@ -170,6 +183,25 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     validate_tool_choice(data.get("tool_choice"))
     params = {key: value for key, value in data.items() if key not in OWN_FIELDS}
     return ChatRequest(messages=messages, model=model or None, stream=stream, params=params)
+
+
+def select_params(
+    params: Mapping[str, Any], *, openai_only: bool, drop: frozenset[str] = frozenset(),
+    keep: frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any], list[str]]:
+    """What of a request's parameters goes upstream, and the names of those left out.
+
+    `drop` (a platform's own fields) never goes, unless named in `keep`; with `openai_only` only
+    OPENAI_CHAT_PARAMS and `keep` go. The order of the fields is kept.
+    """
+    sent: dict[str, Any] = {}
+    left_out: list[str] = []
+    for name, value in params.items():
+        if name in keep or (name not in drop and (not openai_only or name in OPENAI_CHAT_PARAMS)):
+            sent[name] = value
+        else:
+            left_out.append(name)
+    return sent, left_out
 
 
 def new_completion_id() -> str:

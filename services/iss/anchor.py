@@ -61,6 +61,23 @@ class Anchor:
     # The model's orbit never comes near the fix and no second fix shows the source's direction:
     # the model's motion would be a guess, so the fix is held where it was measured.
     held: bool = False
+    # A second fix from the same source turned the model onto the source's own track. Without one,
+    # the heading is the model's: a plane error at the fix shows no distance where the two planes
+    # cross, yet the model's track leaves the real one from there (see plane_error_km).
+    paired: bool = False
+
+    def plane_error_km(self) -> float:
+        """How far the model's orbit plane may be turned from the real one, as arc on the ground.
+
+        With a second fix the source's track is followed and the residual is what is left. With one
+        fix the residual only bounds the turn from below (it is zero where the planes cross): the
+        turn may be as large as what recent elements can be off by, or, for older ones, as large as
+        an anchor accepts at all (UNREACHABLE_KM).
+        """
+        if self.paired:
+            return self.residual_km
+        recent = abs(self.elements.age_days(self.fix.measured_at)) <= TRUST_AGE_DAYS
+        return max(self.residual_km, TRUST_KM if recent else UNREACHABLE_KM)
 
     def teme(self, when: datetime) -> tuple[Vector, Vector]:
         """The anchored TEME position and velocity at `when`."""
@@ -142,7 +159,7 @@ def _rotated(found: Anchor, previous: Fix | None) -> Anchor:
         paired = _triad(_unit(r), _unit(r0), target, _fix_direction(previous))
     held = paired is None and found.residual_km > UNREACHABLE_KM
     return Anchor(fix, found.elements, found.shift_s, found.residual_km, found.agreement_km,
-                  paired or rotation, held)
+                  paired or rotation, held, paired is not None)
 
 
 def _heading_kept(a: Vector, v: Vector, b: Vector) -> Matrix:

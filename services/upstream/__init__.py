@@ -14,6 +14,10 @@ def make_backend(settings: Settings, queries: IssQueries | None = None) -> Backe
         from services.upstream.openai_upstream import OpenAIUpstream
 
         upstream: Backend = OpenAIUpstream(settings)
+        if settings.otel_endpoint:
+            from services.upstream.traced import TracedUpstream
+
+            upstream = TracedUpstream(upstream)  # a span per upstream round (OTEL_EXPORTER_OTLP_ENDPOINT)
         if queries is not None and settings.iss_tools:
             from services.iss.tools import IssTools
             from services.upstream.tool_rounds import ToolRounds

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from config import Settings
+from services.ops.tracing import upstream_headers
 from services.upstream.bounded import ACCEPT_ENCODING, read_body
 
 log = logging.getLogger("iss_llm.upstream")
@@ -172,9 +173,13 @@ class UpstreamClient:
         """
         session = self._session_now()
         headers = self._headers
-        if request_id is not None:
+        trace_context = upstream_headers()  # the upstream round's traceparent, when tracing is on
+        if request_id is not None or trace_context:
             headers = headers.copy()
-            headers["X-Request-Id"] = request_id
+            if request_id is not None:
+                headers["X-Request-Id"] = request_id
+            if trace_context:
+                headers.update(trace_context)
         retries = 0
         stale_retry = True
         while True:

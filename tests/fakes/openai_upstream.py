@@ -23,6 +23,8 @@ passes upstream unchanged like every other field:
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
     {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
     {"x_fake": {"pause_at": 9, "pause": 0.5}}           a pause before chunk 9 (a model that thinks)
+    {"x_fake": {"burst": true}}                          every chunk after the role chunk in one write:
+                                                         they reach the layer in one read
     {"x_fake": {"stamp": true}}                          each chunk carries "x_sent": time.monotonic()
                                                          when written (the benchmark's token pacing)
 
@@ -57,6 +59,10 @@ times it gave as content (and the caller's tool called again). The request picks
 With `refuse_tools`, a request offering iss_* tools is refused with a 400, as some servers do; with
 `refuse_tools_for` (a set of model names), only requests for those models are.
 
+With `strict`, a request carrying a top-level field OpenAI does not know (the openai package's
+`CompletionCreateParams` and `stream`; `x_fake` included) is refused with OpenAI's own 400,
+"Unrecognized request argument supplied: <name>", as api.openai.com does.
+
 It counts requests and open streams, and keeps the last bodies (parsed, and as the bytes received),
 request lines ("POST /v1/chat/completions") and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
@@ -81,6 +87,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+def _openai_fields() -> frozenset[str]:
+    """The top-level fields OpenAI's chat completions accept, from the openai package (not the project's list)."""
+    from openai.types.chat import completion_create_params
+
+    return frozenset(completion_create_params.CompletionCreateParamsBase.__annotations__) | {"stream"}
+
+
+OPENAI_FIELDS = _openai_fields()
 
 WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
 
@@ -120,6 +136,7 @@ class FakeUpstream:
     refuse_tools: bool = False
     refuse_tools_for: set = field(default_factory=set)  # models that refuse tools (Ollama's 400)
     refuse_tool_results: bool = False  # a later tool round (a request carrying tool results) gets a 400
+    strict: bool = False  # unknown top-level fields get OpenAI's 400 (see the module docstring)
 
     requests: int = 0
     model_lists: int = 0  # GET /v1/models answered
@@ -213,6 +230,11 @@ class FakeUpstream:
         self.raw_bodies.append(raw)
         body = orjson.loads(raw)
         self.bodies.append(body)
+        if self.strict:
+            unknown = [name for name in body if name not in OPENAI_FIELDS]
+            if unknown:
+                return self._error(400, f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                                   "invalid_request_error")
         fake = body.get("x_fake") or {}
         fault = fake.get("fault")
         size = int(fake.get("bytes", 0))
@@ -295,6 +317,7 @@ class FakeUpstream:
             after = int(fake.get("after", 1))
             pause_after_role = float(fake.get("pause_after_role", 0))
             pause_at, pause = fake.get("pause_at"), float(fake.get("pause", 0))
+            burst: list[bytes] = []
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
                 if index == 1 and pause_after_role:
                     await self._pause(response, pause_after_role, fake, payload)
@@ -327,8 +350,14 @@ class FakeUpstream:
                     await self.release.wait()
                 if fake.get("stamp") and payload.endswith(b"}\n\n"):
                     payload = payload[:-3] + b',"x_sent":%.6f}\n\n' % time.monotonic()
+                if index and fake.get("burst"):
+                    burst.append(payload)
+                    continue
                 await response.write(payload)
                 sent.append((time.monotonic(), payload))
+            if burst:
+                await response.write(b"".join(burst))
+                sent.append((time.monotonic(), b"".join(burst)))
             for extra in fake.get("extra_chunks") or ():
                 await response.write(b"data: " + orjson.dumps(extra) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")

@@ -181,9 +181,11 @@ async def test_a_tool_past_its_timeout_is_an_error_result(io_loop, tmp_path):
         tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
         try:
             await tracker.current()
-            tools = IssTools(IssQueries(tracker), timeout=0.001)
+            slow = IssQueries(tracker)
+            tools = IssTools(slow, timeout=0.001)
             result = await tools.run("iss_passes", '{"place": "Paris", "days": 10}')
             assert not result.ok and "longer than" in result.content
+            await slow.close()
             quick = IssTools(IssQueries(tracker), timeout=5.0)
             for name, arguments in (("iss_passes", "{not json"), ("nope", "{}"), ("iss_position", '{"at": 3}'),
                                     ("iss_position", '{"minutes_from_now": 99999}')):
