@@ -208,3 +208,14 @@ async def test_each_call_order_not_streamed_gives_one_call_and_the_rounds_usage(
                                                                                          "round": 2})
     assert choice.finish_reason == "tool_calls"
     assert whole.usage.model_dump(exclude_none=True) == TWO_ROUNDS
+
+
+@pytest.mark.parametrize("overrides", [{"server_api_key": "sk-server-key-0123456789"}])
+async def test_paused_models_are_a_detail_behind_the_server_key(overrides, base_url, upstream):
+    upstream.refuse_tools_for = {"small-local"}
+    key = {"Authorization": "Bearer sk-server-key-0123456789"}
+    assert (await post_json(base_url, {"model": "small-local", "messages": PARIS}, headers=key)).code == 200
+    public = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert "iss_tools" not in public and "iss_tools" not in public["backend"]
+    detailed = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET", headers=key)).body)
+    assert [p["model"] for p in detailed["iss_tools"]["paused_models"]] == ["small-local"]
