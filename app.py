@@ -110,14 +110,17 @@ def build_services(
             iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
         tracker = IssTracker(settings, feed=iss_lease)
         if iss_lease is not None:
-            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
+            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived, tracker.elements)
     queries = IssQueries(tracker, searches=BoundedWork(settings.pass_searches, settings.pass_search_queue,
                                                        name="pass-search"))
     if backend is None:
         backend = make_backend(settings, queries)
     if hub is None:
-        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
-            settings.console_buffer
+        record_bytes, buffer_bytes = settings.console_record_bytes, settings.console_buffer_bytes
+        hub = (
+            RedisHub(settings.redis_url, settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
+            if settings.redis_url
+            else MemoryHub(settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:

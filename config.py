@@ -321,6 +321,14 @@ class Settings:
     console_buffer: int = field(
         default=100, metadata={"env": "CONSOLE_BUFFER", "parse": _positive_int}
     )
+    # The replay's bounds in bytes: the answer text kept per request (cut past it, with a marker),
+    # and every kept request together (the oldest leave first).
+    console_record_bytes: int = field(
+        default=64 * 1024, metadata={"env": "CONSOLE_RECORD_BYTES", "parse": _positive_int}
+    )
+    console_buffer_bytes: int = field(
+        default=16 * 1024 * 1024, metadata={"env": "CONSOLE_BUFFER_BYTES", "parse": _positive_int}
+    )
 
     # ---- workers and the cluster (issue 11) ----
     # Worker processes sharing the listening socket; 0 means one per core.
