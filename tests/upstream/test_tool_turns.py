@@ -195,3 +195,27 @@ async def test_the_first_token_deadline_holds_across_tool_rounds(overrides, base
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in _chunks(response.body) if c["choices"])
     assert "One moment." in text and "You can see it at" not in text
     assert 1.3 <= elapsed < 1.9, elapsed
+
+
+@pytest.mark.parametrize("order", ORDERS)
+async def test_each_call_order_not_streamed_gives_one_call_and_the_rounds_usage(order, client, upstream):
+    upstream.scripted_tools = True
+    whole = await client.chat.completions.create(model="m", messages=PARIS, tools=[WEATHER],
+                                                 extra_body={"x_fake": {"order": order}})
+    [choice] = whole.choices
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"location": "Paris",
+                                                                                         "round": 2})
+    assert choice.finish_reason == "tool_calls"
+    assert whole.usage.model_dump(exclude_none=True) == TWO_ROUNDS
+
+
+@pytest.mark.parametrize("overrides", [{"server_api_key": "sk-server-key-0123456789"}])
+async def test_paused_models_are_a_detail_behind_the_server_key(overrides, base_url, upstream):
+    upstream.refuse_tools_for = {"small-local"}
+    key = {"Authorization": "Bearer sk-server-key-0123456789"}
+    assert (await post_json(base_url, {"model": "small-local", "messages": PARIS}, headers=key)).code == 200
+    public = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert "iss_tools" not in public and "iss_tools" not in public["backend"]
+    detailed = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET", headers=key)).body)
+    assert [p["model"] for p in detailed["iss_tools"]["paused_models"]] == ["small-local"]
