@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,6 +87,8 @@ class OpenAIUpstream:
         self._max_bytes = settings.upstream_max_bytes
         self._host = upstream_host(self._http.base_url)
         self._models: list[str] | None = None  # the upstream's list, as last read
+        self._models_at = -float("inf")
+        self._models_ttl = settings.models_cache_seconds
         self._models_fetch: asyncio.Future[list[str]] | None = None
         self._models_timeout = aiohttp.ClientTimeout(
             total=MODELS_TIMEOUT, sock_connect=settings.upstream_connect_timeout
@@ -136,6 +139,7 @@ class OpenAIUpstream:
             raise upstream_error(502, "The upstream LLM's model list is not a list.", code="upstream_bad_response")
         ids = [item["id"] for item in data[:MAX_MODELS] if isinstance(item, dict) and isinstance(item.get("id"), str)]
         self._models = [model for model in ids if 0 < len(model) <= MAX_MODEL_CHARS]
+        self._models_at = time.monotonic()
         return self._models
 
     async def close(self) -> None:
@@ -144,8 +148,9 @@ class OpenAIUpstream:
         await self._http.close()
 
     async def _known_models(self) -> list[str] | None:
-        """The upstream's models: as last read, else one short shared fetch (None when it fails)."""
-        if self._models is not None:
+        """The upstream's models: as last read (within MODELS_CACHE_SECONDS), else one short shared fetch
+        (the list last read, or None, when it fails or takes longer)."""
+        if self._models is not None and time.monotonic() - self._models_at <= self._models_ttl:
             return self._models
         if self._models_fetch is None or self._models_fetch.done():
             self._models_fetch = asyncio.ensure_future(self.list_models())
@@ -154,7 +159,7 @@ class OpenAIUpstream:
         try:
             return await asyncio.wait_for(asyncio.shield(self._models_fetch), MODEL_HINT_WAIT)
         except (TimeoutError, ApiError):
-            return None
+            return self._models
 
     def _clean(self, message: str) -> str:
         message = redact_text(message, self._secrets)
