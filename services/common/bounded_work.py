@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class BoundedWork:
         # A caller that leaves does not free the slot: the thread runs on until the job is done.
         return await asyncio.shield(future)
 
-    def _finished(self, future: asyncio.Future[object]) -> None:
+    def _finished(self, future: asyncio.Future[Any]) -> None:
         self._admitted -= 1
         self._slots.release()
         if not future.cancelled():

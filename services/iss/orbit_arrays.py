@@ -7,6 +7,7 @@ agree with orbit.py's scalar functions to rounding (tests/iss/test_iss_passes.py
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +15,7 @@ from sgp4.api import Satrec
 
 from services.iss.orbit import Matrix
 
-Floats = npt.NDArray[np.float64]
+Floats = npt.NDArray[np.floating[Any]]
 # Many moments (Unix seconds, shape (n,)) to TEME positions in km, shape (n, 3); NaN where the model fails.
 TemePositions = Callable[[Floats], Floats]
 
