@@ -515,10 +515,6 @@ def main() -> None:
         pass
 
 
-if __name__ == "__main__":
-    main()
-
-
 def cid_of(number: int) -> str:
     return f"chatcmpl-fake{number}"
 
@@ -622,3 +618,7 @@ def scripted_completion(cid: str, created: int, model: str, deltas: list[dict], 
         message["tool_calls"] = calls
     return {"id": cid, "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
+
+
+if __name__ == "__main__":
+    main()
