@@ -127,6 +127,7 @@ class PassesHandler(PublicReadHandler):
         except asyncio.CancelledError:
             if not self._gone:
                 raise
+            self.set_status(499, "Client Closed Request")  # for the access log: no one reads this answer
             return  # the caller left: its search was given up (unless others wait for it too)
         self.write_json(body)
 
