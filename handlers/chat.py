@@ -69,6 +69,7 @@ class ChatHandler(BoundedBodyHandler):
         self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
+        self._finished_answer = False  # finish() ran (on_finish): nothing more can be written
         self._stopped: Stop | None = None
         # Both armed when a request begins (post); until then deadlines that never fire.
         self._first_token = Deadline(None, lambda: None)
@@ -156,6 +157,7 @@ class ChatHandler(BoundedBodyHandler):
         return recorded if recorded is not None else self.get_status()
 
     def on_finish(self) -> None:
+        self._finished_answer = True
         if self._exchange is None and self.request.method == "POST":
             self._refused()
         # Break the cycle through the SSE writer (deadlines break theirs once cancelled): a finished
@@ -272,7 +274,7 @@ class ChatHandler(BoundedBodyHandler):
     # --- the last words, once the outcome is recorded ----------------------------------------
 
     async def _last_words(self, ending: Ending, model: str, include_usage: bool) -> None:
-        if self._finished or self._gone or ending.outcome is Outcome.CANCELLED:
+        if self._finished_answer or self._gone or ending.outcome is Outcome.CANCELLED:
             return
         try:
             if ending.outcome is Outcome.DONE and not self._streamed:

@@ -19,8 +19,6 @@ import functools
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,13 +34,17 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     multiprocess,
-    values,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.ops import multiprocess as lifecycle
+
 log = logging.getLogger("iss_llm.metrics")
+
+# prometheus_client, imported just above, runs in its multiprocess mode when this variable was set then.
+_MULTIPROCESS_AT_IMPORT = os.environ.get(lifecycle.ENV) is not None
 
 # No `_created` series: a gauge per labelled counter and histogram that dashboards never query
 # (the multiprocess mode has none either, so both modes expose the same names).
@@ -481,36 +483,6 @@ def _children(pid: int) -> list[int]:
 
 
 def multiprocess_dir() -> str | None:
-    """The directory the client's multiprocess mode writes to, when that mode is on."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and getattr(values.ValueClass, "_multiprocess", False):
-        return path
-    return None
-
-
-def prepare_multiprocess(path: str | os.PathLike[str] | None = None) -> Path:
-    """In the parent, before the workers fork: an empty directory, and the client in multiprocess mode.
-
-    `path` defaults to $PROMETHEUS_MULTIPROC_DIR, else a new temporary directory. Files left by an
-    earlier run are removed (their counters would be added to this run's)."""
-    chosen = Path(path or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="iss-llm-metrics-"))
-    chosen.mkdir(parents=True, exist_ok=True)
-    for entry in chosen.glob("*.db"):
-        entry.unlink(missing_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(chosen)
-    # The client picks its value class when it is first imported: switch it now, before any
-    # instrument exists (they are created per worker, after the fork).
-    values.ValueClass = values.MultiProcessValue()
-    return chosen
-
-
-def worker_exited(pid: int) -> None:
-    """In the parent, when a worker exits: its live gauges (in flight, console sockets) stop counting."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        multiprocess.mark_process_dead(pid, path)
-
-
-def cleanup_multiprocess(path: str | os.PathLike[str]) -> None:
-    """In the parent, at exit: remove a directory prepare_multiprocess() created."""
-    shutil.rmtree(path, ignore_errors=True)
+    """The directory the client's multiprocess mode writes to, when that mode is on (the client chose
+    it as it was imported, above: services/ops/multiprocess.prepare() sets the variable before)."""
+    return os.environ.get(lifecycle.ENV) if _MULTIPROCESS_AT_IMPORT else None

@@ -91,3 +91,23 @@ async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, pac
         server.assert_clean_output()
     finally:
         server.kill()
+
+
+async def test_workers_without_a_multiprocess_dir_share_a_temporary_one(io_loop, paced_upstream, tmp_path):
+    """No PROMETHEUS_MULTIPROC_DIR: the parent makes one before the client is imported, so the
+    workers still count together (a client imported first would leave each worker counting alone)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream), "--port", str(port), "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        for _ in range(6):  # each on a new connection: both workers answer some
+            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                              "x_fake": {"tokens": 3, "gap": 0}})
+            assert sse_events(response.body)[-1] == "[DONE]"
+        for samples in await _scrapes(base, 4):
+            assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 6
+        assert await server.stop() == 0
+    finally:
+        server.kill()
