@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import resource
@@ -155,6 +156,8 @@ def before_workers(settings: Settings) -> None:
         path = multiprocess.prepare()
         log.info("metrics: %s workers write to %s; any worker's /metrics answers for all", settings.worker_count,
                  path)
+    # The app's modules, imported once here (after prepare): every worker forks with them loaded.
+    importlib.import_module("app")
 
 
 def worker_exited(settings: Settings, pid: int) -> None:

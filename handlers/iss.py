@@ -5,18 +5,18 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
+from config import parse_bool
 from handlers.base import ApiHandler
 from services.common.errors import ApiError
 from services.iss.describe import describe_state
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
-from services.iss.queries import MAX_PASSES, IssQueries
+from services.iss.queries import MAX_OFFSET, MAX_PASSES, IssQueries
 from services.iss.state import Tracker
+from services.iss.tracker import MAX_TRACK_POINTS
 
-MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60
 DEFAULT_STEP_S = 60.0
 MIN_STEP_S = 10.0
-MAX_TRACK_POINTS = 600
 
 
 def _parse_at(value: str, now: datetime) -> datetime:
@@ -72,12 +72,10 @@ class IssHandler(ApiHandler):
 
 
 def _parse_bool(value: str, param: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ApiError(400, f"'{param}' must be true or false.", param=param)
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ApiError(400, f"'{param}' must be true or false.", param=param) from None
 
 
 class PassesHandler(ApiHandler):

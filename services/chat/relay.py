@@ -13,7 +13,7 @@ import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import Chunk, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -86,7 +86,6 @@ class Relay:
         return sse_event(raw)
 
 
-MAX_MODEL_CHARS = 256
 MAX_FINISH_REASON = 64
 MAX_USAGE_KEYS = 32
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from services.common.iso_time import iso_z
 from services.iss.orbit import Vector, earth_fixed, gmst, in_sunlight, julian, sun_direction, sun_elevation_deg
 from services.iss.places import Observer
 
@@ -176,7 +177,7 @@ def pass_dict(item: Pass, observer: Observer) -> dict[str, Any]:
     def moment(when: datetime | None) -> dict[str, str] | None:
         if when is None:
             return None
-        entry = {"utc": when.isoformat().replace("+00:00", "Z")}
+        entry = {"utc": iso_z(when)}
         if zone is not None:
             entry["local"] = when.astimezone(zone).isoformat()
         return entry

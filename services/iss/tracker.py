@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from config import Settings
+from services.common.iso_time import iso_z
 from services.iss import estimate
 from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
@@ -157,7 +158,7 @@ class IssTracker:
             points.append({
                 "latitude": round(point.latitude, 4),
                 "longitude": round(point.longitude, 4),
-                "at": when.isoformat().replace("+00:00", "Z"),
+                "at": iso_z(when),
             })
         return points
 
@@ -189,12 +190,12 @@ class IssTracker:
             "accuracy_km": state.accuracy_km if state else None,
             "fix": None if fix is None else {
                 "source": fix.source,
-                "measured_at": fix.measured_at.isoformat().replace("+00:00", "Z"),
+                "measured_at": iso_z(fix.measured_at),
                 "age_seconds": round((now - fix.measured_at).total_seconds(), 1),
             },
             "elements": None if elements is None else {
                 "origin": elements.origin,
-                "epoch": elements.epoch.isoformat().replace("+00:00", "Z"),
+                "epoch": iso_z(elements.epoch),
                 "age_days": round(elements.age_days(now), 2),
             },
             "anchor": None if self._anchor is None else {

@@ -128,8 +128,6 @@ class ModelLabels:
 class Metrics:
     """Every instrument the server records, and the /metrics exposition."""
 
-    enabled = True
-
     def __init__(self, configured_models: Iterable[str | None] = ()) -> None:
         self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry()
@@ -322,8 +320,6 @@ class Metrics:
 
 class NullMetrics(Metrics):
     """METRICS_ENABLED=false: the same calls, doing nothing."""
-
-    enabled = False
 
     def __init__(self, configured_models: Iterable[str | None] = ()) -> None:
         self.multiprocess = False

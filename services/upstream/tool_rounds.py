@@ -137,7 +137,6 @@ class _Round:
 class ToolStatus:
     """What /healthz says about the layer's tools."""
 
-    enabled: bool = True
     calls: int = 0
     failures: int = 0
     refusals: int = 0
@@ -147,7 +146,7 @@ class ToolStatus:
     def to_dict(self) -> dict[str, Any]:
         paused = max(0.0, self.refused_until - time.monotonic())
         return {
-            "enabled": self.enabled, "calls": self.calls, "failures": self.failures, "refusals": self.refusals,
+            "calls": self.calls, "failures": self.failures, "refusals": self.refusals,
             "paused_for_seconds": round(paused, 1), "last_refusal": self.last_refusal,
         }
 

@@ -28,6 +28,14 @@ async def _scrapes(base: str, count: int) -> list[dict]:
     return out
 
 
+async def _streamed_answers(base: str, count: int) -> None:
+    """`count` streamed answers, each on a new connection (so either worker may answer it)."""
+    for _ in range(count):
+        response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                          "x_fake": {"tokens": 3, "gap": 0}})
+        assert sse_events(response.body)[-1] == "[DONE]"
+
+
 async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -37,10 +45,7 @@ async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upst
     try:
         await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
         workers = serving(server)
-        for _ in range(8):  # each on a new connection: both workers answer some
-            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
-                                              "x_fake": {"tokens": 3, "gap": 0}})
-            assert sse_events(response.body)[-1] == "[DONE]"
+        await _streamed_answers(base, 8)  # both workers answer some
         for samples in await _scrapes(base, 6):
             assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 8
             assert value(samples, "iss_llm_answer_tokens_count", route=ROUTE) == 8
@@ -102,10 +107,7 @@ async def test_workers_without_a_multiprocess_dir_share_a_temporary_one(io_loop,
     await server.start()
     try:
         await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
-        for _ in range(6):  # each on a new connection: both workers answer some
-            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
-                                              "x_fake": {"tokens": 3, "gap": 0}})
-            assert sse_events(response.body)[-1] == "[DONE]"
+        await _streamed_answers(base, 6)  # both workers answer some
         for samples in await _scrapes(base, 4):
             assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 6
         assert await server.stop() == 0
