@@ -1,8 +1,9 @@
 """The process: main() reads the settings, listens, runs one process or supervised workers, and drains.
 
-The application itself is built in app.py (the composition root). It is imported once the
-process knows whether the metrics run in prometheus_client's multiprocess mode, which the client
-reads from PROMETHEUS_MULTIPROC_DIR when it is first imported (services/ops/multiprocess.py).
+The application itself is built in app.py (the composition root). prometheus_client is imported
+only once the process knows whether the metrics run in its multiprocess mode, which the client
+reads from PROMETHEUS_MULTIPROC_DIR when it is first imported (services/ops/multiprocess.py): the
+app imports the metrics as it builds them, after main() chose.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
+from app import make_app, make_server
 from config import ConfigError, Settings, load_settings
 from services.ops import logs, multiprocess
 from services.ops.connections import raise_open_file_limit
@@ -38,8 +40,6 @@ async def serve(
     A worker (`parent` set) serves the sockets its parent bound, leaves the start-up messages to
     the parent, listens for SIGTERM alone, and drains as well when its parent goes away.
     """
-    from app import make_app, make_server  # after multiprocess.prepare(): see the docstring above
-
     app = make_app(settings)
     services = app.services
     server = make_server(app, settings)
@@ -156,8 +156,8 @@ def before_workers(settings: Settings) -> None:
         path = multiprocess.prepare()
         log.info("metrics: %s workers write to %s; any worker's /metrics answers for all", settings.worker_count,
                  path)
-    # The app's modules, imported once here (after prepare): every worker forks with them loaded.
-    importlib.import_module("app")
+        # Imported once here, after prepare(): every worker forks with the client loaded.
+        importlib.import_module("services.ops.metrics")
 
 
 def worker_exited(settings: Settings, pid: int) -> None:

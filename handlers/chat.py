@@ -46,7 +46,7 @@ from services.common.request_context import new_request_id
 from services.console import Hub
 from services.iss.block import inject, iss_block
 from services.iss.state import IssState, Tracker
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 from services.upstream.base import Backend
 
 log = logging.getLogger("iss_llm.chat")
@@ -56,7 +56,7 @@ class ChatHandler(BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations) -> None:
+                   metrics: Recorder, conversations: Conversations) -> None:
         self.config = settings
         self.tracker = tracker
         self.backend = backend

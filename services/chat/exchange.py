@@ -18,7 +18,7 @@ class Publisher(Protocol):
 
 
 class OutcomeObserver(Protocol):
-    """Told once when a request ended, with the exchange and its timings (services.ops.metrics.Metrics)."""
+    """Told once when a request ended, with the exchange and its timings (a services.ops.recorder.Recorder)."""
 
     def outcome(self, record: Exchange) -> None: ...
 
