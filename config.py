@@ -22,7 +22,8 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot run with."""
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """The words for true and false in settings and query parameters (an empty value is false)."""
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -173,7 +174,7 @@ class Settings:
     port: int = field(default=5000, metadata={"env": "PORT", "parse": int})
 
     trust_proxy_headers: bool = field(
-        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": _bool}
+        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": parse_bool}
     )
     server_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
@@ -281,7 +282,7 @@ class Settings:
     iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
     # The layer's own tools (position, passes, crew) offered to the upstream model: on whenever an
     # upstream answers, unless ISS_TOOLS=off.
-    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": _bool})
+    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": parse_bool})
     iss_tool_timeout: float = field(
         default=5.0, metadata={"env": "ISS_TOOL_TIMEOUT", "parse": _positive_float}
     )
@@ -314,7 +315,7 @@ class Settings:
         default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": _optional_path}
     )
 
-    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
+    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": parse_bool})
     console_token: str | None = field(
         default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _console_token}
     )
@@ -344,9 +345,9 @@ class Settings:
     )
 
     # --- metrics and logs (issue 12) ---
-    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": _bool})
+    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": parse_bool})
     # false: /metrics wants the SERVER_API_KEY bearer token like the chat endpoint.
-    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": _bool})
+    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": parse_bool})
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
     )
@@ -379,7 +380,7 @@ class Settings:
     otel_service_name: str = field(default="iss-llm", metadata={"env": "OTEL_SERVICE_NAME", "parse": str})
     # Prompt and answer text on the spans (the GenAI conventions' opt-in); off: counts and names only.
     otel_capture_content: bool = field(
-        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": _bool}
+        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": parse_bool}
     )
 
     # Which .env file these settings were read from (None: none), for the start-up line.

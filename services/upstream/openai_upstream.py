@@ -22,7 +22,7 @@ import orjson
 
 from config import Settings
 from services.common.errors import ApiError, upstream_error
-from services.common.openai_format import Chunk
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk
 from services.common.request_context import current_request_id
 from services.iss.state import IssState
 from services.ops.redaction import redact_text
@@ -41,7 +41,6 @@ log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
 MAX_MODELS = 1000
-MAX_MODEL_CHARS = 256
 MODELS_TIMEOUT = 5.0
 # A 404 for a model: how long its answer may wait for the upstream's model list when none is cached.
 MODEL_HINT_WAIT = 1.0
