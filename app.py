@@ -20,6 +20,7 @@ from config import Settings
 from handlers.base import ApiHandler, NotFoundHandler
 from handlers.chat import ChatHandler
 from handlers.console import ConsoleAuth, ConsolePageHandler, ConsoleSocketHandler
+from handlers.cross_site import HostCheck
 from handlers.health import HealthHandler
 from handlers.iss import CrewHandler, IssHandler, PassesHandler
 from handlers.metrics import MetricsHandler
@@ -28,6 +29,7 @@ from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
 from services.chat.models import ModelCatalog
+from services.common.api_keys import ApiKeys
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
 from services.console.redis_hub import RedisHub
@@ -134,22 +136,28 @@ def build_services(
 
 def routes(settings: Settings, services: Services) -> list[Route]:
     """The handler table: each route with exactly the collaborators its handler uses."""
+    keys = ApiKeys(settings.api_keys)  # the chat routes' (and the model list's): callers by name
+    # The operational endpoints also take METRICS_TOKEN (a scraper's credentials, nothing more).
+    ops_keys = ApiKeys((*settings.api_keys, ("metrics", settings.metrics_token)))
+    hosts = HostCheck(settings)
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
+        "keys": keys,
     }
-    models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
+    models = {"keys": keys, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,
-              "inflight": services.inflight, "connections": services.connections}
+              "inflight": services.inflight, "connections": services.connections, "keys": ops_keys,
+              "public": settings.ops_public, "host_check": hosts}
     table: list[Route] = [
         (r"/chat/completions", ChatHandler, chat),
         (r"/v1/chat/completions", ChatHandler, chat),
         (r"/models", ModelsHandler, models),
         (r"/v1/models", ModelsHandler, models),
         (r"/healthz", HealthHandler, health),
-        (r"/iss", IssHandler, {"tracker": services.tracker}),
-        (r"/iss/passes", PassesHandler, {"queries": services.iss}),
-        (r"/iss/crew", CrewHandler, {"queries": services.iss}),
+        (r"/iss", IssHandler, {"tracker": services.tracker, "host_check": hosts}),
+        (r"/iss/passes", PassesHandler, {"queries": services.iss, "host_check": hosts}),
+        (r"/iss/crew", CrewHandler, {"queries": services.iss, "host_check": hosts}),
     ]
     if settings.console_enabled:
         auth = ConsoleAuth(services.console_token)
@@ -159,8 +167,8 @@ def routes(settings: Settings, services: Services) -> list[Route]:
              {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
         ]
     if settings.metrics_enabled:
-        table.append((r"/metrics", MetricsHandler, {"metrics": services.metrics, "public": settings.metrics_public,
-                                                    "server_api_key": settings.server_api_key}))
+        table.append((r"/metrics", MetricsHandler, {"metrics": services.metrics, "public": settings.ops_public,
+                                                    "keys": ops_keys, "host_check": hosts}))
     return table
 
 

@@ -131,7 +131,7 @@ def announce(settings: Settings, port: int, console_token: str, backend: str, wo
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
     base = f"http://{host_for_url}:{port}"
     log.info("listening on %s (backend: %s%s)", base, backend, f", {workers} workers" if workers > 1 else "")
-    if settings.listens_beyond_loopback and not settings.server_api_key:
+    if settings.listens_beyond_loopback and not settings.api_keys:
         log.warning(
             "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
             "port can use your upstream LLM. Set SERVER_API_KEY. !!!",
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workers = settings.worker_count
     logs.configure(settings.log_format, settings.log_level,
-                   secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
+                   secrets=settings.secrets,
                    with_pid=workers > 1)
     # The HTTP client logs every upstream request at INFO; our own request log already has them.
     logging.getLogger("httpx2").setLevel(logging.WARNING)

@@ -19,7 +19,7 @@ from config import Settings
 from handlers.body import BoundedBodyHandler
 from handlers.cross_site import check_cross_site
 from handlers.sse import CallerGone, SseWriter
-from services.chat.conversations import Conversations
+from services.chat.conversations import Conversations, conversation_key
 from services.chat.deadline import Deadline
 from services.chat.endings import (
     CALLER_LEFT,
@@ -34,6 +34,7 @@ from services.chat.inflight import Inflight
 from services.chat.models import resolve_model
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.common import request_context
+from services.common.api_keys import ApiKeys
 from services.common.errors import ApiError, error_body
 from services.common.openai_format import (
     DONE_EVENT,
@@ -56,15 +57,16 @@ class ChatHandler(BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations) -> None:
+                   metrics: Metrics, conversations: Conversations, keys: ApiKeys) -> None:
         self.config = settings
         self.tracker = tracker
         self.backend = backend
         self.hub = hub
         self.inflight = inflight
         self.metrics = metrics
-        self.server_api_key = settings.server_api_key
-        self._secrets = (settings.openai_api_key, settings.server_api_key)
+        self.keys = keys
+        self.caller: str | None = None  # the name of the caller's key (None: the server has no keys)
+        self._secrets = settings.secrets
         self.body_limit = settings.max_body_bytes
         self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
@@ -85,7 +87,7 @@ class ChatHandler(BoundedBodyHandler):
         if self.inflight.draining:
             raise ApiError(503, "This server is shutting down; send the request again.",
                            type="server_error", code="server_shutting_down")
-        self.check_bearer()
+        self.caller = self.check_bearer()
         check_cross_site(self.request, self.config)
         self.check_declared_size()
 
@@ -96,6 +98,7 @@ class ChatHandler(BoundedBodyHandler):
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
+            context.caller = self.caller
         exchange = Exchange(
             self.hub,
             request_id=self.request_id,
@@ -105,6 +108,7 @@ class ChatHandler(BoundedBodyHandler):
             remote_ip=self.request.remote_ip,
             path=self.request.path,
             observer=self.metrics,
+            caller=self.caller,
         )
         self._exchange = exchange
         model = resolve_model(self.config, request.model)
@@ -126,7 +130,10 @@ class ChatHandler(BoundedBodyHandler):
         self.inflight.enter(self)
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
         self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
-        superseding = conversation_id if self.config.supersede == "conversation" else None
+        # Within one caller, by the id exactly as sent: another key's holder, or an id that only sanitizes
+        # to the same, never ends this answer.
+        superseding = conversation_key(self.caller, self.request.headers.get("conversation-id")) if (
+            self.config.supersede == "conversation") else None
         if superseding:
             self.conversations.claim(superseding, self)
         ending: Ending | None = None

@@ -31,7 +31,7 @@ def is_local_name(hostname: str) -> bool:
 
 def check_cross_site(request: HTTPServerRequest, settings: Settings) -> None:
     """Raise ApiError (403/415) for a request a foreign page could have made; nothing when a key is set."""
-    if settings.server_api_key:
+    if settings.api_keys:
         return
     origin = request.headers.get("Origin")
     if origin is not None and _origin_host(origin) != _host(request.host):
@@ -41,12 +41,37 @@ def check_cross_site(request: HTTPServerRequest, settings: Settings) -> None:
     if content_type != "application/json":
         raise ApiError(415, "Send the body as JSON, with 'Content-Type: application/json'.",
                        code="unsupported_media_type")
+    check_host(request, settings)
+
+
+def host_allowed(request: HTTPServerRequest, settings: Settings) -> bool:
+    """Whether the Host names this machine: a local name, one of ALLOWED_HOSTS, or any name when the
+    server listens beyond loopback (a rebinding page gains nothing it could not reach directly)."""
     if settings.listens_beyond_loopback or "*" in settings.allowed_hosts:
-        return
+        return True
     hostname, _ = _host(request.host) or (None, None)
-    if hostname is None or not (is_local_name(hostname) or hostname in settings.allowed_hosts):
+    return hostname is not None and (is_local_name(hostname) or hostname in settings.allowed_hosts)
+
+
+def check_host(request: HTTPServerRequest, settings: Settings) -> None:
+    """403 for a Host that is not this machine's on a loopback server: a page that rebound its own name
+    to 127.0.0.1 must not read what the server answers (chat, metrics, health details, the ISS)."""
+    if not host_allowed(request, settings):
         raise ApiError(403, "This server listens on loopback and answers to local names only; add this host "
                             "to ALLOWED_HOSTS (or set SERVER_API_KEY).", code="host_not_allowed")
+
+
+class HostCheck:
+    """check_host with its settings, for a handler to take through initialize()."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def allows(self, request: HTTPServerRequest) -> bool:
+        return host_allowed(request, self.settings)
+
+    def check(self, request: HTTPServerRequest) -> None:
+        check_host(request, self.settings)
 
 
 def _host(host: str) -> tuple[str, int | None] | None:

@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from handlers.base import ApiHandler
+from handlers.cross_site import HostCheck
 from services.common.errors import ApiError
 from services.iss.describe import describe_state
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
@@ -44,8 +45,9 @@ def _parse_number(value: str, param: str, low: float, high: float) -> float:
 class IssHandler(ApiHandler):
     """Public, read-only: where the ISS is now, or at ?at=, with ?track=<minutes> of ground track."""
 
-    def initialize(self, tracker: Tracker) -> None:
+    def initialize(self, tracker: Tracker, host_check: HostCheck) -> None:
         self.tracker = tracker
+        self.host_check = host_check
 
     async def get(self) -> None:
         now = datetime.now(UTC)
@@ -83,8 +85,9 @@ def _parse_bool(value: str, param: str) -> bool:
 class PassesHandler(ApiHandler):
     """Public, read-only: the next passes over ?place= (a city) or ?lat=&lon=, in UTC and local time."""
 
-    def initialize(self, queries: IssQueries) -> None:
+    def initialize(self, queries: IssQueries, host_check: HostCheck) -> None:
         self.queries = queries
+        self.host_check = host_check
 
     async def get(self) -> None:
         place = self.get_query_argument("place", None)
@@ -105,8 +108,9 @@ class PassesHandler(ApiHandler):
 class CrewHandler(ApiHandler):
     """Public, read-only: who is aboard the ISS, as Open Notify last said, with the list's age."""
 
-    def initialize(self, queries: IssQueries) -> None:
+    def initialize(self, queries: IssQueries, host_check: HostCheck) -> None:
         self.queries = queries
+        self.host_check = host_check
 
     def get(self) -> None:
         self.write_json(self.queries.crew())

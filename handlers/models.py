@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from config import Settings
 from handlers.base import ApiHandler
 from services.chat.models import ModelCatalog
+from services.common.api_keys import ApiKeys
 
 
 class ModelsHandler(ApiHandler):
     """Lists what the upstream serves (cached) and the names MODEL_MAP accepts, else the configured names."""
 
-    def initialize(self, settings: Settings, catalog: ModelCatalog) -> None:
-        self.server_api_key = settings.server_api_key
+    def initialize(self, keys: ApiKeys, catalog: ModelCatalog) -> None:
+        self.keys = keys
         self.catalog = catalog
 
     def prepare(self) -> None:

@@ -97,6 +97,7 @@ class Exchange:
         path: str,
         event_id: str | None = None,
         observer: OutcomeObserver | None = None,
+        caller: str | None = None,
     ) -> None:
         self.hub = hub
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
@@ -104,6 +105,7 @@ class Exchange:
         self.id = event_id or request_id
         self.request_id = request_id
         self.conversation_id = conversation_id
+        self.caller = caller  # the name of the caller's key, never the key
         self.remote_ip = remote_ip
         self.path = path
         self.route = path
@@ -156,6 +158,7 @@ class Exchange:
             "request",
             request_id=self.request_id,
             conversation_id=self.conversation_id,
+            caller=self.caller,
             remote_ip=self.remote_ip,
             path=self.path,
             model=model,

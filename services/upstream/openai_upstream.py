@@ -126,7 +126,7 @@ class OpenAIUpstream:
     name = "openai"
 
     def __init__(self, settings: Settings) -> None:
-        self._secrets = (settings.openai_api_key, settings.server_api_key)
+        self._secrets = settings.secrets
         client = ChatClient(
             # Local servers (vLLM, Ollama) take any key; the client insists on one.
             api_key=settings.openai_api_key or "no-key",
