@@ -127,7 +127,7 @@ class ChatHandler(BoundedBodyHandler):
             upstream=self.backend.describe(),
         )
         self._streamed = request.stream
-        self.inflight.enter(self)
+        self.inflight.enter(self, (exchange.id, exchange.route))
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
         self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
         # Within one caller, by the id exactly as sent: another key's holder, or an id that only sanitizes

@@ -158,7 +158,7 @@ here = Path(sys.argv[1])
 SUPERVISED = """
 go = here / "go"
 
-def work(index):
+def work(index, heartbeat):
     # Written under another name and renamed: the test never reads a half-written file.
     (here / "starting").write_text(str(os.getpid()))
     (here / "starting").rename(here / "started")
@@ -211,7 +211,7 @@ def fork():
 
 os.fork = fork
 
-def work(index):
+def work(index, heartbeat):
     asked = []
     signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -332,7 +332,7 @@ async def test_a_parent_started_with_sigchld_ignored_or_sigterm_held_still_repla
 
 
 COUNTING = """
-def work(index):
+def work(index, heartbeat):
     # SIGTERM stays held, as the supervisor starts a worker: each one is taken here, one at a time
     # and a while after it came, as a busy worker would. One sent while the last is still pending
     # merges with it (standard signals do not queue).
@@ -388,7 +388,7 @@ def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_
 DEAF = """
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-def work(index):
+def work(index, heartbeat):
     if index == 0:  # deaf to SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
