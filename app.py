@@ -15,6 +15,7 @@ from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
 
 from config import Settings
 from handlers.base import ApiHandler, NotFoundHandler
@@ -33,12 +34,14 @@ from services.chat.models import ModelCatalog
 from services.common.api_keys import ApiKeys
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
+from services.console.login_throttle import LoginThrottle, RedisLoginThrottle
 from services.console.redis_hub import RedisHub
 from services.console.station_feed import StationFeed
 from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
+from services.ops.forwarded import TrustedProxies
 from services.ops.heartbeat import Lost
 from services.ops.metrics import Metrics, NullMetrics
 from services.upstream import make_backend
@@ -66,6 +69,7 @@ class Services:
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # wrong console tokens
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -88,6 +92,7 @@ class Services:
         await self.metrics.close()
         await self.station.close()
         await self.hub.close()
+        await self.login_throttle.close()
         await self.backend.close()
         if self.iss_lease is not None:
             await self.iss_lease.close()
@@ -137,6 +142,8 @@ def build_services(
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
         iss_lease=iss_lease,
         iss=queries,
+        # With Redis, every worker counts the same wrong tokens.
+        login_throttle=RedisLoginThrottle(settings.redis_url) if settings.redis_url else LoginThrottle(),
     )
 
 
@@ -168,7 +175,8 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     if settings.console_enabled:
         auth = ConsoleAuth(services.console_token)
         table += [
-            (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": settings.console_buffer}),
+            (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": settings.console_buffer,
+                                               "throttle": services.login_throttle}),
             (r"/console/ws", ConsoleSocketHandler,
              {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
         ]
@@ -213,6 +221,13 @@ class App(tornado.web.Application):
             **debug,
         )
         self.services = services
+        self.proxies = TrustedProxies(settings.forwarded_from)
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        """Every request passes here first: its caller's address from a trusted proxy's headers
+        (TRUSTED_PROXIES), before any handler, log line or throttle reads it."""
+        self.proxies.apply(request)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(settings: Settings, services: Services | None = None, **debug: Any) -> App:
@@ -228,8 +243,9 @@ def make_server(app: App, settings: Settings) -> HTTPServer:
         app,
         max_connections=fitting_cap(settings.max_connections, soft),
         stats=app.services.connections,
-        # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
-        xheaders=settings.trust_proxy_headers,
+        # Never Tornado's xheaders (it believes any peer): App.find_handler reads the forwarded headers
+        # of TRUSTED_PROXIES alone.
+        xheaders=False,
         max_body_size=settings.max_body_bytes,
         body_timeout=30.0,
         idle_connection_timeout=75.0,
