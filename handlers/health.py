@@ -1,4 +1,4 @@
-"""GET /healthz: liveness and the backend in use; with the key (when one is set), the details."""
+"""GET /healthz: liveness and the backend in use; the details for the operator (see Settings.ops_public)."""
 
 from __future__ import annotations
 

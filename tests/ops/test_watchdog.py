@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import re
 import time
+from pathlib import Path
 
+import orjson
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
@@ -15,7 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 from services.ops.heartbeat import Heartbeat, Lost, read_beat
 from tests.conftest import open_stream
 from tests.console.test_cluster import open_console
-from tests.ops.test_workers import _workers_env, serving, wait_until
+from tests.ops.test_workers import _workers_env, serving, wait_until, wait_until_value
 from tests.server.test_server_process import MESSAGES, ServerProcess
 from tests.support import connection_owner
 
@@ -24,7 +26,17 @@ TIMEOUT_S = 2.0
 MARGIN_S = 3.0
 
 
-async def _lost_total(base: str) -> float:
+def named_in_a_beat(here: Path, pid: int) -> int:
+    """How many open requests worker `pid`'s last heartbeat named (the server runs with TMPDIR=here)."""
+    for path in here.glob("iss-llm-beats-*/worker-*"):
+        with contextlib.suppress(OSError, ValueError):
+            beat = orjson.loads(path.read_bytes())
+            if beat.get("pid") == pid:
+                return len(beat.get("requests") or [])
+    return 0
+
+
+async def lost_total(base: str) -> float:
     response = await AsyncHTTPClient().fetch(base + "/metrics", raise_error=False, request_timeout=10)
     if response.code != 200:
         return -1.0
@@ -37,7 +49,8 @@ async def test_a_stopped_worker_is_replaced_and_its_open_request_counted_and_clo
     io_loop, paced_upstream, tmp_path, redis_server
 ):
     server = ServerProcess(
-        _workers_env(tmp_path, paced_upstream, WORKER_TIMEOUT=str(TIMEOUT_S), REDIS_URL=redis_server.url),
+        _workers_env(tmp_path, paced_upstream, WORKER_TIMEOUT=str(TIMEOUT_S), REDIS_URL=redis_server.url,
+                     TMPDIR=str(tmp_path)),
         "--port", "0", "--workers", "2",
     )
     await server.start()
@@ -55,8 +68,10 @@ async def test_a_stopped_worker_is_replaced_and_its_open_request_counted_and_clo
             owners.append(connection_owner(writer, first))
         assert set(owners) == first, owners
         victim = owners[0]
+        victims = owners.count(victim)
         frozen = psutil.Process(victim)
-        await asyncio.sleep(TIMEOUT_S / 2)  # its requests named in a beat (one every TIMEOUT_S / 4)
+        # Its open requests named in a beat (one every TIMEOUT_S / 4) before its loop stops.
+        await wait_until(lambda: named_in_a_beat(tmp_path, victim) == victims, 10, "the requests never named")
         frozen.suspend()  # SIGSTOP: its loop stops, and so do its beats
         stopped_at = time.monotonic()
 
@@ -86,9 +101,8 @@ async def test_a_stopped_worker_is_replaced_and_its_open_request_counted_and_clo
                 seen += chunk
             assert b"[DONE]" not in seen
             writer.close()
-        victims = owners.count(victim)
         # Counted: outcome "lost", in the totals any worker answers for; and closed in the shared console.
-        await wait_until_async(lambda: _lost_total(base), victims, 30)
+        await wait_until_value(lambda: lost_total(base), victims, 30)
         console = await open_console(base)
         try:
             statuses = [record["status"] for record in console.hello["requests"]]
@@ -106,13 +120,6 @@ async def test_a_stopped_worker_is_replaced_and_its_open_request_counted_and_clo
         if frozen is not None:
             with contextlib.suppress(psutil.Error):
                 frozen.kill()
-
-
-async def wait_until_async(read, expected: float, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (value := await read()) != expected:
-        assert time.monotonic() < deadline, f"{value} != {expected}"
-        await asyncio.sleep(0.1)
 
 
 def test_a_beat_names_the_open_requests_bounded_and_a_bad_beat_reads_as_nothing(tmp_path):
