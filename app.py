@@ -31,7 +31,9 @@ from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
 from services.chat.lost import close_lost
 from services.chat.models import ModelCatalog
+from services.chat.platforms import Platforms
 from services.common.api_keys import ApiKeys
+from services.common.bounded_work import BoundedWork
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
 from services.console.login_throttle import LoginThrottle, RedisLoginThrottle
@@ -44,6 +46,8 @@ from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_
 from services.ops.forwarded import TrustedProxies
 from services.ops.heartbeat import Lost
 from services.ops.metrics import Metrics, NullMetrics
+from services.ops.rate_limit import RateLimit
+from services.ops.tracing import NoTracing, Tracing, make_tracing
 from services.upstream import make_backend
 from services.upstream.base import Backend
 
@@ -69,6 +73,8 @@ class Services:
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
+    iss_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 1))  # /iss* per address
+    tracing: Tracing = field(default_factory=NoTracing)  # OpenTelemetry, with OTEL_EXPORTER_OTLP_ENDPOINT
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # wrong console tokens
 
     async def start(self) -> None:
@@ -97,6 +103,8 @@ class Services:
         if self.iss_lease is not None:
             await self.iss_lease.close()
         await self.tracker.close()
+        await self.iss.close()
+        await self.tracing.close()
 
 
 def build_services(
@@ -115,13 +123,17 @@ def build_services(
             iss_lease = RedisIssFeed(settings.redis_url, worker_name(), settings.tle_refresh_interval)
         tracker = IssTracker(settings, feed=iss_lease)
         if iss_lease is not None:
-            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived)
-    queries = IssQueries(tracker)
+            iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived, tracker.elements)
+    queries = IssQueries(tracker, searches=BoundedWork(settings.pass_searches, settings.pass_search_queue,
+                                                       name="pass-search"))
     if backend is None:
         backend = make_backend(settings, queries)
     if hub is None:
-        hub = RedisHub(settings.redis_url, settings.console_buffer) if settings.redis_url else MemoryHub(
-            settings.console_buffer
+        record_bytes, buffer_bytes = settings.console_record_bytes, settings.console_buffer_bytes
+        hub = (
+            RedisHub(settings.redis_url, settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
+            if settings.redis_url
+            else MemoryHub(settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:
@@ -142,6 +154,8 @@ def build_services(
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
         iss_lease=iss_lease,
         iss=queries,
+        iss_limit=RateLimit(settings.iss_rate_per_min, settings.iss_rate_burst),
+        tracing=make_tracing(settings.otel_endpoint, settings.otel_service_name, settings.otel_capture_content),
         # With Redis, every worker counts the same wrong tokens.
         login_throttle=RedisLoginThrottle(settings.redis_url) if settings.redis_url else LoginThrottle(),
     )
@@ -156,21 +170,22 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
-        "keys": keys,
+        "platforms": Platforms(settings), "tracing": services.tracing, "keys": keys,
     }
-    models = {"keys": keys, "catalog": services.models or ModelCatalog(settings, None)}
+    models = {"settings": settings, "keys": keys, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,
               "inflight": services.inflight, "connections": services.connections, "keys": ops_keys,
               "public": settings.ops_public, "host_check": hosts}
+    public = {"settings": settings, "limit": services.iss_limit}
     table: list[Route] = [
         (r"/chat/completions", ChatHandler, chat),
         (r"/v1/chat/completions", ChatHandler, chat),
         (r"/models", ModelsHandler, models),
         (r"/v1/models", ModelsHandler, models),
         (r"/healthz", HealthHandler, health),
-        (r"/iss", IssHandler, {"tracker": services.tracker, "host_check": hosts}),
-        (r"/iss/passes", PassesHandler, {"queries": services.iss, "host_check": hosts}),
-        (r"/iss/crew", CrewHandler, {"queries": services.iss, "host_check": hosts}),
+        (r"/iss", IssHandler, {**public, "tracker": services.tracker}),
+        (r"/iss/passes", PassesHandler, {**public, "queries": services.iss}),
+        (r"/iss/crew", CrewHandler, {**public, "queries": services.iss}),
     ]
     if settings.console_enabled:
         auth = ConsoleAuth(services.console_token)
@@ -188,7 +203,9 @@ def routes(settings: Settings, services: Services) -> list[Route]:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without query strings: a console token in ?token= must never reach a log. The status
-    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
+    is the recorded outcome's (ApiHandler.outcome_status). Chat requests log their own one line."""
+    if isinstance(handler, ApiHandler) and handler.logs_itself():
+        return  # one line per request: a chat request's outcome line says it all
     status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
     request = handler.request
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR

@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import tornado.web
 
-from handlers.cross_site import HostCheck
 from services.common import request_context
 from services.common.api_keys import ApiKeys
 from services.common.errors import ApiError, error_body
@@ -35,7 +34,6 @@ class ApiHandler(tornado.web.RequestHandler):
     """Base for JSON endpoints: every error is the OpenAI error object, never a traceback."""
 
     keys: ApiKeys = ApiKeys()  # the bearer keys this route accepts; none: open
-    host_check: HostCheck | None = None  # set: a loopback server answers to local names only (see cross_site)
     request_id: str | None = None
     request_id_from_caller = False
 
@@ -53,8 +51,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.request_id_from_caller = given is not None
         self.set_header("X-Request-Id", self.request_id)
         request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
-        if self.host_check is not None:
-            self.host_check.check(self.request)
+
+    def logs_itself(self) -> bool:
+        """Whether this request wrote its own log line (its outcome), so the access log leaves it out."""
+        return False
 
     def outcome_status(self) -> int:
         """The status the access log reports: the one sent, unless the request recorded an outcome
@@ -96,6 +96,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.clear()
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, error.retry_after)))
         self.set_status(error.status)
         self.finish(orjson.dumps(error.body()))
 

@@ -51,7 +51,7 @@ class ConsoleAuth:
 
     def token_ok(self, given: str | None) -> bool:
         """Whether `given` is the console token (compared in constant time)."""
-        return bool(given) and hmac.compare_digest(given.encode(), self._token)  # type: ignore[union-attr]
+        return given is not None and given != "" and hmac.compare_digest(given.encode(), self._token)
 
     def cookie_ok(self, handler: tornado.web.RequestHandler) -> bool:
         """Whether the request carries a valid session cookie that has not expired."""
@@ -175,7 +175,7 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         self.request_id = request_id_from(self.request.headers.get("X-Request-Id"))
         request_context.begin(self.request_id, COOKIE_PATH + "/ws")
 
-    def open(self) -> None:  # type: ignore[override]
+    def open(self) -> None:
         # Each batch leaves at once: with Nagle on, a batch would wait for the page's delayed ACK
         # of the one before (up to 40 ms), and the live view would lag the stream it mirrors.
         self.set_nodelay(True)

@@ -18,9 +18,9 @@ class HealthHandler(ApiHandler):
     """Always 200 while the process serves; the body says what is degraded.
 
     The upstream appears as its host only (never OPENAI_BASE_URL whole: it may carry credentials).
-    The details (ISS, chat counts, connections) are for the operator: behind a bearer token (a server
-    key or METRICS_TOKEN) unless public (Settings.ops_public), and public, under local names only on
-    a loopback server. Liveness and the backend answer anyone.
+    The details (ISS, the layer's tools, chat counts, connections) are for the operator: behind a
+    bearer token (a server key or METRICS_TOKEN) unless public (Settings.ops_public), and public,
+    under local names only on a loopback server. Liveness and the backend answer anyone.
     """
 
     def initialize(self, settings: Settings, backend: Backend, tracker: Tracker, inflight: Inflight,
@@ -41,7 +41,9 @@ class HealthHandler(ApiHandler):
 
     def get(self) -> None:
         _, why = self.config.backend_choice
-        summary = {"status": "ok", "backend": {**self.backend.describe(), "why": why}}
+        backend = self.backend.describe()
+        tools = backend.pop("iss_tools", None)  # a detail: which models refused them, the calls run
+        summary = {"status": "ok", "backend": {**backend, "why": why}}
         if not self.details_allowed():
             self.write_json({**summary, "details": "send a server key or METRICS_TOKEN as a bearer token to see "
                                                    "them"})
@@ -50,6 +52,7 @@ class HealthHandler(ApiHandler):
             {
                 **summary,
                 "iss": self.tracker.health(),
+                **({"iss_tools": tools} if tools is not None else {}),
                 "chat": {"in_flight": self.inflight.count, **self.inflight.outcomes},
                 "connections": self.connections.to_dict(),
                 # For leak checks under load: tasks that outlive their request show up here.

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from handlers.base import ApiHandler
+from config import Settings
+from handlers.cross_site import CorsMixin
 from services.chat.models import ModelCatalog
 from services.common.api_keys import ApiKeys
 
 
-class ModelsHandler(ApiHandler):
+class ModelsHandler(CorsMixin):
     """Lists what the upstream serves (cached) and the names MODEL_MAP accepts, else the configured names."""
 
-    def initialize(self, keys: ApiKeys, catalog: ModelCatalog) -> None:
+    def initialize(self, settings: Settings, catalog: ModelCatalog, keys: ApiKeys) -> None:
         self.keys = keys
         self.catalog = catalog
+        self.cors_methods = "GET"
+        self.allow_origins(settings)
 
     def prepare(self) -> None:
         super().prepare()
-        self.check_bearer()
+        if self.request.method != "OPTIONS":  # a browser's preflight never carries the key
+            self.check_bearer()
 
     async def get(self) -> None:
         models = await self.catalog.models()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from services.chat.exchange import Outcome, Publisher
+from services.chat.endings import Outcome
+from services.chat.exchange import Publisher
 from services.chat.inflight import Inflight
 from services.ops.heartbeat import Lost
 from services.ops.metrics import Metrics
