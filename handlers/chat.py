@@ -73,7 +73,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         self.inflight = inflight
         self.metrics = metrics
         self.keys = keys
-        self.caller: str | None = None  # the name of the caller's key (None: the server has no keys)
+        self.key_name: str | None = None  # the name of the caller's key (None: the server has no keys)
         self._secrets = settings.secrets
         self.body_limit = settings.max_body_bytes
         self.conversations = conversations
@@ -96,7 +96,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         if self.inflight.draining:
             raise ApiError(503, "This server is shutting down; send the request again.",
                            type="server_error", code="server_shutting_down")
-        self.caller = self.check_bearer()
+        self.key_name = self.check_bearer()
         check_cross_site(self.request, self.config)
         self.check_declared_size()
 
@@ -110,7 +110,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
-            context.caller = self.caller
+            context.key_name = self.key_name
         model = resolve_model(self.config, request.model)
         exchange = Exchange(
             self.hub,
@@ -124,7 +124,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             trace=self.tracing.start(self.request.headers, request_id=self.request_id,
                                      conversation_id=conversation_id, model=model, stream=request.stream,
                                      params=request.params),
-            caller=self.caller,
+            key_name=self.key_name,
         )
         self._exchange = exchange
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
@@ -149,7 +149,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
         # Within one caller, by the id exactly as sent: another key's holder, or an id that only sanitizes
         # to the same, never ends this answer.
-        superseding = conversation_key(self.caller, self.request.headers.get("conversation-id")) if (
+        superseding = conversation_key(self.key_name, caller.conversation_sent) if (
             self.config.supersede == "conversation") else None
         if superseding:
             self.conversations.claim(superseding, self)

@@ -12,17 +12,23 @@ never ends another's answer, and two ids never become one by sanitizing (`conv v
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
-# (the caller's key name, or None without keys; the conversation-id header as sent)
-ConversationKey = tuple[str | None, str]
+MAX_KEPT_ID = 256  # a longer id is kept as its SHA-256 (the table holds only requests in flight anyway)
+
+# (the caller's key name, or None without keys; "id" and the id as sent, or "sha256" and its digest)
+ConversationKey = tuple[str | None, str, str]
 
 
-def conversation_key(caller: str | None, header: str | None) -> ConversationKey | None:
-    """The conversation a request belongs to, or None when it names none (never superseded)."""
-    if not header or not header.strip():
+def conversation_key(caller: str | None, sent: str | None) -> ConversationKey | None:
+    """The conversation a request belongs to (its id as the platform sent it: the Tavus header, Vapi's
+    call.id), or None when it names none (never superseded)."""
+    if not sent or not sent.strip():
         return None
-    return caller, header
+    if len(sent) <= MAX_KEPT_ID:
+        return caller, "id", sent
+    return caller, "sha256", hashlib.sha256(sent.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Supersedable(Protocol):

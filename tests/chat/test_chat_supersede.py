@@ -160,7 +160,7 @@ async def test_another_callers_request_with_the_same_conversation_id_ends_nothin
     assert await upstream.wait_streams_closed(2.0)
     # The console knows each request by its caller's name; no key is anywhere in it.
     records = app.services.hub.snapshot()
-    assert sorted(record.get("caller") for record in records) == ["alice", "alice", "mallory"]
+    assert sorted(record.get("key_name") for record in records) == ["alice", "alice", "mallory"]
     assert ALICE not in orjson.dumps(records).decode() and MALLORY not in orjson.dumps(records).decode()
 
 

@@ -558,7 +558,7 @@ def mark(name):
     (here / f"{name}.tmp").write_text(repr(time.monotonic()))
     (here / f"{name}.tmp").rename(here / name)
 
-def work(index):
+def work(index, heartbeat):
     n = len(list(here.glob("start-*")))
     mark(f"start-{n}")
     if n == 3:  # this one lives past YOUNG_S: its death starts the count again
@@ -574,7 +574,8 @@ def test_a_worker_that_dies_at_once_is_restarted_with_growing_pauses_and_a_long_
     import time
 
     def marks(name: str) -> list[float]:
-        found = sorted(tmp_path.glob(f"{name}-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
+        written = [path for path in tmp_path.glob(f"{name}-*") if path.suffix != ".tmp"]  # not one being written
+        found = sorted(written, key=lambda path: int(path.name.rsplit("-", 1)[1]))
         return [float(path.read_text()) for path in found]
 
     with _supervised(BACKOFF, tmp_path, "1.5") as parent:
