@@ -45,8 +45,8 @@ from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
 from services.ops.forwarded import TrustedProxies
 from services.ops.heartbeat import Lost
-from services.ops.metrics import Metrics, NullMetrics
 from services.ops.rate_limit import RateLimit
+from services.ops.recorder import NullMetrics, Recorder
 from services.ops.tracing import NoTracing, Tracing, make_tracing
 from services.upstream import make_backend
 from services.upstream.base import Backend
@@ -69,7 +69,7 @@ class Services:
     iss: IssQueries
     inflight: Inflight = field(default_factory=Inflight)
     connections: ConnectionStats = field(default_factory=ConnectionStats)
-    metrics: Metrics = field(default_factory=NullMetrics)
+    metrics: Recorder = field(default_factory=NullMetrics)
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
@@ -135,8 +135,10 @@ def build_services(
             if settings.redis_url
             else MemoryHub(settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         )
-    metrics: Metrics = NullMetrics()
+    metrics: Recorder = NullMetrics()
     if settings.metrics_enabled:
+        from services.ops.metrics import Metrics  # prometheus_client: imported only when metrics are on
+
         # The model label's values: the configured models always, a few others at most.
         configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
         metrics = Metrics(configured_models=configured)

@@ -23,7 +23,8 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot run with."""
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """The words for true and false in settings and query parameters (an empty value is false)."""
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -143,7 +144,7 @@ def _optional_bool(value: str) -> bool | None:
     """true, false, or empty / "auto" for the default that depends on other settings."""
     if value.strip().lower() in {"", "auto"}:
         return None
-    return _bool(value)
+    return parse_bool(value)
 
 
 def _networks(value: str) -> tuple[str, ...]:
@@ -213,7 +214,7 @@ class Settings:
     port: int = field(default=5000, metadata={"env": "PORT", "parse": int})
 
     trust_proxy_headers: bool = field(
-        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": _bool}
+        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": parse_bool}
     )
     server_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
@@ -336,7 +337,7 @@ class Settings:
     iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
     # The layer's own tools (position, passes, crew) offered to the upstream model: on whenever an
     # upstream answers, unless ISS_TOOLS=off.
-    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": _bool})
+    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": parse_bool})
     iss_tool_timeout: float = field(
         default=5.0, metadata={"env": "ISS_TOOL_TIMEOUT", "parse": _positive_float}
     )
@@ -369,7 +370,7 @@ class Settings:
         default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": _optional_path}
     )
 
-    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
+    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": parse_bool})
     console_token: str | None = field(
         default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _console_token}
     )
@@ -399,7 +400,7 @@ class Settings:
     )
 
     # --- metrics and logs (issue 12) ---
-    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": _bool})
+    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": parse_bool})
     # The operational endpoints (/metrics, /healthz's details). Unset: public only when the server has
     # no key and no METRICS_TOKEN; true: public on purpose; false: a key or METRICS_TOKEN always needed.
     metrics_public: bool | None = field(default=None, metadata={"env": "METRICS_PUBLIC", "parse": _optional_bool})
@@ -439,7 +440,7 @@ class Settings:
     otel_service_name: str = field(default="iss-llm", metadata={"env": "OTEL_SERVICE_NAME", "parse": str})
     # Prompt and answer text on the spans (the GenAI conventions' opt-in); off: counts and names only.
     otel_capture_content: bool = field(
-        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": _bool}
+        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": parse_bool}
     )
 
     # Which .env file these settings were read from (None: none), for the start-up line.

@@ -1,12 +1,16 @@
 """The process: main() reads the settings, listens, runs one process or supervised workers, and drains.
 
-The application itself is built in app.py (the composition root).
+The application itself is built in app.py (the composition root). prometheus_client is imported
+only once the process knows whether the metrics run in its multiprocess mode, which the client
+reads from PROMETHEUS_MULTIPROC_DIR when it is first imported (services/ops/multiprocess.py): the
+app imports the metrics as it builds them, after main() chose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import resource
@@ -23,8 +27,7 @@ from tornado.netutil import bind_sockets
 
 from app import make_app, make_server
 from config import ConfigError, Settings, load_settings
-from services.ops import logs
-from services.ops import metrics as metrics_multiprocess
+from services.ops import logs, multiprocess
 from services.ops.connections import raise_open_file_limit
 from services.ops.heartbeat import Heartbeat
 from services.ops.redaction import install_log_sanitizer
@@ -199,15 +202,17 @@ def before_workers(settings: Settings) -> None:
     (prometheus_client's multiprocess mode sets and empties PROMETHEUS_MULTIPROC_DIR here). No event
     loop may run here: one must not cross a fork."""
     if settings.metrics_enabled:
-        path = metrics_multiprocess.prepare_multiprocess()
+        path = multiprocess.prepare()
         log.info("metrics: %s workers write to %s; any worker's /metrics answers for all", settings.worker_count,
                  path)
+        # Imported once here, after prepare(): every worker forks with the client loaded.
+        importlib.import_module("services.ops.metrics")
 
 
 def worker_exited(settings: Settings, pid: int) -> None:
     """In the parent, after a worker ended (prometheus_client: multiprocess.mark_process_dead(pid))."""
     if settings.metrics_enabled:
-        metrics_multiprocess.worker_exited(pid)
+        multiprocess.worker_exited(pid)
 
 
 # What a worker may take past DRAIN_TIMEOUT once asked to stop: giving up the ISS lease, ending the
@@ -256,7 +261,7 @@ def run_workers(settings: Settings, count: int) -> int:
     finally:
         made_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if os.getpid() == parent and made_dir and not chosen_dir:
-            metrics_multiprocess.cleanup_multiprocess(made_dir)  # a temporary one of ours
+            multiprocess.cleanup(made_dir)  # a temporary one of ours
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if settings.metrics_enabled and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # The client reads this variable at import: one process uses the directory too, so it is
             # emptied here as it is for workers (an earlier run's counts would add to this one's).
-            metrics_multiprocess.prepare_multiprocess()
+            multiprocess.prepare()
         code = run_loop(settings, serve(settings))
     # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
     # shutdown into death by signal.

@@ -50,7 +50,7 @@ from services.common.request_context import new_request_id
 from services.console import Hub
 from services.iss.block import inject, iss_block
 from services.iss.state import IssState, Tracker
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 from services.ops.tracing import Tracing
 from services.upstream.base import Backend
 
@@ -61,7 +61,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations, platforms: Platforms, tracing: Tracing,
+                   metrics: Recorder, conversations: Conversations, platforms: Platforms, tracing: Tracing,
                    keys: ApiKeys) -> None:
         self.config = settings
         self.tracing = tracing
@@ -79,6 +79,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
+        self._finished_answer = False  # finish() ran (on_finish): nothing more can be written
         self._stopped: Stop | None = None
         # Both armed when a request begins (post); until then deadlines that never fire.
         self._first_token = Deadline(None, lambda: None)
@@ -183,6 +184,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         return recorded if recorded is not None else self.get_status()
 
     def on_finish(self) -> None:
+        self._finished_answer = True
         if self._exchange is None and self.request.method == "POST":
             self._refused()
         # Break the cycle through the SSE writer (deadlines break theirs once cancelled): a finished
@@ -303,7 +305,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
     # --- the last words, once the outcome is recorded ----------------------------------------
 
     async def _last_words(self, ending: Ending, model: str, include_usage: bool) -> None:
-        if self._finished or self._gone or ending.outcome is Outcome.CANCELLED:
+        if self._finished_answer or self._gone or ending.outcome is Outcome.CANCELLED:
             return
         try:
             if ending.outcome is Outcome.DONE and not self._streamed:

@@ -20,7 +20,7 @@ from services.common.request_context import request_id_from
 from services.console import EVENT_TYPES, Hub, Subscription, encode
 from services.console.login_throttle import LoginThrottle
 from services.console.station_feed import StationFeed
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 
 log = logging.getLogger("iss_llm.console")
 
@@ -138,7 +138,7 @@ class ConsolePageHandler(tornado.web.RequestHandler):
 class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     """Streams the hub's events to one page: a replay first, then live batches."""
 
-    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed, metrics: Metrics) -> None:
+    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed, metrics: Recorder) -> None:
         self.auth = auth
         self.hub = hub
         self.station = station

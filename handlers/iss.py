@@ -7,21 +7,20 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from config import Settings
+from config import Settings, parse_bool
 from handlers.base import ApiHandler
 from handlers.cross_site import check_public_read
 from services.common.errors import ApiError
 from services.iss.describe import describe_state
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
-from services.iss.queries import MAX_PASSES, IssQueries
+from services.iss.queries import MAX_OFFSET, MAX_PASSES, IssQueries
 from services.iss.state import Tracker
+from services.iss.tracker import MAX_TRACK_POINTS
 from services.ops.rate_limit import RateLimit
 
-MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60
 DEFAULT_STEP_S = 60.0
 MIN_STEP_S = 10.0
-MAX_TRACK_POINTS = 600
 
 
 def _parse_at(value: str, now: datetime) -> datetime:
@@ -92,12 +91,10 @@ class IssHandler(PublicReadHandler):
 
 
 def _parse_bool(value: str, param: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ApiError(400, f"'{param}' must be true or false.", param=param)
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ApiError(400, f"'{param}' must be true or false.", param=param) from None
 
 
 class PassesHandler(PublicReadHandler):
@@ -127,6 +124,7 @@ class PassesHandler(PublicReadHandler):
         except asyncio.CancelledError:
             if not self._gone:
                 raise
+            self.set_status(499, "Client Closed Request")  # for the access log: no one reads this answer
             return  # the caller left: its search was given up (unless others wait for it too)
         self.write_json(body)
 

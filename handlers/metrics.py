@@ -5,14 +5,14 @@ from __future__ import annotations
 from handlers.base import ApiHandler
 from handlers.cross_site import HostCheck
 from services.common.api_keys import ApiKeys
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 
 
 class MetricsHandler(ApiHandler):
     """Behind a bearer token (a server key or METRICS_TOKEN) unless public (see Settings.ops_public);
     public, a loopback server answers it under local names only, as the chat routes."""
 
-    def initialize(self, metrics: Metrics, public: bool, keys: ApiKeys, host_check: HostCheck) -> None:
+    def initialize(self, metrics: Recorder, public: bool, keys: ApiKeys, host_check: HostCheck) -> None:
         self.metrics = metrics
         self.public = public
         self.keys = keys

@@ -55,10 +55,6 @@ class SseWriter:
             connection.stream.set_nodelay(True)
 
     @property
-    def _closed(self) -> bool:
-        return self._handler is None or self._handler._finished
-
-    @property
     def _live(self) -> tornado.web.RequestHandler:
         """The handler to write to; CallerGone once the answer was released."""
         if self._handler is None:
@@ -66,7 +62,8 @@ class SseWriter:
         return self._handler
 
     def release(self) -> None:
-        """The answer is finished: let go of the handler (no cycle left for the collector)."""
+        """The answer is finished (the handler's on_finish calls this): let go of the handler, so
+        nothing more is written and no cycle is left for the collector."""
         self.stop_keepalive()
         self._handler = None
 
@@ -94,7 +91,8 @@ class SseWriter:
             loop.call_soon(self._flush_buffered)
 
     def _flush_buffered(self) -> None:
-        if self._flush_soon and self._handler is not None and not self._closed:
+        # The owner calls release() from its on_finish(): no handler here means the answer is finished.
+        if self._flush_soon and self._handler is not None:
             self._flush_soon = False
             self._flushing = self._handler.flush()
             # A closed stream is noticed by on_connection_close; this only keeps the failure quiet.
@@ -117,7 +115,7 @@ class SseWriter:
     def _keepalive_tick(self) -> None:
         """Whenever nothing was sent for the interval (before the first token, or a model that pauses
         to think), a comment keeps proxies and callers with read timeouts on the line."""
-        if self._closed:
+        if self._handler is None:  # released: the answer is finished
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._last_sent

@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from services.chat.endings import Ending, Outcome
+from services.common.openai_format import MAX_MODEL_CHARS
 from services.ops.tracing import NULL_TRACE, RequestTrace
 
 log = logging.getLogger("iss_llm.chat")
@@ -18,12 +19,11 @@ class Publisher(Protocol):
 
 
 class OutcomeObserver(Protocol):
-    """Told once when a request ended, with the exchange and its timings (services.ops.metrics.Metrics)."""
+    """Told once when a request ended, with the exchange and its timings (a services.ops.recorder.Recorder)."""
 
     def outcome(self, record: Exchange) -> None: ...
 
 
-MAX_MODEL_CHARS = 256
 # The console gets a request's tokens joined, at most this often: the first at once, then what came
 # in each interval as one event (per-token events were hub work on the token path).
 TOKEN_BATCH_S = 0.05

@@ -15,14 +15,14 @@ from services.chat.endings import Outcome
 from services.chat.exchange import Publisher
 from services.chat.inflight import Inflight
 from services.ops.heartbeat import Lost
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 
 log = logging.getLogger("iss_llm.chat")
 
 ROUTES = frozenset(("/chat/completions", "/v1/chat/completions"))
 
 
-def close_lost(lost: Lost, hub: Publisher, metrics: Metrics, inflight: Inflight) -> None:
+def close_lost(lost: Lost, hub: Publisher, metrics: Recorder, inflight: Inflight) -> None:
     """Count `lost`'s requests (outcome lost) and publish each one's end event."""
     if not lost.count:
         return

@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from services.chat.exchange import MAX_MODEL_CHARS, Exchange
+from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import Chunk, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, sse_event
 from services.ops.redaction import redact_text
 
 

@@ -68,12 +68,11 @@ def _entries(raw: Iterable[Any] | None) -> list[Entry]:
 
 
 def _read_entries(reply: XReadResponse | None) -> list[Entry]:
-    """The entries of an XREAD reply on one stream: a list of [stream, entries] (RESP2) or a
-    mapping stream -> entries (RESP3)."""
-    if not reply:
+    """The entries of an XREAD reply: [[stream, entries]] in RESP2, the protocol of
+    services.ops.redis_link.client (RESP3's mapping is never asked for)."""
+    if not isinstance(reply, list):
         return []
-    ranges = reply.values() if isinstance(reply, dict) else (entries for _stream, entries in reply)
-    return [entry for entries in ranges for entry in _entries(entries)]
+    return [entry for _stream, entries in reply for entry in _entries(entries)]
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from services.common.iso_time import iso_z
 from services.iss.orbit_arrays import (
     Floats,
     TemePositions,
@@ -249,7 +250,7 @@ def pass_dict(item: Pass, observer: Observer) -> dict[str, Any]:
     def moment(when: datetime | None) -> dict[str, str] | None:
         if when is None:
             return None
-        entry = {"utc": when.isoformat().replace("+00:00", "Z")}
+        entry = {"utc": iso_z(when)}
         if zone is not None:
             entry["local"] = when.astimezone(zone).isoformat()
         return entry

@@ -16,6 +16,7 @@ from typing import Any
 
 from services.common.bounded_work import BoundedWork, QueueFull
 from services.common.errors import ApiError
+from services.common.iso_time import iso_z
 from services.iss.estimate import ORBIT_SPEED_KMS, OrbitModel
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS, Pass, find_passes, pass_dict
 from services.iss.places import Observer, PlaceError, Places
@@ -44,10 +45,6 @@ def _retrieved(task: asyncio.Future[list[Pass]]) -> None:
     """A search's failure is read here too: when every caller left, no one else would."""
     if not task.cancelled():
         task.exception()
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
 
 
 class IssQueries:
@@ -125,7 +122,7 @@ class IssQueries:
                 "name": observer.name, "latitude": observer.latitude, "longitude": observer.longitude,
                 "timezone": observer.timezone,
             },
-            "from": _iso(start),
+            "from": iso_z(start),
             "days": days,
             "min_elevation_deg": min_elevation,
             "passes": [
@@ -194,7 +191,7 @@ class IssQueries:
                     "age_seconds": None}
         return {
             "known": True, "count": len(crew.names), "names": list(crew.names), "source": crew.source,
-            "fetched_at": _iso(crew.fetched_at),
+            "fetched_at": iso_z(crew.fetched_at),
             "age_seconds": round((datetime.now(UTC) - crew.fetched_at).total_seconds()),
             "note": "Open Notify's list is kept by hand and can lag a crew change by days",
         }

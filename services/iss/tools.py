@@ -71,7 +71,6 @@ TOOL_DEFINITIONS: tuple[dict[str, Any], ...] = (
         },
     },
 )
-TOOL_NAMES = frozenset(tool["function"]["name"] for tool in TOOL_DEFINITIONS)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ from tornado import httputil
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+
+from services.common.errors import ApiError
 
 log = logging.getLogger("iss_llm.connections")
 
@@ -45,10 +48,10 @@ LOG_INTERVAL = 10.0
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPTS_PER_TURN = 128
 
-_REFUSAL_BODY = orjson.dumps({"error": {
-    "message": "This server has too many open connections; try again shortly.",
-    "type": "server_error", "param": None, "code": "too_many_connections",
-}})
+_REFUSAL_BODY = orjson.dumps(ApiError(
+    503, "This server has too many open connections; try again shortly.",
+    type="server_error", code="too_many_connections",
+).body())
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
@@ -137,16 +140,19 @@ class CappedHTTPServer(HTTPServer):
     def initialize(self, *args: Any, max_connections: int = 1000, stats: ConnectionStats | None = None,
                    **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
+        if self.ssl_options is not None:
+            raise ValueError("CappedHTTPServer serves plain HTTP: TLS ends at the reverse proxy")
         self.stats = stats or ConnectionStats()
         self.stats.max = max_connections
         # Connections waiting for a request's headers, the longest-waiting first.
         self._idle: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
         self._shed: set[object] = set()  # closed to make room, not yet reported closed
         self._summary = _Summary()
+        self._listening: dict[socket.socket, Callable[[], None]] = {}  # each socket, and what stops its accepting
 
     # --- counting ------------------------------------------------------------------------------
 
-    def handle_stream(self, stream: Any, address: tuple) -> None:
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
         self.stats.accepted += 1
         self.stats.open += 1
         super().handle_stream(stream, address)
@@ -187,9 +193,22 @@ class CappedHTTPServer(HTTPServer):
     # --- accepting -----------------------------------------------------------------------------
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # Tornado's own add_sockets accepts through netutil.add_accept_handler, which spins on an
+        # accept() error; this server runs its own accept loop and makes each stream as TCPServer does.
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = self._accept_on(sock, self._handle_connection)
+            self._listening[sock] = self._accept_on(sock, self._connected)
+
+    def stop(self) -> None:
+        """Stop accepting (the sockets are closed); requests in progress go on."""
+        for sock, stop_accepting in self._listening.items():
+            stop_accepting()
+            sock.close()
+        self._listening.clear()
+        super().stop()
+
+    def _connected(self, connection: socket.socket, address: Any) -> None:
+        stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+        self.handle_stream(stream, address)
 
     def _admit(self, connection: socket.socket) -> bool:
         if self._holding < self.stats.max or self._make_room():

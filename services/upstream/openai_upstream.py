@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ import orjson
 
 from config import Settings
 from services.common.errors import ApiError, upstream_error
-from services.common.openai_format import Chunk
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk
 from services.common.request_context import current_request_id
 from services.iss.state import IssState
 from services.ops.redaction import redact_text
@@ -40,7 +41,6 @@ log = logging.getLogger("iss_llm.upstream")
 
 _MESSAGE_LIMIT = 500
 MAX_MODELS = 1000
-MAX_MODEL_CHARS = 256
 MODELS_TIMEOUT = 5.0
 # A 404 for a model: how long its answer may wait for the upstream's model list when none is cached.
 MODEL_HINT_WAIT = 1.0
@@ -85,6 +85,8 @@ class OpenAIUpstream:
         self._max_bytes = settings.upstream_max_bytes
         self._host = upstream_host(self._http.base_url)
         self._models: list[str] | None = None  # the upstream's list, as last read
+        self._models_at = -float("inf")
+        self._models_ttl = settings.models_cache_seconds
         self._models_fetch: asyncio.Future[list[str]] | None = None
         self._models_timeout = aiohttp.ClientTimeout(
             total=MODELS_TIMEOUT, sock_connect=settings.upstream_connect_timeout
@@ -135,6 +137,7 @@ class OpenAIUpstream:
             raise upstream_error(502, "The upstream LLM's model list is not a list.", code="upstream_bad_response")
         ids = [item["id"] for item in data[:MAX_MODELS] if isinstance(item, dict) and isinstance(item.get("id"), str)]
         self._models = [model for model in ids if 0 < len(model) <= MAX_MODEL_CHARS]
+        self._models_at = time.monotonic()
         return self._models
 
     async def close(self) -> None:
@@ -143,8 +146,9 @@ class OpenAIUpstream:
         await self._http.close()
 
     async def _known_models(self) -> list[str] | None:
-        """The upstream's models: as last read, else one short shared fetch (None when it fails)."""
-        if self._models is not None:
+        """The upstream's models: as last read (within MODELS_CACHE_SECONDS), else one short shared fetch
+        (the list last read, or None, when it fails or takes longer)."""
+        if self._models is not None and time.monotonic() - self._models_at <= self._models_ttl:
             return self._models
         if self._models_fetch is None or self._models_fetch.done():
             self._models_fetch = asyncio.ensure_future(self.list_models())
@@ -153,7 +157,7 @@ class OpenAIUpstream:
         try:
             return await asyncio.wait_for(asyncio.shield(self._models_fetch), MODEL_HINT_WAIT)
         except (TimeoutError, ApiError):
-            return None
+            return self._models
 
     def _clean(self, message: str) -> str:
         message = redact_text(message, self._secrets)

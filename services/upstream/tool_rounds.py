@@ -221,7 +221,6 @@ def _caller_calls(calls: list[_Call]) -> list[dict[str, Any]]:
 class ToolStatus:
     """What /healthz says about the layer's tools."""
 
-    enabled: bool = True
     calls: int = 0
     failures: int = 0
     refusals: int = 0
@@ -249,7 +248,7 @@ class ToolStatus:
         now = time.monotonic()
         paused = {model: round(until - now, 1) for model, until in self.paused.items() if until > now}
         return {
-            "enabled": self.enabled, "calls": self.calls, "failures": self.failures, "not_run": self.not_run,
+            "calls": self.calls, "failures": self.failures, "not_run": self.not_run,
             "refusals": self.refusals, "last_refusal": self.last_refusal,
             "paused_models": [{"model": model, "seconds_left": left} for model, left in paused.items()],
         }

@@ -150,7 +150,7 @@ class UpstreamClient:
         self._trace = aiohttp.TraceConfig()
         self._trace.on_connection_reuseconn.append(_on_reused)
         self._session: aiohttp.ClientSession | None = None
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
 
     def _url(self, route: str) -> URL:
         parts = urlsplit(self.base_url)
@@ -230,8 +230,11 @@ class UpstreamClient:
             response.release()
         else:
             task = asyncio.ensure_future(self._drain(response))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self._draining[task] = response
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._draining.pop(task, None)
 
     async def _drain(self, response: aiohttp.ClientResponse) -> None:
         try:
@@ -249,11 +252,15 @@ class UpstreamClient:
             else:
                 response.close()
 
+    async def drained(self) -> None:
+        """Once every finished stream's last bytes were read (or given up on) and its connection settled."""
+        await asyncio.gather(*self._draining, return_exceptions=True)
+
     async def close(self) -> None:
-        for task in list(self._draining):
+        for task, response in list(self._draining.items()):
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._draining, return_exceptions=True)
+            response.close()  # a task cancelled before its first step never reaches its own `finally`
+        await self.drained()
         if self._session is not None:
             await self._session.close()
             self._session = None

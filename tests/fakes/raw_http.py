@@ -23,6 +23,7 @@ ANSWER_IT = "answer"  # a whole SSE answer with a Content-Length; the connection
 CLOSE = "close"  # close the connection without a byte
 HALF = "half"  # the head and one event of a longer answer, then close
 STATUS_503 = "503"  # a 503 with an OpenAI error body; the connection stays open
+LATE_END = "late_end"  # a chunked answer whose last chunk (the end of the body) comes 0.3 s after [DONE]
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
@@ -82,6 +83,14 @@ class ScriptedUpstream:
                     await writer.drain()
                     await asyncio.sleep(0.05)
                     return
+                if action == LATE_END:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(ANSWER) + ANSWER + b"\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.3)
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                    continue
                 if action == STATUS_503:
                     body = orjson.dumps({"error": {"message": "busy", "type": "server_error", "param": None,
                                                    "code": None}})

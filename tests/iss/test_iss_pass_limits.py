@@ -141,6 +141,8 @@ async def test_a_running_job_keeps_its_slot_when_its_caller_leaves(io_loop):
     leaving = asyncio.ensure_future(work.run(lambda: running.set() or release.wait(10)))
     assert await asyncio.to_thread(running.wait, 10)
     leaving.cancel()
+    await asyncio.gather(leaving, return_exceptions=True)
+    assert leaving.cancelled()
     with pytest.raises(QueueFull):
         await work.run(lambda: True)  # the thread still runs: no room yet
     release.set()

@@ -122,3 +122,14 @@ async def test_a_base_url_without_v1_names_openai_base_url_and_the_upstreams_wor
     assert any(tried in line and f"OPENAI_BASE_URL=http://127.0.0.1:{upstream.port}:" in line and "/v1" in line
                and "404: Not Found" in line for line in lines), lines
     assert not any("hunter2" in line or "operator" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("overrides", [{"models_cache_seconds": 0.001}])
+async def test_the_model_hint_reads_the_list_again_once_it_is_older_than_models_cache_seconds(overrides, base_url,
+                                                                                              upstream):
+    body = {"model": "llama3", "messages": MESSAGES, "x_fake": _model_404("ollama")}
+    first = error_of(await post_json(base_url, body))["message"]
+    upstream.models_listed = ("llama3:8b",)  # pulled since
+    second = error_of(await post_json(base_url, body))["message"]
+    assert upstream.model_lists == 2
+    assert "fake-model" in first and "llama3:8b" in second and "fake-model" not in second

@@ -52,7 +52,7 @@ async def test_a_whole_answer_past_the_limit_is_a_502(base_url):
 
 # No keepalive in the test's time: tracemalloc slows inflating 4 MB to seconds, and a keepalive would
 # begin the stream (an SSE error event then, not the 502 this checks).
-@pytest.mark.parametrize("overrides", [{"upstream_max_bytes": 4 * MB, "keepalive_interval": 120.0}])
+@pytest.mark.parametrize("overrides", [{"upstream_max_bytes": 1 * MB, "keepalive_interval": 120.0}])
 @pytest.mark.parametrize("shape", [
     {"stream": False},  # a whole answer
     {"stream": True},  # an event stream (of comments only)

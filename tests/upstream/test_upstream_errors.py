@@ -102,3 +102,40 @@ async def test_a_redirect_is_not_followed(upstream):
     assert error is not None and (error.status, error.code) == (502, "upstream_error")
     assert "301" in error.message
     assert upstream.requests == 0  # never re-sent as a GET elsewhere
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A self-signed certificate for 127.0.0.1 and its key, made by openssl."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_an_upstream_whose_certificate_does_not_verify_is_refused(upstream, self_signed, caplog):
+    """TLS verification is on: a self-signed certificate is a 502, and nothing is sent."""
+    import ssl
+
+    from aiohttp import web
+
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner = web.AppRunner(upstream.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    caplog.set_level(logging.WARNING, logger="iss_llm")
+    try:
+        async with upstream_for(f"https://127.0.0.1:{port}/v1") as client:
+            _, error = await streamed(client, params())
+    finally:
+        await runner.cleanup()
+    assert error is not None and (error.status, error.code) == (502, "upstream_unreachable")
+    assert upstream.requests == 0
+    assert any("certificate" in r.getMessage().lower() for r in caplog.records)

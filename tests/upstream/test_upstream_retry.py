@@ -3,6 +3,7 @@ once the answer began, never for a new connection, and UPSTREAM_MAX_RETRIES retr
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from tests.fakes.raw_http import ANSWER_IT, CLOSE, HALF, STATUS_503, ScriptedUpstream
@@ -86,3 +87,22 @@ async def test_upstream_max_retries_retries_a_503_after_a_pause():
     assert refused is not None and (refused.status, refused.code) == (502, "upstream_error")
     assert "busy" in refused.message
     assert server.requests == 1
+
+
+async def test_a_stream_whose_body_ends_after_done_still_leaves_its_connection_in_the_pool():
+    from tests.fakes.raw_http import LATE_END
+
+    server = await _scripted(lambda connection, on_it, overall: LATE_END)
+    try:
+        async with upstream_for(server.base_url) as client:
+            started = time.monotonic()
+            first, error = await streamed(client, params())
+            took = time.monotonic() - started
+            assert error is None and len(first) == 1
+            await asyncio.wait_for(client._http.drained(), 2.0)
+            second, error = await streamed(client, params())
+            assert error is None and len(second) == 1
+    finally:
+        await server.close()
+    assert took < 0.25, took  # [DONE] ends the stream for the caller at once; the end of the body is awaited aside
+    assert server.requests == 2 and server.connections == 1
