@@ -29,7 +29,7 @@ from handlers.models import ModelsHandler
 from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
-from services.chat.lost import close_lost
+from services.chat.lost import count_lost, publish_lost
 from services.chat.models import ModelCatalog
 from services.chat.platforms import Platforms
 from services.common.api_keys import ApiKeys
@@ -52,6 +52,8 @@ from services.upstream import make_backend
 from services.upstream.base import Backend
 
 ROOT = Path(__file__).resolve().parent
+
+LOST_SETTLE_S = 10.0  # how long a new worker waits for Redis before closing its predecessor's requests anyway
 
 Route = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 
@@ -85,9 +87,14 @@ class Services:
         await self.tracker.start()
         await self.metrics.start()
 
-    def close_lost(self, lost: Lost) -> None:
-        """Requests a dead worker had open (this worker took its place): counted, closed in the console."""
-        close_lost(lost, self.hub, self.metrics, self.inflight)
+    async def close_lost(self, lost: Lost) -> None:
+        """Requests a dead worker had open (this worker took its place): counted at once, then closed in
+        the console once the cluster feed is up (at most LOST_SETTLE_S later), so every worker's console
+        hears of it."""
+        count_lost(lost, self.metrics, self.inflight)
+        if lost.requests:
+            await self.hub.settle(LOST_SETTLE_S)
+            publish_lost(lost, self.hub)
 
     async def drain(self) -> None:
         """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""

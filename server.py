@@ -79,8 +79,9 @@ async def serve(
         pulse = PeriodicCallback(beat, heartbeat.interval * 1000)  # driven by this loop: stuck, it stops
         pulse.start()
     await services.start()
+    closing_lost = None
     if heartbeat is not None and heartbeat.inherited is not None:
-        services.close_lost(heartbeat.inherited)
+        closing_lost = asyncio.ensure_future(services.close_lost(heartbeat.inherited))  # never on the way in
     # Start-up objects (modules, geography, the app) never die: move them out of the collector's
     # sight so full collections scan only what requests create. Raising the thresholds as well
     # bought throughput in bench/ but let cyclic garbage pile up (the soak's RSS grew 13%).
@@ -130,6 +131,9 @@ async def serve(
         inflight.end_all()
         await inflight.wait_idle(2.0)
     await server.close_all_connections()
+    if closing_lost is not None:
+        closing_lost.cancel()
+        await asyncio.gather(closing_lost, return_exceptions=True)
     await services.close()
     if pulse is not None and heartbeat is not None:
         pulse.stop()
