@@ -15,11 +15,13 @@ from typing import Any
 
 import tornado.web
 from tornado.httpserver import HTTPServer
+from tornado.httputil import HTTPServerRequest
 
 from config import Settings
 from handlers.base import ApiHandler, NotFoundHandler
 from handlers.chat import ChatHandler
 from handlers.console import ConsoleAuth, ConsolePageHandler, ConsoleSocketHandler
+from handlers.cross_site import HostCheck
 from handlers.health import HealthHandler
 from handlers.iss import CrewHandler, IssHandler, PassesHandler
 from handlers.metrics import MetricsHandler
@@ -27,17 +29,22 @@ from handlers.models import ModelsHandler
 from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
+from services.chat.lost import count_lost, publish_lost
 from services.chat.models import ModelCatalog
 from services.chat.platforms import Platforms
+from services.common.api_keys import ApiKeys
 from services.common.bounded_work import BoundedWork
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
+from services.console.login_throttle import LoginThrottle, RedisLoginThrottle
 from services.console.redis_hub import RedisHub
 from services.console.station_feed import StationFeed
 from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
+from services.ops.forwarded import TrustedProxies
+from services.ops.heartbeat import Lost
 from services.ops.rate_limit import RateLimit
 from services.ops.recorder import NullMetrics, Recorder
 from services.ops.tracing import NoTracing, Tracing, make_tracing
@@ -45,6 +52,8 @@ from services.upstream import make_backend
 from services.upstream.base import Backend
 
 ROOT = Path(__file__).resolve().parent
+
+LOST_SETTLE_S = 10.0  # how long a new worker waits for Redis before closing its predecessor's requests anyway
 
 Route = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
 
@@ -68,6 +77,7 @@ class Services:
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
     iss_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 1))  # /iss* per address
     tracing: Tracing = field(default_factory=NoTracing)  # OpenTelemetry, with OTEL_EXPORTER_OTLP_ENDPOINT
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)  # wrong console tokens
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -76,6 +86,15 @@ class Services:
             await self.iss_lease.start()
         await self.tracker.start()
         await self.metrics.start()
+
+    async def close_lost(self, lost: Lost) -> None:
+        """Requests a dead worker had open (this worker took its place): counted at once, then closed in
+        the console once the cluster feed is up (at most LOST_SETTLE_S later), so every worker's console
+        hears of it."""
+        count_lost(lost, self.metrics, self.inflight)
+        if lost.requests:
+            await self.hub.settle(LOST_SETTLE_S)
+            publish_lost(lost, self.hub)
 
     async def drain(self) -> None:
         """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""
@@ -86,6 +105,7 @@ class Services:
         await self.metrics.close()
         await self.station.close()
         await self.hub.close()
+        await self.login_throttle.close()
         await self.backend.close()
         if self.iss_lease is not None:
             await self.iss_lease.close()
@@ -145,19 +165,26 @@ def build_services(
         iss=queries,
         iss_limit=RateLimit(settings.iss_rate_per_min, settings.iss_rate_burst),
         tracing=make_tracing(settings.otel_endpoint, settings.otel_service_name, settings.otel_capture_content),
+        # With Redis, every worker counts the same wrong tokens.
+        login_throttle=RedisLoginThrottle(settings.redis_url) if settings.redis_url else LoginThrottle(),
     )
 
 
 def routes(settings: Settings, services: Services) -> list[Route]:
     """The handler table: each route with exactly the collaborators its handler uses."""
+    keys = ApiKeys(settings.api_keys)  # the chat routes' (and the model list's): callers by name
+    # The operational endpoints also take METRICS_TOKEN (a scraper's credentials, nothing more).
+    ops_keys = ApiKeys((*settings.api_keys, ("metrics", settings.metrics_token)))
+    hosts = HostCheck(settings)
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
-        "platforms": Platforms(settings), "tracing": services.tracing,
+        "platforms": Platforms(settings), "tracing": services.tracing, "keys": keys,
     }
-    models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
+    models = {"settings": settings, "keys": keys, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,
-              "inflight": services.inflight, "connections": services.connections}
+              "inflight": services.inflight, "connections": services.connections, "keys": ops_keys,
+              "public": settings.ops_public, "host_check": hosts}
     public = {"settings": settings, "limit": services.iss_limit}
     table: list[Route] = [
         (r"/chat/completions", ChatHandler, chat),
@@ -172,13 +199,14 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     if settings.console_enabled:
         auth = ConsoleAuth(services.console_token)
         table += [
-            (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": settings.console_buffer}),
+            (r"/console", ConsolePageHandler, {"auth": auth, "buffer_size": settings.console_buffer,
+                                               "throttle": services.login_throttle}),
             (r"/console/ws", ConsoleSocketHandler,
              {"auth": auth, "hub": services.hub, "station": services.station, "metrics": services.metrics}),
         ]
     if settings.metrics_enabled:
-        table.append((r"/metrics", MetricsHandler, {"metrics": services.metrics, "public": settings.metrics_public,
-                                                    "server_api_key": settings.server_api_key}))
+        table.append((r"/metrics", MetricsHandler, {"metrics": services.metrics, "public": settings.ops_public,
+                                                    "keys": ops_keys, "host_check": hosts}))
     return table
 
 
@@ -219,6 +247,13 @@ class App(tornado.web.Application):
             **debug,
         )
         self.services = services
+        self.proxies = TrustedProxies(settings.forwarded_from)
+
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> Any:
+        """Every request passes here first: its caller's address from a trusted proxy's headers
+        (TRUSTED_PROXIES), before any handler, log line or throttle reads it."""
+        self.proxies.apply(request)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(settings: Settings, services: Services | None = None, **debug: Any) -> App:
@@ -234,8 +269,9 @@ def make_server(app: App, settings: Settings) -> HTTPServer:
         app,
         max_connections=fitting_cap(settings.max_connections, soft),
         stats=app.services.connections,
-        # Behind a reverse proxy, the caller's address comes from X-Forwarded-For / X-Real-Ip.
-        xheaders=settings.trust_proxy_headers,
+        # Never Tornado's xheaders (it believes any peer): App.find_handler reads the forwarded headers
+        # of TRUSTED_PROXIES alone.
+        xheaders=False,
         max_body_size=settings.max_body_bytes,
         body_timeout=30.0,
         idle_connection_timeout=75.0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -115,6 +116,45 @@ def _console_token(value: str) -> str | None:
     return token or None
 
 
+_KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The name SERVER_API_KEY's one key goes by in the console and the logs (everyone holding it is one caller).
+SHARED_KEY_NAME = "default"
+
+
+def _named_keys(value: str) -> tuple[tuple[str, str], ...]:
+    """SERVER_API_KEYS: `name:key` pairs separated by commas; names and keys unique. Never echoes a key."""
+    pairs: list[tuple[str, str]] = []
+    for index, part in enumerate(value.split(","), start=1):
+        if not part.strip():
+            continue
+        name, sep, key = part.strip().partition(":")
+        if not sep or not _KEY_NAME.fullmatch(name) or not key.strip():
+            raise ValueError(f"entry {index}: expected name:key, the name of letters, digits, '.', '_' or '-' "
+                             "(at most 64)")
+        pairs.append((name, key.strip()))
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names) or SHARED_KEY_NAME in names:
+        raise ValueError(f"names must be unique and not {SHARED_KEY_NAME!r} (SERVER_API_KEY's)")
+    if len({key for _, key in pairs}) != len(pairs):
+        raise ValueError("two names share one key")
+    return tuple(pairs)
+
+
+def _optional_bool(value: str) -> bool | None:
+    """true, false, or empty / "auto" for the default that depends on other settings."""
+    if value.strip().lower() in {"", "auto"}:
+        return None
+    return parse_bool(value)
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    """Addresses or CIDRs separated by commas (or "*" for any), checked and kept in their normal form."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if "*" in parts:
+        return ("*",)
+    return tuple(str(ipaddress.ip_network(part, strict=False)) for part in parts)
+
+
 def _names(value: str) -> tuple[str, ...]:
     """Comma-separated names, as written (request fields are case-sensitive)."""
     return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -178,6 +218,21 @@ class Settings:
     )
     server_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
+    )
+    # --- issue 19: who is calling, and whom to believe about it ---
+    # Named keys, "name1:key1,name2:key2": each name is a caller of its own (its own conversations for
+    # SUPERSEDE); the console and logs show the name. SERVER_API_KEY's holders are one caller, "default".
+    server_api_keys: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "SERVER_API_KEYS", "parse": _named_keys}
+    )
+    # Proxies whose X-Forwarded-For / X-Real-Ip / X-Forwarded-Proto are believed (addresses or CIDRs,
+    # "*" for any). Empty: loopback (127.0.0.1, ::1) when TRUST_PROXY_HEADERS=true, else nobody.
+    trusted_proxies: tuple[str, ...] = field(
+        default=(), metadata={"env": "TRUSTED_PROXIES", "parse": _networks}
+    )
+    # A worker whose event loop has not beaten for this long is killed (SIGKILL) and replaced (WORKERS >= 2).
+    worker_timeout: float | None = field(
+        default=30.0, metadata={"env": "WORKER_TIMEOUT", "parse": _optional_seconds}
     )
     max_body_bytes: int = field(
         default=1024 * 1024, metadata={"env": "MAX_BODY_BYTES", "parse": _positive_int}
@@ -346,8 +401,13 @@ class Settings:
 
     # --- metrics and logs (issue 12) ---
     metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": parse_bool})
-    # false: /metrics wants the SERVER_API_KEY bearer token like the chat endpoint.
-    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": parse_bool})
+    # The operational endpoints (/metrics, /healthz's details). Unset: public only when the server has
+    # no key and no METRICS_TOKEN; true: public on purpose; false: a key or METRICS_TOKEN always needed.
+    metrics_public: bool | None = field(default=None, metadata={"env": "METRICS_PUBLIC", "parse": _optional_bool})
+    # A bearer token for the operational endpoints alone (Prometheus' `authorization` credentials).
+    metrics_token: str | None = field(
+        default=None, repr=False, metadata={"env": "METRICS_TOKEN", "parse": _optional}
+    )
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
     )
@@ -404,6 +464,32 @@ class Settings:
             # A keyless local server (Ollama, llama.cpp, vLLM) needs only its address.
             return True, "OPENAI_BASE_URL is set (no OPENAI_API_KEY: a keyless server)"
         return False, "neither OPENAI_API_KEY nor OPENAI_BASE_URL is set"
+
+    @property
+    def api_keys(self) -> tuple[tuple[str, str], ...]:
+        """Every bearer key the chat routes accept, by name (SERVER_API_KEY's is "default")."""
+        shared = ((SHARED_KEY_NAME, self.server_api_key),) if self.server_api_key else ()
+        return (*shared, *self.server_api_keys)
+
+    @property
+    def ops_public(self) -> bool:
+        """Whether /metrics and /healthz's details answer without a bearer token."""
+        if self.metrics_public is not None:
+            return self.metrics_public
+        return not (self.api_keys or self.metrics_token)
+
+    @property
+    def forwarded_from(self) -> tuple[str, ...]:
+        """The proxies whose forwarded headers are believed (see TRUSTED_PROXIES)."""
+        if self.trusted_proxies:
+            return self.trusted_proxies
+        return ("127.0.0.1/32", "::1/128") if self.trust_proxy_headers else ()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value of the settings, for redaction: never in a log line or an answer."""
+        values = (self.openai_api_key, self.console_token, self.metrics_token, *(key for _, key in self.api_keys))
+        return tuple(value for value in values if value)
 
     @property
     def worker_count(self) -> int:
@@ -484,9 +570,12 @@ def load_settings(
         settings = replace(settings, workers=args.workers)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
-    if settings.allowed_origins and not settings.server_api_key:
-        raise ConfigError("ALLOWED_ORIGINS: needs SERVER_API_KEY (without a key, any page a browser opens could "
-                          "spend the upstream; the listed pages send the key)")
-    if not settings.metrics_public and settings.metrics_enabled and not settings.server_api_key:
-        raise ConfigError("METRICS_PUBLIC: false needs SERVER_API_KEY (the key /metrics then asks for)")
+    if settings.allowed_origins and not settings.api_keys:
+        raise ConfigError("ALLOWED_ORIGINS: needs SERVER_API_KEY or SERVER_API_KEYS (without a key, any page a "
+                          "browser opens could spend the upstream; the listed pages send the key)")
+    if settings.metrics_public is False and not (settings.api_keys or settings.metrics_token):
+        raise ConfigError("METRICS_PUBLIC: false needs SERVER_API_KEY, SERVER_API_KEYS or METRICS_TOKEN (what "
+                          "/metrics then asks for)")
+    if settings.server_api_key and settings.server_api_key in {key for _, key in settings.server_api_keys}:
+        raise ConfigError("SERVER_API_KEYS: a named key equals SERVER_API_KEY")
     return settings

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -10,6 +9,7 @@ import orjson
 import tornado.web
 
 from services.common import request_context
+from services.common.api_keys import ApiKeys
 from services.common.errors import ApiError, status_error
 from services.common.request_context import new_request_id, sanitized_request_id
 
@@ -24,7 +24,7 @@ _ROUTES = frozenset({
 class ApiHandler(tornado.web.RequestHandler):
     """Base for JSON endpoints: every error is the OpenAI error object, never a traceback."""
 
-    server_api_key: str | None = None
+    keys: ApiKeys = ApiKeys()  # the bearer keys this route accepts; none: open
     request_id: str | None = None
     request_id_from_caller = False
 
@@ -57,11 +57,11 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(obj))
 
-    def check_bearer(self) -> None:
-        """401 unless the Authorization header carries SERVER_API_KEY (when one is set)."""
-        expected = self.server_api_key
-        if not expected:
-            return
+    def check_bearer(self) -> str | None:
+        """401 unless the Authorization header carries one of `keys` (when there are any); the name of
+        the key it carries (None when the route is open)."""
+        if not self.keys:
+            return None
         header = self.request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -70,11 +70,13 @@ class ApiHandler(tornado.web.RequestHandler):
                 "Missing bearer token: send 'Authorization: Bearer <SERVER_API_KEY>'.",
                 code="missing_api_key",
             )
-        if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        name = self.keys.name_of(token.strip())
+        if name is None:
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return name
 
     def bearer_ok(self) -> bool:
-        """Whether the caller may see what SERVER_API_KEY guards (always, when no key is set)."""
+        """Whether the caller may see what `keys` guard (always, when there are none)."""
         try:
             self.check_bearer()
         except ApiError:

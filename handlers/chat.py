@@ -19,7 +19,7 @@ from config import Settings
 from handlers.body import BoundedBodyHandler
 from handlers.cross_site import CorsMixin, check_cross_site
 from handlers.sse import CallerGone, SseWriter
-from services.chat.conversations import Conversations
+from services.chat.conversations import Conversations, conversation_key
 from services.chat.deadline import Deadline
 from services.chat.endings import (
     CALLER_LEFT,
@@ -37,6 +37,7 @@ from services.chat.models import resolve_model
 from services.chat.platforms import Platforms
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.common import request_context
+from services.common.api_keys import ApiKeys
 from services.common.errors import ApiError, error_body
 from services.common.openai_format import (
     DONE_EVENT,
@@ -60,7 +61,8 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Recorder, conversations: Conversations, platforms: Platforms, tracing: Tracing) -> None:
+                   metrics: Recorder, conversations: Conversations, platforms: Platforms, tracing: Tracing,
+                   keys: ApiKeys) -> None:
         self.config = settings
         self.tracing = tracing
         self.allow_origins(settings)
@@ -70,8 +72,9 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         self.hub = hub
         self.inflight = inflight
         self.metrics = metrics
-        self.server_api_key = settings.server_api_key
-        self._secrets = (settings.openai_api_key, settings.server_api_key)
+        self.keys = keys
+        self.key_name: str | None = None  # the name of the caller's key (None: the server has no keys)
+        self._secrets = settings.secrets
         self.body_limit = settings.max_body_bytes
         self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
@@ -94,7 +97,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         if self.inflight.draining:
             raise ApiError(503, "This server is shutting down; send the request again.",
                            type="server_error", code="server_shutting_down")
-        self.check_bearer()
+        self.key_name = self.check_bearer()
         check_cross_site(self.request, self.config)
         self.check_declared_size()
 
@@ -108,6 +111,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
+            context.key_name = self.key_name
         model = resolve_model(self.config, request.model)
         exchange = Exchange(
             self.hub,
@@ -121,6 +125,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             trace=self.tracing.start(self.request.headers, request_id=self.request_id,
                                      conversation_id=conversation_id, model=model, stream=request.stream,
                                      params=request.params),
+            key_name=self.key_name,
         )
         self._exchange = exchange
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
@@ -140,10 +145,13 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             left_out=caller.left_out,
         )
         self._streamed = request.stream
-        self.inflight.enter(self)
+        self.inflight.enter(self, (exchange.id, exchange.path))
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
         self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
-        superseding = conversation_id if self.config.supersede == "conversation" else None
+        # Within one caller, by the id exactly as sent: another key's holder, or an id that only sanitizes
+        # to the same, never ends this answer.
+        superseding = conversation_key(self.key_name, caller.conversation_sent) if (
+            self.config.supersede == "conversation") else None
         if superseding:
             self.conversations.claim(superseding, self)
         ending: Ending | None = None

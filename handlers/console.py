@@ -8,7 +8,6 @@ import hmac
 import json
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 import tornado.web
@@ -19,6 +18,7 @@ from services.common import request_context
 from services.common.futures import retrieve_outcome
 from services.common.request_context import request_id_from
 from services.console import EVENT_TYPES, Hub, Subscription, encode
+from services.console.login_throttle import LoginThrottle
 from services.console.station_feed import StationFeed
 from services.ops.recorder import Recorder
 
@@ -28,9 +28,6 @@ COOKIE = "iss_llm_console"
 COOKIE_PATH = "/console"
 MAX_SOCKETS = 32
 SESSION_SECONDS = 12 * 3600  # a console session (its cookie) lasts this long
-MAX_FAILURES = 5  # wrong console tokens from one address ...
-FAILURE_WINDOW = 60.0  # ... within this many seconds, then that address waits out the window
-MAX_TRACKED_ADDRESSES = 10_000
 
 
 class ConsoleAuth:
@@ -38,17 +35,12 @@ class ConsoleAuth:
 
     The cookie is `<issued>.<HMAC of issued, keyed by the token>`: any worker holding the token can
     check it, and it stops working `session_seconds` after it was issued, whatever the browser
-    keeps. Wrong tokens are counted per address: past `max_failures` in `failure_window` seconds,
-    that address is refused (429) until the window has passed.
+    keeps. Wrong tokens are counted by the page's LoginThrottle.
     """
 
-    def __init__(self, token: str, session_seconds: float = SESSION_SECONDS, max_failures: int = MAX_FAILURES,
-                 failure_window: float = FAILURE_WINDOW) -> None:
+    def __init__(self, token: str, session_seconds: float = SESSION_SECONDS) -> None:
         self._token = token.encode()
         self.session_seconds = session_seconds
-        self.max_failures = max_failures
-        self.failure_window = failure_window
-        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def _sign(self, issued: str) -> str:
         return hmac.new(self._token, b"iss-llm console session " + issued.encode(), hashlib.sha256).hexdigest()
@@ -57,27 +49,9 @@ class ConsoleAuth:
         issued = str(int(time.time()))
         return f"{issued}.{self._sign(issued)}"
 
-    def throttled(self, address: str | None) -> bool:
-        """Whether this address made too many wrong guesses lately."""
-        entry = self._failures.get(address or "?")
-        if entry is None:
-            return False
-        since, count = entry
-        if time.monotonic() - since > self.failure_window:
-            del self._failures[address or "?"]
-            return False
-        return count >= self.max_failures
-
-    def token_ok(self, given: str | None, address: str | None = None) -> bool:
-        """Whether `given` is the console token; a wrong one counts against `address`."""
-        ok = given is not None and given != "" and hmac.compare_digest(given.encode(), self._token)
-        if not ok:
-            key = address or "?"
-            since, count = self._failures.pop(key, (time.monotonic(), 0))
-            self._failures[key] = (since, count + 1)
-            while len(self._failures) > MAX_TRACKED_ADDRESSES:
-                self._failures.popitem(last=False)
-        return ok
+    def token_ok(self, given: str | None) -> bool:
+        """Whether `given` is the console token (compared in constant time)."""
+        return given is not None and given != "" and hmac.compare_digest(given.encode(), self._token)
 
     def cookie_ok(self, handler: tornado.web.RequestHandler) -> bool:
         """Whether the request carries a valid session cookie that has not expired."""
@@ -104,11 +78,15 @@ def _content_security_policy(host: str) -> str:
 
 
 class ConsolePageHandler(tornado.web.RequestHandler):
-    """The console page: trades ?token= for a session cookie, then serves the page."""
+    """The console page: trades ?token= for a session cookie, then serves the page.
 
-    def initialize(self, auth: ConsoleAuth, buffer_size: int) -> None:
+    The right token always gets in; a wrong one is counted (per address, in total) and answered 403,
+    or 429 past the throttle's budget."""
+
+    def initialize(self, auth: ConsoleAuth, buffer_size: int, throttle: LoginThrottle) -> None:
         self.auth = auth
         self.buffer_size = buffer_size
+        self.throttle = throttle
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -117,15 +95,17 @@ class ConsolePageHandler(tornado.web.RequestHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Content-Security-Policy", _content_security_policy(self.request.host))
 
-    def get(self) -> None:
+    async def get(self) -> None:
         token = self.get_query_argument("token", None)
         if token is not None:
-            if self.auth.throttled(self.request.remote_ip):
-                self.set_header("Retry-After", str(int(self.auth.failure_window)))
-                self._locked(429, "Too many wrong console tokens from this address; wait a minute.")
-                return
-            if not self.auth.token_ok(token, self.request.remote_ip):
-                self._locked(403, "That console token is not valid.")
+            if not self.auth.token_ok(token):
+                verdict = await self.throttle.failed(self.request.remote_ip)
+                if verdict.throttled:
+                    self.set_header("Retry-After", str(int(self.throttle.window)))
+                    who = "from this address" if verdict.address_over else "lately"
+                    self._locked(429, f"Too many wrong console tokens {who}; wait a minute.")
+                else:
+                    self._locked(403, "That console token is not valid.")
                 return
             self.set_cookie(
                 COOKIE,

@@ -43,7 +43,7 @@ def is_local_name(hostname: str) -> bool:
 
 def check_cross_site(request: HTTPServerRequest, settings: Settings) -> None:
     """Raise ApiError (403/415) for a request a foreign page could have made; nothing when a key is set."""
-    if settings.server_api_key:
+    if settings.api_keys:
         return
     _check_origin(request, " on a server without a key. To serve that page, set SERVER_API_KEY (the page sends "
                            "it as 'Authorization: Bearer ...') and list the page's origin in ALLOWED_ORIGINS")
@@ -75,13 +75,33 @@ def _check_origin(request: HTTPServerRequest, or_else: str = "") -> None:
                        code="cross_origin_refused")
 
 
-def _check_host(request: HTTPServerRequest, settings: Settings, or_else: str = "") -> None:
+def host_allowed(request: HTTPServerRequest, settings: Settings) -> bool:
+    """Whether the Host names this machine: a local name, one of ALLOWED_HOSTS, or any name when the
+    server listens beyond loopback (a rebinding page gains nothing it could not reach directly)."""
     if settings.listens_beyond_loopback or "*" in settings.allowed_hosts:
-        return
+        return True
     hostname, _ = _host(request.host) or (None, None)
-    if hostname is None or not (is_local_name(hostname) or hostname in settings.allowed_hosts):
+    return hostname is not None and (is_local_name(hostname) or hostname in settings.allowed_hosts)
+
+
+def _check_host(request: HTTPServerRequest, settings: Settings, or_else: str = "") -> None:
+    if not host_allowed(request, settings):
         raise ApiError(403, "This server listens on loopback and answers to local names only; add this host "
                             f"to ALLOWED_HOSTS{or_else}.", code="host_not_allowed")
+
+
+class HostCheck:
+    """The Host check with its settings, for a handler to take through initialize(): the operational
+    endpoints (/metrics, /healthz's details) answered without a token, as the chat routes without a key."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def allows(self, request: HTTPServerRequest) -> bool:
+        return host_allowed(request, self.settings)
+
+    def check(self, request: HTTPServerRequest) -> None:
+        _check_host(request, self.settings, " (or send a bearer token)")
 
 
 def _host(host: str) -> tuple[str, int | None] | None:

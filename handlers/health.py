@@ -1,4 +1,4 @@
-"""GET /healthz: liveness and the backend in use; with the key (when one is set), the details."""
+"""GET /healthz: liveness and the backend in use; the details for the operator (see Settings.ops_public)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 
 from config import Settings
 from handlers.base import ApiHandler
+from handlers.cross_site import HostCheck
 from services.chat.inflight import Inflight
+from services.common.api_keys import ApiKeys
 from services.iss.state import Tracker
 from services.ops.connections import ConnectionStats
 from services.upstream.base import Backend
@@ -16,25 +18,35 @@ class HealthHandler(ApiHandler):
     """Always 200 while the process serves; the body says what is degraded.
 
     The upstream appears as its host only (never OPENAI_BASE_URL whole: it may carry credentials).
-    With SERVER_API_KEY set, only a caller sending it sees more than liveness and the backend.
+    The details (ISS, the layer's tools, chat counts, connections) are for the operator: behind a
+    bearer token (a server key or METRICS_TOKEN) unless public (Settings.ops_public), and public,
+    under local names only on a loopback server. Liveness and the backend answer anyone.
     """
 
     def initialize(self, settings: Settings, backend: Backend, tracker: Tracker, inflight: Inflight,
-                   connections: ConnectionStats) -> None:
+                   connections: ConnectionStats, keys: ApiKeys, public: bool, host_check: HostCheck) -> None:
         self.config = settings
         self.backend = backend
         self.tracker = tracker
         self.inflight = inflight
         self.connections = connections
-        self.server_api_key = settings.server_api_key
+        self.keys = keys
+        self.public = public
+        self.hosts = host_check
+
+    def details_allowed(self) -> bool:
+        if self.keys and self.bearer_ok():
+            return True
+        return self.public and self.hosts.allows(self.request)
 
     def get(self) -> None:
         _, why = self.config.backend_choice
         backend = self.backend.describe()
         tools = backend.pop("iss_tools", None)  # a detail: which models refused them, the calls run
         summary = {"status": "ok", "backend": {**backend, "why": why}}
-        if not self.bearer_ok():
-            self.write_json({**summary, "details": "send the SERVER_API_KEY as a bearer token to see them"})
+        if not self.details_allowed():
+            self.write_json({**summary, "details": "send a server key or METRICS_TOKEN as a bearer token to see "
+                                                   "them"})
             return
         self.write_json(
             {

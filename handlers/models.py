@@ -5,13 +5,14 @@ from __future__ import annotations
 from config import Settings
 from handlers.cross_site import CorsMixin
 from services.chat.models import ModelCatalog
+from services.common.api_keys import ApiKeys
 
 
 class ModelsHandler(CorsMixin):
     """Lists what the upstream serves (cached) and the names MODEL_MAP accepts, else the configured names."""
 
-    def initialize(self, settings: Settings, catalog: ModelCatalog) -> None:
-        self.server_api_key = settings.server_api_key
+    def initialize(self, settings: Settings, catalog: ModelCatalog, keys: ApiKeys) -> None:
+        self.keys = keys
         self.catalog = catalog
         self.cors_methods = "GET"
         self.allow_origins(settings)

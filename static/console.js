@@ -279,6 +279,7 @@
     kv(dl, "request", rec.request_id || rec.id);
     kv(dl, "arrived", new Date((rec.t || 0) * 1000).toLocaleString());
     kv(dl, "caller", rec.remote_ip);
+    kv(dl, "key", rec.key_name);  // the name of the caller's server key (never the key)
     kv(dl, "worker", rec.worker);
     kv(dl, "path", rec.path);
     kv(dl, "model", rec.model);

@@ -79,6 +79,7 @@ class Exchange:
         event_id: str | None = None,
         observer: OutcomeObserver | None = None,
         trace: RequestTrace = NULL_TRACE,
+        key_name: str | None = None,
     ) -> None:
         self.hub = hub
         self.trace = trace  # the request's span (OpenTelemetry), a no-op when tracing is off
@@ -87,6 +88,7 @@ class Exchange:
         self.id = event_id or request_id
         self.request_id = request_id
         self.conversation_id = conversation_id
+        self.key_name = key_name  # the name of the caller's key, never the key
         self.remote_ip = remote_ip
         self.path = path
         self._observer = observer
@@ -150,6 +152,7 @@ class Exchange:
             "request",
             request_id=self.request_id,
             conversation_id=self.conversation_id,
+            key_name=self.key_name,
             remote_ip=self.remote_ip,
             path=self.path,
             model=model,

@@ -40,6 +40,7 @@ class Caller:
     conversation_id: str | None
     params: dict[str, Any]
     left_out: list[str]  # names of the fields kept from the upstream (bounded, for the console)
+    conversation_sent: str | None = None  # the id exactly as sent (SUPERSEDE compares this, not the sanitized one)
 
 
 class Platforms:
@@ -64,13 +65,13 @@ class Platforms:
         than messages, model and stream) narrowed to what goes upstream."""
         platform = self.platform_of(headers, params)
         if platform == "vapi":
-            conversation_id = sanitized_conversation_id(_vapi_call_id(params))
+            given = _vapi_call_id(params)
             sent, left_out = select_params(params, openai_only=True, drop=VAPI_FIELDS, keep=self.keep)
         else:
-            conversation_id = sanitized_conversation_id(headers.get("conversation-id"))
+            given = headers.get("conversation-id")
             sent, left_out = select_params(params, openai_only=self.openai_only, keep=self.keep)
-        return Caller(platform, conversation_id, sent,
-                      [name[:MAX_FIELD_NAME] for name in left_out[:MAX_LEFT_OUT]])
+        return Caller(platform, sanitized_conversation_id(given), sent,
+                      [name[:MAX_FIELD_NAME] for name in left_out[:MAX_LEFT_OUT]], given)
 
 
 def _vapi_call_id(params: Mapping[str, Any]) -> str | None:

@@ -27,6 +27,7 @@ class RequestContext:
     request_id: str
     route: str
     conversation_id: str | None = None
+    key_name: str | None = None  # the name of the caller's key (never the key)
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("iss_llm_request", default=None)

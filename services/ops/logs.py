@@ -126,6 +126,8 @@ class JsonFormatter(logging.Formatter):
             line["route"] = context.route
             if context.conversation_id is not None:
                 line["conversation_id"] = context.conversation_id
+            if context.key_name is not None:
+                line["key_name"] = context.key_name
         fields = record.__dict__
         for name in FIELDS:
             value = fields.get(name)
@@ -149,7 +151,8 @@ class TextFormatter(logging.Formatter):
         # logging.Formatter.format, but an exception is one line after the message (never a
         # traceback) and a stack_info is left out.
         context = current()
-        record.request_tag = f" [{context.request_id}]" if context is not None else ""
+        record.request_tag = "" if context is None else f" [{context.request_id}]" if context.key_name is None else (
+            f" [{context.request_id} {context.key_name}]")
         record.message = record.getMessage()
         record.asctime = self.formatTime(record, self.datefmt)
         line = self.formatMessage(record)

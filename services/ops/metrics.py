@@ -49,7 +49,8 @@ _MULTIPROCESS_AT_IMPORT = os.environ.get(lifecycle.ENV) is not None
 # (the multiprocess mode has none either, so both modes expose the same names).
 disable_created_metrics()
 
-OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown")
+OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown", "lost")
+LOST_STATUS = "none"  # a lost request's status label: its caller saw the connection close, no status
 
 # Voice-sized buckets: a replica waits on the first token, so the interesting range is a few
 # milliseconds to a few seconds, finest where a conversation starts to feel slow (100 ms - 1 s).
@@ -63,7 +64,8 @@ TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000, 4000, 8000
 LOOKUP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 0.5, 1.0, 2.5,
                   5.0)
 
-MAX_MODELS = 16
+# A dated snapshot's suffix, as upstreams report the model they used: -2024-07-18, -20240718, -0613.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 FETCH_SYNC_S = 5.0  # with workers: how often each copies its ISS fetch counts into the shared counters
 OTHER = "other"
 _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
@@ -73,18 +75,17 @@ _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own wor
 
 
 class ModelLabels:
-    """The model label: the upstream model actually used, never an unbounded set of caller strings.
+    """The model label: the upstream model actually used, and only a name the operator configured
+    (LLM_MODEL, DEFAULT_MODEL, MODEL_MAP's upstream names), so no caller can fill the label's values.
 
-    The configured models always get their own value; other names (a caller's `model` passed
-    through) get one each up to MAX_MODELS, then all share "other"."""
+    An upstream naming a dated snapshot of a configured model ("gpt-4o-mini-2024-07-18" for
+    "gpt-4o-mini") counts as that model; any other name is "other"."""
 
-    def __init__(self, configured: Iterable[str | None] = (), limit: int = MAX_MODELS) -> None:
+    def __init__(self, configured: Iterable[str | None] = ()) -> None:
         self._known: dict[str, str] = {}
-        self._limit = limit
         for name in configured:
             if name:
                 self._known[name] = self._clean(name)
-        self._others = 0
 
     @staticmethod
     def _clean(name: str) -> str:
@@ -94,12 +95,8 @@ class ModelLabels:
         if not name:
             return "none"
         label = self._known.get(name)
-        if label is not None:
-            return label
-        if self._others >= self._limit:
-            return OTHER
-        self._others += 1
-        label = self._known[name] = self._clean(name)
+        if label is None:
+            label = self._known.get(_SNAPSHOT.sub("", name[:128]), OTHER)
         return label
 
 
@@ -274,6 +271,10 @@ class Metrics:
     def refused(self, route: str, outcome: str, status: int) -> None:
         """A chat request answered before it began (bad key, bad body, too large, shutting down)."""
         self._child(self.requests, route, outcome, str(status)).inc()
+
+    def lost(self, route: str, count: int = 1) -> None:
+        """Chat requests a dead worker had open (counted by the worker that replaced it)."""
+        self._child(self.requests, route, "lost", LOST_STATUS).inc(count)
 
     # ---- the console ----
 

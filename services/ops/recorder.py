@@ -63,6 +63,10 @@ class Recorder(Protocol):
         """A chat request answered before it began (bad key, bad body, too large, shutting down)."""
         ...
 
+    def lost(self, route: str, count: int = 1) -> None:
+        """Chat requests a dead worker had open (counted by the worker that replaced it)."""
+        ...
+
     def console_opened(self) -> None: ...
 
     def console_closed(self) -> None: ...
@@ -102,6 +106,9 @@ class NullMetrics:
         return None
 
     def refused(self, route: str, outcome: str, status: int) -> None:
+        return None
+
+    def lost(self, route: str, count: int = 1) -> None:
         return None
 
     def console_opened(self) -> None:

@@ -79,8 +79,7 @@ class OpenAIUpstream:
     name = "openai"
 
     def __init__(self, settings: Settings) -> None:
-        self._secrets = (settings.openai_api_key, settings.server_api_key,
-                         *(value for _, value in settings.upstream_headers))
+        self._secrets = (*settings.secrets, *(value for _, value in settings.upstream_headers))
         self._http = UpstreamClient(settings)
         self._max_event = settings.upstream_max_event_bytes
         self._max_bytes = settings.upstream_max_bytes

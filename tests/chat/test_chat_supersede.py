@@ -131,3 +131,49 @@ async def test_off_by_default_both_requests_run(base_url, upstream, app):
     for writer in writers:
         writer.close()
     assert await upstream.wait_streams_closed(2.0)
+
+
+ALICE, MALLORY = "sk-alice-key-0123456789", "sk-mallory-key-0123456789"
+TWO_CALLERS = [{"supersede": "conversation", "server_api_keys": (("alice", ALICE), ("mallory", MALLORY))}]
+
+
+@pytest.mark.parametrize("overrides", TWO_CALLERS)
+async def test_another_callers_request_with_the_same_conversation_id_ends_nothing(overrides, base_url, upstream,
+                                                                                 app):
+    # Issue 19, finding 4: any key holder ended another caller's answer by sending its conversation-id,
+    # and the victim saw a normal "stop". The conversation is the caller's: one key, one namespace.
+    upstream.tokens, upstream.gap = 300, 0.02
+    victim, writer, seen = await open_stream(base_url, BURST[0], path="/chat/completions", events=2,
+                                             headers={"conversation-id": "conv-7", "Authorization": f"Bearer {ALICE}"})
+    _r, other, _ = await open_stream(base_url, BURST[1], path="/chat/completions", events=2,
+                                     headers={"conversation-id": "conv-7", "Authorization": f"Bearer {MALLORY}"})
+    assert upstream.open_streams == 2 and upstream.aborted_streams == 0
+    seen += await asyncio.wait_for(victim.read(65536), 5)  # the victim's answer goes on
+    assert b'"finish_reason":"stop"' not in seen
+    # The same caller's newer request does supersede it.
+    _r, newer, _ = await open_stream(base_url, BURST[1], path="/chat/completions", events=2,
+                                     headers={"conversation-id": "conv-7", "Authorization": f"Bearer {ALICE}"})
+    assert await _until(lambda: upstream.aborted_streams == 1)
+    assert b"[DONE]" in _data(await _read_to_end(victim, seen))[-1]
+    for w in (writer, other, newer):
+        w.close()
+    assert await upstream.wait_streams_closed(2.0)
+    # The console knows each request by its caller's name; no key is anywhere in it.
+    records = app.services.hub.snapshot()
+    assert sorted(record.get("key_name") for record in records) == ["alice", "alice", "mallory"]
+    assert ALICE not in orjson.dumps(records).decode() and MALLORY not in orjson.dumps(records).decode()
+
+
+@pytest.mark.parametrize("overrides", ON)
+async def test_ids_that_only_sanitize_alike_are_two_conversations(overrides, base_url, upstream, app):
+    upstream.tokens, upstream.gap = 300, 0.02
+    _r, first, _ = await open_stream(base_url, BURST[0], path="/chat/completions", events=2,
+                                     headers={"conversation-id": "conv victim 3!"})
+    _r, second, _ = await open_stream(base_url, BURST[1], path="/chat/completions", events=2,
+                                      headers={"conversation-id": "convvictim3"})
+    assert upstream.open_streams == 2 and upstream.aborted_streams == 0
+    # Both show the same sanitized id in the console and logs, and neither ended the other.
+    assert {record["conversation_id"] for record in app.services.hub.snapshot()} == {"convvictim3"}
+    for w in (first, second):
+        w.close()
+    assert await upstream.wait_streams_closed(2.0)

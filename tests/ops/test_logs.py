@@ -118,6 +118,7 @@ async def test_json_logs_are_one_object_a_line_with_one_outcome_each_and_no_secr
     [done_line] = outcomes["trace-json-done"]
     assert done_line["outcome"] == "done" and done_line["status"] == 200
     assert done_line["conversation_id"] == "conv-json" and done_line["route"] == "/v1/chat/completions"
+    assert done_line["key_name"] == "default"  # SERVER_API_KEY's name: the key itself never (checked above)
     assert done_line["upstream_model"] == "gpt-json"
     assert 0 < done_line["ttft_ms"] <= done_line["total_ms"]
     assert done_line["upstream_ttft_ms"] <= done_line["ttft_ms"]

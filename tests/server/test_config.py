@@ -104,6 +104,22 @@ def test_first_token_timeout_and_supersede():
             load_settings([], environ={name: bad}, env_file=None)
 
 
+def test_named_server_keys_are_checked_and_never_echoed():
+    from services.common.api_keys import ApiKeys
+
+    settings = load_settings([], environ={"SERVER_API_KEYS": "tavus:sk-tavus-1, vapi:sk-vapi-2",
+                                          "SERVER_API_KEY": "sk-shared-0"}, env_file=None)
+    assert settings.api_keys == (("default", "sk-shared-0"), ("tavus", "sk-tavus-1"), ("vapi", "sk-vapi-2"))
+    assert "sk-tavus-1" not in repr(settings) and "sk-tavus-1" in settings.secrets
+    keys = ApiKeys(settings.api_keys)
+    assert [keys.name_of(token) for token in ("sk-tavus-1", "sk-vapi-2", "sk-shared-0", "sk-tavus-", "")] == [
+        "tavus", "vapi", "default", None, None]
+    for bad in ("tavus", "tavus:", "a b:k1", "x:k1,x:k2", "x:k1,y:k1", "default:k1"):
+        with pytest.raises(ConfigError, match="SERVER_API_KEYS") as error:
+            load_settings([], environ={"SERVER_API_KEYS": bad}, env_file=None)
+        assert "k1" not in str(error.value) and "k2" not in str(error.value)
+
+
 def test_upstream_headers_are_a_json_object_and_a_bad_one_is_named_not_echoed():
     settings = load_settings([], environ={"UPSTREAM_HEADERS": '{"X-Title": "ISS", "HTTP-Referer": "https://a.example"}',
                                           "OPENAI_ORG_ID": "org-1"}, env_file=None)
