@@ -44,8 +44,9 @@ tool (any other name) is called as before. With `scripted_tools`, a question "..
 (or any text in `x_fake.place`) offered iss_passes is answered in two rounds, like a real model:
 first a call to iss_passes (and to the caller's first tool, when there is one, in the same turn);
 then, with the tool's result in the conversation, the rise times it gave as content (and the
-caller's tool called again). With `refuse_tools`, a request offering iss_* tools is refused with a
-400, as some servers do.
+caller's tool called again). With `stream_options.include_usage`, each round ends with its usage
+chunk (SCRIPTED_USAGE: the first round's, then the second's). With `refuse_tools`, a request
+offering iss_* tools is refused with a 400, as some servers do.
 
 It counts requests and open streams, and keeps the last bodies and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
@@ -70,6 +71,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+# The usage chunk of each scripted tool round (first, then later), when the request asks for usage.
+SCRIPTED_USAGE = ({"prompt_tokens": 40, "completion_tokens": 5, "total_tokens": 45},
+                  {"prompt_tokens": 100, "completion_tokens": 15, "total_tokens": 115})
 WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
 
 
@@ -385,6 +389,10 @@ class FakeUpstream:
         await response.prepare(request)
         if self.first_token_delay:
             await asyncio.sleep(self.first_token_delay)  # each round pays the model's time to first token
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = SCRIPTED_USAGE[1 if results else 0]
+            events.append(b"data: " + orjson.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                                    "model": model, "choices": [], "usage": usage}) + b"\n\n")
         for payload in events:
             await response.write(payload)
         await response.write(b"data: [DONE]\n\n")
