@@ -14,6 +14,9 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -116,6 +119,34 @@ async def serve(
     return 0
 
 
+def env_file_line(settings: Settings, cwd: Path, here: Path) -> str:
+    """Which .env the settings came from, or where none was found: for the start-up messages."""
+    if settings.env_file is not None:
+        return f"settings: read {settings.env_file} (then the environment, which wins)"
+    places = [str(cwd / ".env")] + ([str(here / ".env")] if here != cwd.resolve() else [])
+    return f"settings: no .env file read (looked for {' and '.join(places)}); the environment only"
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop EVENT_LOOP asks for: uvloop's (`auto`: when it is installed), else asyncio's (None)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("EVENT_LOOP=uvloop, but uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` to its end on the event loop EVENT_LOOP chose (asyncio.Runner, as asyncio.run does)."""
+    factory = loop_factory(settings.event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def backend_line(settings: Settings) -> str:
     """Which backend answers and why, for the start-up line: "openai at host:port, because ..."."""
     from services.upstream.openai_upstream import upstream_host
@@ -130,7 +161,9 @@ def announce(settings: Settings, port: int, console_token: str, backend: str, wo
     """The start-up messages: where the server listens, a loud warning when it is open, the console URL."""
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
     base = f"http://{host_for_url}:{port}"
-    log.info("listening on %s (backend: %s%s)", base, backend, f", {workers} workers" if workers > 1 else "")
+    loop = "uvloop" if loop_factory(settings.event_loop) is not None else "asyncio"
+    log.info("listening on %s (backend: %s%s; event loop: %s)", base, backend,
+             f", {workers} workers" if workers > 1 else "", loop)
     if settings.listens_beyond_loopback and not settings.server_api_key:
         log.warning(
             "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
@@ -191,7 +224,7 @@ def run_workers(settings: Settings, count: int) -> int:
         before_workers(settings)
 
     def work(index: int) -> int:
-        code = asyncio.run(serve(settings, sockets, parent=parent))
+        code = run_loop(settings, serve(settings, sockets, parent=parent))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
 
@@ -210,8 +243,14 @@ def run_workers(settings: Settings, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, beside=here)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loop_factory(settings.event_loop)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -219,9 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level,
                    secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
                    with_pid=workers > 1)
-    # The HTTP client logs every upstream request at INFO; our own request log already has them.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
     install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
+    log.info("%s", env_file_line(settings, Path.cwd(), here))
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
     if workers > 1:
@@ -231,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             # The client reads this variable at import: one process uses the directory too, so it is
             # emptied here as it is for workers (an earlier run's counts would add to this one's).
             metrics_multiprocess.prepare_multiprocess()
-        code = asyncio.run(serve(settings))
+        code = run_loop(settings, serve(settings))
     # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
     # shutdown into death by signal.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

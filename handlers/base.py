@@ -52,6 +52,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.set_header("X-Request-Id", self.request_id)
         request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
 
+    def logs_itself(self) -> bool:
+        """Whether this request wrote its own log line (its outcome), so the access log leaves it out."""
+        return False
+
     def outcome_status(self) -> int:
         """The status the access log reports: the one sent, unless the request recorded an outcome
         with its own (the chat handler: 499 for a caller that left mid-stream)."""
@@ -90,6 +94,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.clear()
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, error.retry_after)))
         self.set_status(error.status)
         self.finish(orjson.dumps(error.body()))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.chat.exchange import Outcome
+from services.chat.endings import Outcome
 from services.ops.metrics import Metrics, NullMetrics
 
 

@@ -27,6 +27,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -34,6 +35,8 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        # Seconds for a `Retry-After` header (a 429 or 503 that asks the caller to come back).
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from services.console.kinds import PUSHES, role_of
-from services.console.replay import RequestLog
+from services.console.replay import BUFFER_BYTES, RECORD_BYTES, RequestLog
 
 log = logging.getLogger("iss_llm.events")
 
@@ -94,10 +94,14 @@ class Cursor(NamedTuple):
 class Fanout:
     """The replay buffer and the shared backlog of one process, and its sockets' wake-ups."""
 
-    def __init__(self, buffer_size: int, policy: SubscriberPolicy | None = None) -> None:
+    def __init__(
+        self, buffer_size: int, policy: SubscriberPolicy | None = None, *,
+        record_bytes: int = RECORD_BYTES, buffer_bytes: int = BUFFER_BYTES,
+    ) -> None:
         self.buffer_size = buffer_size
         self.policy = policy or SubscriberPolicy()
-        self.log = RequestLog(buffer_size)
+        # The replay: at most buffer_size requests and buffer_bytes in all, record_bytes of text each.
+        self.log = RequestLog(buffer_size, record_bytes, buffer_bytes)
         self.published = 0
         self.latest: dict[str, dict[str, Any]] = {}  # the latest push of each kind, for new sockets
         self._subscriptions: list[Subscription] = []
@@ -137,7 +141,7 @@ class Fanout:
         self.published += 1
         role = role_of(event.get("type"))
         if role in PUSHES:
-            self.latest[role] = event  # type: ignore[index]
+            self.latest[role] = event
         else:
             self.log.record(event)
         if self._subscriptions:

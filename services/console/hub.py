@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any
 
 from services.console.fanout import Fanout, SubscriberPolicy, Subscription
+from services.console.replay import BUFFER_BYTES, RECORD_BYTES
 from services.console.sanitize import sanitize
 
 log = logging.getLogger("iss_llm.events")
@@ -37,8 +38,11 @@ def worker_name() -> str:
 class Hub(ABC):
     """Events from the chat path to every console socket; the replay a new socket starts from."""
 
-    def __init__(self, buffer_size: int = 100, policy: SubscriberPolicy | None = None) -> None:
-        self.fanout = Fanout(buffer_size, policy)
+    def __init__(
+        self, buffer_size: int = 100, policy: SubscriberPolicy | None = None, *,
+        record_bytes: int = RECORD_BYTES, buffer_bytes: int = BUFFER_BYTES,
+    ) -> None:
+        self.fanout = Fanout(buffer_size, policy, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         self.worker = worker_name()
         self._failures = 0
         self._waiting: deque[dict[str, Any]] = deque()

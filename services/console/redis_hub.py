@@ -9,8 +9,14 @@ the requests the console buffer holds (XTRIM MINID at the oldest one's first ent
 cap on entries as well.
 
 When Redis is down or slow (a command past its timeout), the hub says so to the consoles (a
-"cluster" push), shows this worker's own requests meanwhile, and reconnects with back-off; once
-back, every console gets a snapshot of the cluster's buffer again.
+"cluster" push), shows this worker's own requests meanwhile, and reconnects with back-off (growing
+across connect-then-fail cycles, e.g. a Redis at maxmemory refusing every write; the lines saying
+so at most once a minute); once back, every console gets a snapshot of the cluster's buffer again.
+
+What comes back from Redis is data anyone with access to it may have written: an entry longer than
+MAX_ENTRY_BYTES is dropped before it is decoded (counted, logged once a minute), and only events of
+a known type with a short string id are kept, a request's fields bounded again as on the chat path.
+This worker's own entries are cut to fit: a batch's token runs are joined, a batch too long split.
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from redis.typing import XReadResponse
 
-from services.console.fanout import SubscriberPolicy, encode
+from services.console.fanout import SubscriberPolicy, Subscription, coalesce, encode
 from services.console.hub import Hub
-from services.console.kinds import role_of
-from services.ops.redis_link import UNAVAILABLE, Backoff, client, describe, where
+from services.console.kinds import PUSHES, role_of
+from services.console.replay import BUFFER_BYTES, RECORD_BYTES
+from services.console.sanitize import sanitize
+from services.ops.redis_link import UNAVAILABLE, Backoff, LogEvery, client, describe, where
 
 log = logging.getLogger("iss_llm.events")
 
@@ -37,6 +47,33 @@ MAX_STREAM_ENTRIES = 50_000  # hard cap on the stream, whatever the trimming by 
 READ_BLOCK_MS = 1000
 READ_COUNT = 200
 FIELD = b"e"
+# One stream entry's value, read or written: past it, an entry read is dropped undecoded.
+MAX_ENTRY_BYTES = 1024 * 1024
+MAX_ID_CHARS = 128  # an event's request id
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(raw: Iterable[Any] | None) -> list[Entry]:
+    """A stream range as this hub reads it: (id, fields), bytes (the client does not decode).
+
+    redis-py types an entry's id and fields as possibly None or str (decoded clients, deleted
+    entries of a claim); such an entry carries no event for this hub and is skipped."""
+    return [
+        (entry_id, fields)
+        for entry_id, fields in raw or ()
+        if isinstance(entry_id, bytes) and isinstance(fields, dict)
+    ]
+
+
+def _read_entries(reply: XReadResponse | None) -> list[Entry]:
+    """The entries of an XREAD reply on one stream: a list of [stream, entries] (RESP2) or a
+    mapping stream -> entries (RESP3)."""
+    if not reply:
+        return []
+    ranges = reply.values() if isinstance(reply, dict) else (entries for _stream, entries in reply)
+    return [entry for entries in ranges for entry in _entries(entries)]
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -57,14 +94,23 @@ class RedisHub(Hub):
         key: str = "iss_llm:console",
         timeout: float = 1.0,
         max_outbox: int = MAX_OUTBOX,
+        max_entry_bytes: int = MAX_ENTRY_BYTES,
+        record_bytes: int = RECORD_BYTES,
+        buffer_bytes: int = BUFFER_BYTES,
     ) -> None:
-        super().__init__(buffer_size, policy)
+        super().__init__(buffer_size, policy, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         self.url = url
         self.key = key
         self.timeout = timeout
         self.max_outbox = max_outbox
         self.connected = False
         self.dropped = 0  # events lost because the outbox was full
+        self.max_entry_bytes = max_entry_bytes
+        self.oversize = 0  # stream entries read and dropped undecoded: longer than max_entry_bytes
+        self.unreadable = 0  # stream entries (or events in them) that were not this hub's shape
+        self._oversize_log = LogEvery()
+        self._link_log = LogEvery()  # the "lost" line; its "back" line only when it was logged
+        self._lost_logged = False
         self._outbox: deque[dict[str, Any]] = deque()
         self._outbox_ready = asyncio.Event()
         self._changed = asyncio.Event()
@@ -106,7 +152,7 @@ class RedisHub(Hub):
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
 
-    def subscribe(self):  # type: ignore[no-untyped-def]
+    def subscribe(self) -> Subscription:
         # A console may open before start() was awaited (e.g. a test app): begin linking now.
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
@@ -128,14 +174,14 @@ class RedisHub(Hub):
             newest = await asyncio.wait_for(self._client.xrevrange(self.key, count=1), self.timeout)
         except UNAVAILABLE:
             return False
-        if newest:
-            target = _id_key(newest[0][0])
+        if latest := _entries(newest):
+            target = _id_key(latest[0][0])
             if not await self._until(lambda: _id_key(self._last_id) >= target, deadline):
                 return False
         self.fanout.flush()
         return True
 
-    async def _until(self, predicate, deadline: float) -> bool:  # type: ignore[no-untyped-def]
+    async def _until(self, predicate: Callable[[], bool], deadline: float) -> bool:
         while not predicate():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -169,6 +215,7 @@ class RedisHub(Hub):
                 await asyncio.wait_for(self._client.ping(), self.timeout)
                 await self._load_history()
                 self._set_connected(True)
+                self._backoff.connected()  # reset only once the link stays up a while
                 tasks = [asyncio.ensure_future(self._read_loop()), asyncio.ensure_future(self._write_loop())]
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
@@ -178,7 +225,8 @@ class RedisHub(Hub):
             except UNAVAILABLE as exc:
                 self._set_connected(False, describe(exc))
             except Exception as exc:  # a reply this code did not expect: degrade the same way
-                log.exception("cluster feed failed")
+                if self._link_log.due() is not None:
+                    log.exception("cluster feed failed")
                 self._set_connected(False, type(exc).__name__)
             finally:
                 for task in tasks:
@@ -201,17 +249,20 @@ class RedisHub(Hub):
             return
         self.connected = connected
         if connected:
-            self._backoff.reset()
-            if self._down_since is not None:
+            if self._down_since is not None and self._lost_logged:
                 down = time.monotonic() - self._down_since
                 log.info("cluster feed back (Redis at %s) after %.1fs", where(self.url), down)
             self._down_since = None
         else:
             self._down_since = time.monotonic()
-            log.warning(
-                "cluster feed lost (Redis at %s: %s): consoles show this worker's requests until it is back",
-                where(self.url), reason,
-            )
+            left_out = self._link_log.due()
+            self._lost_logged = left_out is not None
+            if left_out is not None:
+                log.warning(
+                    "cluster feed lost (Redis at %s: %s): consoles show this worker's requests until it is "
+                    "back%s", where(self.url), reason,
+                    f" (lost {left_out} more times since the last such line)" if left_out else "",
+                )
             # What was waiting for Redis is this worker's: show it here at least.
             while self._outbox:
                 self.fanout.publish(self._outbox.popleft())
@@ -224,32 +275,52 @@ class RedisHub(Hub):
     async def _load_history(self) -> None:
         """Fold the stream's entries into a fresh replay buffer; follow the stream from its end."""
         assert self._client is not None
-        entries = await asyncio.wait_for(
+        entries = _entries(await asyncio.wait_for(
             self._client.xrange(self.key, count=MAX_STREAM_ENTRIES), self.timeout * 5
-        )
+        ))
         events: list[dict[str, Any]] = []
         self._first_entry.clear()
-        for entry_id, fields in entries or ():
+        for entry_id, fields in entries:
             for event in self._decode(entry_id, fields):
                 events.append(event)
         self._last_id = entries[-1][0] if entries else b"0-0"
         self.fanout.rebuild(events, "cluster")
 
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
+        """The events of one stream entry, or none: its size checked before it is decoded, each event's
+        shape after (anyone who can write to Redis can write this stream)."""
+        raw = fields.get(FIELD, b"[]") if isinstance(fields, dict) else None
+        if not isinstance(raw, bytes):
+            self.unreadable += 1
+            return []
+        if len(raw) > self.max_entry_bytes:
+            self.oversize += 1
+            left_out = self._oversize_log.due()
+            if left_out is not None:
+                log.warning(
+                    "console: dropped a cluster stream entry of %d bytes undecoded (more than %d); "
+                    "%d dropped in all", len(raw), self.max_entry_bytes, self.oversize,
+                )
+            return []
         try:
-            events = orjson.loads(fields.get(FIELD, b"[]"))
+            events = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            self.unreadable += 1
             return []
         if not isinstance(events, list):
+            self.unreadable += 1
             return []
         out = []
         for event in events:
-            if isinstance(event, dict) and isinstance(event.get("id"), str):
-                if role_of(event.get("type")) == "request" and event["id"] not in self._first_entry:
-                    self._first_entry[event["id"]] = entry_id
-                    while len(self._first_entry) > 4 * self.buffer_size:
-                        self._first_entry.popitem(last=False)
-                out.append(event)
+            checked = _checked_event(event)
+            if checked is None:
+                self.unreadable += 1
+                continue
+            if role_of(checked["type"]) == "request" and checked["id"] not in self._first_entry:
+                self._first_entry[checked["id"]] = entry_id
+                while len(self._first_entry) > 4 * self.buffer_size:
+                    self._first_entry.popitem(last=False)
+            out.append(checked)
         return out
 
     async def _read_loop(self) -> None:
@@ -259,18 +330,17 @@ class RedisHub(Hub):
                 self._reader.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
                 READ_BLOCK_MS / 1000 + 2 * self.timeout,
             )
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    for event in self._decode(entry_id, fields):
-                        self.fanout.publish(event)
-                    self._last_id = entry_id
+            for entry_id, fields in _read_entries(reply):
+                for event in self._decode(entry_id, fields):
+                    self.fanout.publish(event)
+                self._last_id = entry_id
             self._changed.set()
             await self._trim()
 
     async def _trim(self) -> None:
         """Keep the stream to the requests the console buffer holds: drop entries before the oldest one's first."""
         oldest = self.fanout.log.oldest()
-        if len(self.fanout.log) < self.buffer_size or oldest is None:
+        if oldest is None:
             return
         first = self._first_entry.get(oldest)
         if first is None or first == self._trimmed_to:
@@ -291,15 +361,14 @@ class RedisHub(Hub):
     async def _flush_outbox(self) -> None:
         assert self._client is not None
         while self._outbox:
-            batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 2000))]
+            batch = coalesce([self._outbox.popleft() for _ in range(min(len(self._outbox), 2000))])
             self._writing = True
             try:
-                await asyncio.wait_for(
-                    self._client.xadd(
-                        self.key, {FIELD: encode_batch(batch)}, maxlen=MAX_STREAM_ENTRIES, approximate=True
-                    ),
-                    self.timeout,
-                )
+                for value in entries_of(batch, self.max_entry_bytes):
+                    await asyncio.wait_for(
+                        self._client.xadd(self.key, {FIELD: value}, maxlen=MAX_STREAM_ENTRIES, approximate=True),
+                        self.timeout,
+                    )
             except BaseException:
                 # Not sent: this worker shows it locally (the link is degraded from here on).
                 for event in batch:
@@ -307,6 +376,36 @@ class RedisHub(Hub):
                 raise
             finally:
                 self._writing = False
+
+
+def _checked_event(event: Any) -> dict[str, Any] | None:
+    """An event read from Redis if it has this hub's shape: a request's event of a known type with a
+    short string id (station and feed pushes never travel through the stream); a request's fields are
+    bounded again, like the chat path's own."""
+    if not isinstance(event, dict):
+        return None
+    rid, kind = event.get("id"), event.get("type")
+    role = role_of(kind)
+    if not isinstance(rid, str) or not rid or len(rid) > MAX_ID_CHARS or role is None or role in PUSHES:
+        return None
+    if role == "request":
+        event = sanitize(event)
+        if not isinstance(event.get("worker"), str) or len(event["worker"]) > MAX_ID_CHARS:
+            event["worker"] = "?"
+    return event
+
+
+def entries_of(events: list[dict[str, Any]], most: int) -> list[bytes]:
+    """`events` as stream entry values of at most `most` bytes each, in order (a batch too long is
+    split; an event too long alone, which the chat path's bounds make unlikely, is left out)."""
+    value = encode_batch(events)
+    if len(value) <= most:
+        return [value]
+    if len(events) == 1:
+        log.warning("console: an event of %d bytes was not sent to the cluster (more than %d)", len(value), most)
+        return []
+    middle = len(events) // 2
+    return entries_of(events[:middle], most) + entries_of(events[middle:], most)
 
 
 def encode_batch(events: list[dict[str, Any]]) -> bytes:

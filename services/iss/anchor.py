@@ -175,9 +175,14 @@ def _heading_kept(a: Vector, v: Vector, b: Vector) -> Matrix:
         return rotation_between(a, b)
     ve = v[0] * east_a[0] + v[1] * east_a[1] + v[2] * east_a[2]
     vn = v[0] * north_a[0] + v[1] * north_a[1] + v[2] * north_a[2]
-    w = tuple(ve * east_b[i] + vn * north_b[i] for i in range(3))
-    heading_a = tuple(ve * east_a[i] + vn * north_a[i] for i in range(3))
-    return _triad_matrix(_triad_axes(a, heading_a), _triad_axes(b, w))  # type: ignore[arg-type]
+    w = _sum_scaled(ve, east_b, vn, north_b)
+    heading_a = _sum_scaled(ve, east_a, vn, north_a)
+    return _triad_matrix(_triad_axes(a, heading_a), _triad_axes(b, w))
+
+
+def _sum_scaled(s: float, x: Vector, t: float, y: Vector) -> Vector:
+    """s·x + t·y."""
+    return (s * x[0] + t * y[0], s * x[1] + t * y[1], s * x[2] + t * y[2])
 
 
 def _east_north(u: Vector) -> tuple[Vector | None, Vector]:
@@ -209,9 +214,15 @@ def _triad(a1: Vector, a2: Vector, b1: Vector, b2: Vector) -> Matrix | None:
 
 def _triad_matrix(ta: tuple[Vector, Vector, Vector], tb: tuple[Vector, Vector, Vector]) -> Matrix:
     """R = Tb · Taᵀ, with the triads' axes as columns: takes each axis of `ta` onto the same of `tb`."""
-    return tuple(
-        tuple(sum(tb[k][i] * ta[k][j] for k in range(3)) for j in range(3)) for i in range(3)
-    )  # type: ignore[return-value]
+
+    def entry(i: int, j: int) -> float:
+        return sum(tb[k][i] * ta[k][j] for k in range(3))
+
+    return (
+        (entry(0, 0), entry(0, 1), entry(0, 2)),
+        (entry(1, 0), entry(1, 1), entry(1, 2)),
+        (entry(2, 0), entry(2, 1), entry(2, 2)),
+    )
 
 
 def _triad_axes(v1: Vector, v2: Vector) -> tuple[Vector, Vector, Vector]:

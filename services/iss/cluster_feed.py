@@ -9,6 +9,12 @@ lease it last renewed runs out with no renewal answered (a slow or frozen Redis)
 cannot reach Redis there is no lease to be had: it polls on its own, at its own pace. CelesTrak's
 rule holds for the whole cluster: each attempt is recorded in Redis (10 minutes, the retry after a
 failure), each success for the full refresh interval, and no worker asks while the record stands.
+
+What comes back from Redis is data anyone with access to it may have written: a message or the
+stored element set longer than MAX_MESSAGE_BYTES is dropped undecoded, and a fix or element set is
+used only once services.iss.cluster_data has checked it (at most one fix a second is looked at).
+Dropped ones are counted and logged at most once a minute; so are the link's failures, and its
+back-off grows across connect-then-fail cycles (Redis at maxmemory refusing the lease's writes).
 """
 
 from __future__ import annotations
@@ -19,16 +25,22 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as redis
 
+from services.iss.cluster_data import (
+    MAX_MESSAGE_BYTES,
+    Untrusted,
+    checked_elements,
+    checked_fix,
+    encode_elements,
+    encode_fix,
+)
 from services.iss.sources import Fix
-from services.iss.tle import Elements, TleError, parse_tle
-from services.ops.redis_link import UNAVAILABLE, Backoff, client, describe, where
+from services.iss.tle import Elements
+from services.ops.redis_link import UNAVAILABLE, Backoff, LogEvery, client, describe, where
 
 log = logging.getLogger("iss_llm.iss")
 
@@ -53,32 +65,19 @@ return 0
 """
 
 
-def encode_fix(fix: Fix) -> dict[str, Any]:
-    data = asdict(fix)
-    data["measured_at"] = fix.measured_at.isoformat()
-    data["received_at"] = fix.received_at.isoformat()
-    return data
+# Fixes from the cluster looked at, at most one per this many seconds (the poller sends one every few).
+MIN_FIX_GAP_S = 1.0
+MAX_LEADER_CHARS = 128
 
 
-def decode_fix(data: dict[str, Any]) -> Fix:
-    return Fix(**{
-        **data,
-        "measured_at": datetime.fromisoformat(data["measured_at"]),
-        "received_at": datetime.fromisoformat(data["received_at"]),
-    })
-
-
-def encode_elements(elements: Elements) -> dict[str, Any]:
-    return {
-        "text": elements.text(), "origin": elements.origin,
-        "fetched_at": elements.fetched_at.isoformat() if elements.fetched_at else None,
-    }
-
-
-def decode_elements(data: dict[str, Any]) -> Elements:
-    fetched = data.get("fetched_at")
-    return parse_tle(data["text"], str(data.get("origin") or "cluster"),
-                     datetime.fromisoformat(fetched) if fetched else None)
+def _leader_name(raw: bytes | str | None) -> str | None:
+    """The lease holder as /healthz shows it: printable, bounded (the key's value is Redis's)."""
+    if not raw:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw[: 4 * MAX_LEADER_CHARS].decode("utf-8", "replace")
+    text = raw.rsplit(":", 1)[0]
+    return "".join(c if c.isprintable() else "?" for c in text[:MAX_LEADER_CHARS])
 
 
 class RedisIssFeed:
@@ -113,6 +112,11 @@ class RedisIssFeed:
         self._me = f"{worker}:{secrets.token_hex(4)}"
         self._on_fix: Callable[[Fix], None] = lambda fix: None
         self._on_elements: Callable[[Elements], Any] = lambda elements: None
+        self._elements: Callable[[], Elements | None] = lambda: None
+        self.refused = 0  # fixes, element sets and messages from Redis that were not used
+        self._refused_log = LogEvery()
+        self._link_log = LogEvery()
+        self._last_fix_checked = 0.0
         self._celestrak_blocked_until = 0.0
         self._outgoing: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(MAX_OUTGOING)
         self._task: asyncio.Task[None] | None = None
@@ -124,10 +128,15 @@ class RedisIssFeed:
         self._warned = False
         self._first_round = asyncio.Event()  # set once the lease was tried (or Redis failed)
 
-    def attach(self, on_fix: Callable[[Fix], None], on_elements: Callable[[Elements], Any]) -> None:
-        """Where the fixes and element sets other workers fetched go (the tracker)."""
+    def attach(
+        self, on_fix: Callable[[Fix], None], on_elements: Callable[[Elements], Any],
+        elements: Callable[[], Elements | None] = lambda: None,
+    ) -> None:
+        """Where the fixes and element sets other workers fetched go (the tracker), and the element set
+        in use, which a fix from the cluster must agree with."""
         self._on_fix = on_fix
         self._on_elements = on_elements
+        self._elements = elements
 
     # ---- what the tracker asks (synchronous, from what the background loop last saw) ----
 
@@ -189,7 +198,7 @@ class RedisIssFeed:
             # (timed out) may have set it. The script deletes it only while it is still ours.
             try:
                 released = await asyncio.wait_for(
-                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
+                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)
             except UNAVAILABLE as exc:
                 log.info("ISS: could not give up the polling lease (%s); it expires on its own", describe(exc))
                 return
@@ -220,7 +229,7 @@ class RedisIssFeed:
                 await self._load_elements(commands)
                 self.connected = True
                 self._commands = commands
-                self._backoff.reset()
+                self._backoff.connected()  # the delay resets only once the link stays up a while
                 if self._warned:
                     log.info("ISS: cluster link back (Redis at %s): polling by lease again", where(self.url))
                     self._warned = False
@@ -231,9 +240,11 @@ class RedisIssFeed:
                     task.result()
             except UNAVAILABLE as exc:
                 self._first_round.set()
-                if not self._warned:
-                    log.warning("ISS: no cluster lease (Redis at %s: %s): this worker polls on its own",
-                                where(self.url), describe(exc))
+                # Once per outage, and at most once a minute for a link that keeps failing as it connects.
+                if not self._warned and (left_out := self._link_log.due()) is not None:
+                    log.warning("ISS: no cluster lease (Redis at %s: %s): this worker polls on its own%s",
+                                where(self.url), describe(exc),
+                                f" (failed {left_out} more times since the last such line)" if left_out else "")
                     self._warned = True
             finally:
                 self.connected = False
@@ -249,20 +260,24 @@ class RedisIssFeed:
             await asyncio.sleep(self._backoff.next())
 
     async def _load_elements(self, commands: redis.Redis) -> None:
+        # Its length first: a stored value too long is never read whole.
+        size = await asyncio.wait_for(commands.strlen(self.elements_key), self.timeout)
+        if not size:
+            return
+        if size > MAX_MESSAGE_BYTES:
+            self._refuse("the stored element set", f"{size} bytes")
+            return
         raw = await asyncio.wait_for(commands.get(self.elements_key), self.timeout)
         if raw:
-            try:
-                self._take("elements", orjson.loads(raw))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TleError) as exc:
-                log.warning("ISS: ignoring the cluster's unreadable element set (%s)", type(exc).__name__)
+            self._take_raw("elements", raw, "the stored element set")
 
     async def _lease_loop(self, commands: redis.Redis) -> None:
         ttl_ms = int(self.lease_ttl * 1000)
         while True:
             async with self._lease_lock:
                 await self._hold_lease(commands, ttl_ms)
-            leader = await asyncio.wait_for(commands.get(self.lease_key), self.timeout)
-            self.leader = leader.decode(errors="replace").rsplit(":", 1)[0] if leader else None
+            leader = await asyncio.wait_for(commands.getrange(self.lease_key, 0, 4 * MAX_LEADER_CHARS), self.timeout)
+            self.leader = _leader_name(leader)
             left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
             if left_ms and left_ms > 0:
                 self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
@@ -276,7 +291,7 @@ class RedisIssFeed:
         if self.holder:
             sent = time.monotonic()
             kept = await asyncio.wait_for(
-                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
+                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)
             if kept:
                 self._lease_until = sent + self.lease_ttl
             else:
@@ -295,20 +310,48 @@ class RedisIssFeed:
             message = await pubsub.get_message(timeout=1.0)
             if message is None or message.get("type") != "message":
                 continue
-            try:
-                envelope = orjson.loads(message["data"])
-                if envelope.get("from") != self._me:
-                    self._take(envelope["kind"], envelope["data"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, TleError) as exc:
-                log.warning("ISS: ignoring an unreadable cluster update (%s)", type(exc).__name__)
-            except Exception:  # the tracker refused it: one bad update must not end the link
-                log.exception("ISS: a cluster update could not be used")
+            self._take_raw(None, message.get("data"), "a cluster update")
 
-    def _take(self, kind: str, data: dict[str, Any]) -> None:
+    def _take_raw(self, kind: str | None, raw: Any, what: str) -> None:
+        """One value read from Redis: its size checked before it is decoded, its shape and content after.
+        `kind` None: an update on the channel (an envelope naming its kind and sender)."""
+        if not isinstance(raw, bytes) or len(raw) > MAX_MESSAGE_BYTES:
+            self._refuse(what, f"{len(raw)} bytes" if isinstance(raw, bytes) else "not bytes")
+            return
+        try:
+            data = orjson.loads(raw)
+            if kind is None:
+                if not isinstance(data, dict):
+                    raise Untrusted("an update that is not an object")
+                if data.get("from") == self._me:
+                    return
+                kind, data = data.get("kind"), data.get("data")
+            self._take(kind, data)
+        except orjson.JSONDecodeError:
+            self._refuse(what, "not JSON")
+        except Untrusted as exc:
+            self._refuse(what, str(exc))
+        except Exception:  # the tracker refused it: one bad update must not end the link
+            log.exception("ISS: a cluster update could not be used")
+
+    def _take(self, kind: Any, data: Any) -> None:
         if kind == "fix":
-            self._on_fix(decode_fix(data))
+            now = time.monotonic()
+            if now - self._last_fix_checked < MIN_FIX_GAP_S:
+                raise Untrusted("a fix too soon after the last one")
+            self._last_fix_checked = now
+            self._on_fix(checked_fix(data, self._elements()))
         elif kind == "elements":
-            self._on_elements(decode_elements(data))
+            self._on_elements(checked_elements(data))
+        else:
+            raise Untrusted("an update of an unknown kind")
+
+    def _refuse(self, what: str, why: str) -> None:
+        """Something read from Redis was not used: counted, and logged at most once a minute."""
+        self.refused += 1
+        left_out = self._refused_log.due()
+        if left_out is not None:
+            log.warning("ISS: ignoring %s from Redis (%s); %d ignored in all", what, why, self.refused)
 
     async def _publish_loop(self, commands: redis.Redis) -> None:
         while True:

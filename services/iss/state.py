@@ -22,7 +22,7 @@ class IssState:
     source: str
     accuracy: str
     altitude_km: float | None = None
-    speed_kmh: float | None = None
+    speed_kmh: float | None = None  # orbital (inertial) speed, as wheretheiss.at and NASA give it
     sunlit: bool | None = None
     ground_daylight: bool | None = None
     over: str | None = None

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from tornado import httputil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
@@ -108,7 +109,8 @@ class _Summary:
 class _Watch(httputil.HTTPMessageDelegate):
     """Passes a request through, marking its connection busy once the request's headers are in."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, server: CappedHTTPServer, conn: object) -> None:
+    def __init__(self, inner: httputil.HTTPMessageDelegate, server: CappedHTTPServer,
+                 conn: HTTP1ServerConnection) -> None:
         self.inner = inner
         self.server = server
         self.conn = conn
@@ -138,7 +140,7 @@ class CappedHTTPServer(HTTPServer):
         self.stats = stats or ConnectionStats()
         self.stats.max = max_connections
         # Connections waiting for a request's headers, the longest-waiting first.
-        self._idle: OrderedDict[object, None] = OrderedDict()
+        self._idle: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
         self._shed: set[object] = set()  # closed to make room, not yet reported closed
         self._summary = _Summary()
 
@@ -151,13 +153,17 @@ class CappedHTTPServer(HTTPServer):
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         # Called when the connection starts waiting for its next request: it is idle until headers arrive.
+        delegate = super().start_request(server_conn, request_conn)
+        if not isinstance(server_conn, HTTP1ServerConnection):  # what HTTPServer.handle_stream makes
+            return delegate
         self._idle[server_conn] = None
         self._idle.move_to_end(server_conn)
-        return _Watch(super().start_request(server_conn, request_conn), self, server_conn)
+        return _Watch(delegate, self, server_conn)
 
     def on_close(self, server_conn: object) -> None:
         self.stats.open -= 1
-        self._idle.pop(server_conn, None)
+        if isinstance(server_conn, HTTP1ServerConnection):
+            self._idle.pop(server_conn, None)
         self._shed.discard(server_conn)
         super().on_close(server_conn)
 
@@ -170,7 +176,7 @@ class CappedHTTPServer(HTTPServer):
             self._shed.add(conn)
             self.stats.idle_closed += 1
             self._summary.note("idle connection closed to make room")
-            conn.stream.close()  # type: ignore[attr-defined]  # frees its descriptor now
+            conn.stream.close()  # frees its descriptor now
             return True
         return False
 
@@ -196,20 +202,23 @@ class CappedHTTPServer(HTTPServer):
     def _accept_on(self, sock: socket.socket, callback: Callable[[socket.socket, Any], None]) -> Callable[[], None]:
         """Like tornado.netutil.add_accept_handler, but an accept() error pauses instead of spinning."""
         io_loop = IOLoop.current()
-        state = {"removed": False, "paused": None}
+        removed = False
+        paused: object | None = None  # the timeout that resumes accepting, while paused
 
         def resume() -> None:
-            state["paused"] = None
-            if not state["removed"]:
+            nonlocal paused
+            paused = None
+            if not removed:
                 io_loop.add_handler(sock, ready, IOLoop.READ)
 
         def pause() -> None:
+            nonlocal paused
             io_loop.remove_handler(sock)
-            state["paused"] = io_loop.call_later(ACCEPT_PAUSE, resume)
+            paused = io_loop.call_later(ACCEPT_PAUSE, resume)
 
         def ready(fd: Any, events: int) -> None:
             for _ in range(_ACCEPTS_PER_TURN):
-                if state["removed"]:
+                if removed:
                     return
                 try:
                     connection, address = sock.accept()
@@ -229,9 +238,10 @@ class CappedHTTPServer(HTTPServer):
                     callback(connection, address)
 
         def remove() -> None:
-            state["removed"] = True
-            if state["paused"] is not None:
-                io_loop.remove_timeout(state["paused"])
+            nonlocal removed
+            removed = True
+            if paused is not None:
+                io_loop.remove_timeout(paused)
             else:
                 io_loop.remove_handler(sock)
 

@@ -15,6 +15,7 @@ PROMETHEUS_MULTIPROC_DIR, and whichever worker answers a scrape merges them all.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -73,22 +74,20 @@ _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own wor
 
 class Timed(Protocol):
     """What one chat request's record offers the metrics once it ended (an Exchange); times are
-    time.monotonic() readings: received, upstream asked, its first content token, written, ended."""
+    time.monotonic() readings: started (received), upstream asked, its first content token, written, ended."""
 
-    route: str
+    path: str
     stream: bool
     outcome: Any
     status: int | None
     upstream_model: str | None
     error_code: str | None
     tokens: int
-    received: float
+    started: float
     upstream_sent: float | None
+    first_token_at: float | None
     first_written: float | None
     ended: float | None
-
-    @property
-    def upstream_first(self) -> float | None: ...
 
 
 class ModelLabels:
@@ -259,20 +258,20 @@ class Metrics:
     def outcome(self, record: Timed) -> None:
         """One chat request ended: count it and observe its timings, once (from Exchange.end)."""
         child = self._child
-        route = record.route
+        route = record.path
         outcome = str(record.outcome or "error")
         child(self.requests, route, outcome, str(record.status)).inc()
         ended = record.ended if record.ended is not None else time.monotonic()
-        child(self.duration, route, outcome).observe(ended - record.received)
+        child(self.duration, route, outcome).observe(ended - record.started)
         if record.upstream_sent is not None:
-            child(self.added_before, route).observe(record.upstream_sent - record.received)
+            child(self.added_before, route).observe(record.upstream_sent - record.started)
         if record.stream:
             # The first-token split, for streamed answers (a whole answer has no first token).
-            first = record.upstream_first
+            first = record.first_token_at
             if first is not None and record.upstream_sent is not None:
                 child(self.upstream_ttft, self.models(record.upstream_model)).observe(first - record.upstream_sent)
             if record.first_written is not None:
-                child(self.ttft, route).observe(record.first_written - record.received)
+                child(self.ttft, route).observe(record.first_written - record.started)
                 if first is not None:
                     child(self.added_after, route).observe(record.first_written - first)
         if outcome == "done":
@@ -459,7 +458,7 @@ class WorkerProcessCollector(Collector):
         pids = [parent, *_children(parent)]
         families: dict[str, Metric] = {}
         for pid in pids:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+            for family in ProcessCollector(pid=functools.partial(int, pid), registry=None).collect():
                 merged = families.get(family.name)
                 if merged is None:
                     merged = families[family.name] = Metric(family.name, family.documentation, family.type)

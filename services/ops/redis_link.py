@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import redis.asyncio as redis
@@ -36,20 +38,68 @@ def where(url: str) -> str:
 
 
 class Backoff:
-    """Delays between reconnection attempts: doubling from `first` to `most`, with jitter."""
+    """Delays between reconnection attempts: doubling from `first`, with jitter.
 
-    def __init__(self, first: float = 0.25, most: float = 5.0) -> None:
+    A link that cannot connect is tried again at most `most` seconds apart. A link that connects
+    and then fails before `healthy_after` seconds (Redis at maxmemory refusing every write, a proxy
+    that drops it) is flapping: each cycle costs a reload and a resync, so its delay keeps doubling
+    across those cycles, up to `flapping_most`. Only a link that stayed up for `healthy_after`
+    seconds starts again from `first`.
+    """
+
+    def __init__(
+        self, first: float = 0.25, most: float = 5.0, *, flapping_most: float = 60.0,
+        healthy_after: float = 30.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.first = first
         self.most = most
+        self.flapping_most = max(most, flapping_most)
+        self.healthy_after = healthy_after
+        self._clock = clock
         self._next = first
+        self._up_since: float | None = None
+
+    def connected(self) -> None:
+        """The link is up: its delay resets once it has stayed up for `healthy_after` seconds."""
+        self._up_since = self._clock()
 
     def next(self) -> float:
-        delay = self._next
-        self._next = min(self.most, self._next * 2)
+        """The delay before the next attempt (the link is down)."""
+        cap = self.most
+        if self._up_since is not None:
+            if self._clock() - self._up_since >= self.healthy_after:
+                self._next = self.first
+            else:
+                cap = self.flapping_most  # it connected and failed again at once
+        self._up_since = None
+        delay = min(self._next, cap)
+        self._next = min(cap, self._next * 2)
         return delay * random.uniform(0.8, 1.2)
 
     def reset(self) -> None:
         self._next = self.first
+        self._up_since = None
+
+
+class LogEvery:
+    """At most one log line per `interval` seconds for a recurring condition, with how many were
+    left out since the last one (a Redis refusing every write must not log at the rate it refuses)."""
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self.suppressed = 0
+
+    def due(self) -> int | None:
+        """None when this occurrence is not to be logged; else how many were left out before it."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            self.suppressed += 1
+            return None
+        self._last = now
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out
 
 
 def describe(exc: BaseException) -> str:
@@ -62,4 +112,4 @@ def describe(exc: BaseException) -> str:
     return name
 
 
-__all__ = ["UNAVAILABLE", "Backoff", "RedisError", "client", "describe", "where"]
+__all__ = ["UNAVAILABLE", "Backoff", "LogEvery", "RedisError", "client", "describe", "where"]

@@ -303,13 +303,12 @@ def test_the_event_table_is_what_the_page_reads():
 
 
 def test_buffer_caps_the_text_kept_per_request():
-    fanout = Fanout(3)
-    fanout.log.max_text_chars = 10
+    fanout = Fanout(3, record_bytes=10)
     fanout.publish(_request("r1"))
     for _ in range(5):
         fanout.publish(_tokens("r1", "abcd"))
     [record] = fanout.snapshot()
-    assert record["text"] == "abcdabcdab"
+    assert record["text"] == "abcdabcdab… [10 more bytes not kept]"
     assert record["text_truncated"] is True
 
 
@@ -421,7 +420,7 @@ async def test_ten_stuck_subscribers_share_one_bounded_backlog():
 def test_the_replay_keeps_each_tool_call_with_its_type_and_place_in_the_answer():
     from services.console.replay import RequestLog
 
-    log = RequestLog(4, max_text_chars=10)
+    log = RequestLog(4, record_bytes=10)
     log.record({"type": "request", "id": "r1", "t": 1.0, "messages": []})
     log.record({"type": "tokens", "id": "r1", "t": 1.1, "text": "Let me "})
     log.record({"type": "iss_tool", "id": "r1", "t": 1.2, "name": "iss_passes", "arguments": "{}", "result": "{}",
@@ -430,7 +429,7 @@ def test_the_replay_keeps_each_tool_call_with_its_type_and_place_in_the_answer()
     log.record({"type": "iss_tool", "id": "r1", "t": 1.4, "name": "iss_crew", "arguments": "{}", "result": "{}",
                 "ok": True, "ms": 0.5, "round": 2})
     (record,) = log.snapshot()
-    assert record["text"] == "Let me che" and record["text_truncated"]
+    assert record["text"] == "Let me che… [14 more bytes not kept]" and record["text_truncated"]
     assert [(call["type"], call["name"], call["text_at"]) for call in record["tools"]] == [
         ("iss_tool", "iss_passes", 7), ("iss_tool", "iss_crew", 10)]
 

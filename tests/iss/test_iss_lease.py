@@ -9,9 +9,21 @@ from datetime import UTC, datetime
 
 from config import BUNDLED_TLE
 from services.iss.cluster_feed import RedisIssFeed
+from services.iss.orbit import propagate
 from services.iss.sources import Fix
-from services.iss.tle import load_tle_file
+from services.iss.tle import parse_tle
+from tests.fakes.iss_sources import retimed_tle
 from tests.redis_server import free_port
+
+# The bundled elements with a recent epoch: what CelesTrak would send, and what fixes are checked against.
+ELEMENTS = parse_tle(retimed_tle(BUNDLED_TLE.read_text(encoding="ascii"), datetime.now(UTC)), "celestrak")
+
+
+def on_track_fix(source: str = "open-notify") -> Fix:
+    """A fix where the station is now, by the elements in use."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    point = propagate(ELEMENTS.satrec, now)
+    return Fix(source, round(point.latitude, 4), round(point.longitude, 4), now, now, altitude_km=420.0)
 
 
 async def _until(predicate, timeout: float, what: str) -> None:
@@ -24,7 +36,7 @@ async def _until(predicate, timeout: float, what: str) -> None:
 def _feed(url: str, name: str, received: dict[str, list]) -> RedisIssFeed:
     feed = RedisIssFeed(url, name, tle_interval=7200.0, prefix="test:iss", lease_ttl=1.5)
     received[name] = []
-    feed.attach(received[name].append, received[name].append)
+    feed.attach(received[name].append, received[name].append, lambda: ELEMENTS)
     return feed
 
 
@@ -38,8 +50,7 @@ async def test_one_holder_its_fixes_reach_the_others_and_the_lease_moves_when_it
     others = [f for f in feeds if f is not holder]
     assert holder.may_poll() and not any(f.may_poll() for f in others)
 
-    now = datetime.now(UTC)
-    fix = Fix("open-notify", 12.5, -45.25, now, now, altitude_km=420.0)
+    fix = on_track_fix()
     holder.fetched_fix(fix)
     await _until(lambda: all(received[f.worker] for f in others), 5, "the fix did not reach the others")
     assert all(received[f.worker] == [fix] for f in others)
@@ -49,7 +60,7 @@ async def test_one_holder_its_fixes_reach_the_others_and_the_lease_moves_when_it
     # again while the cluster's record of the fetch stands.
     assert not any(f.may_fetch_elements() for f in others)
     assert holder.may_fetch_elements()
-    elements = load_tle_file(BUNDLED_TLE, "celestrak")
+    elements = ELEMENTS
     holder.fetched_elements(elements)
     await _until(lambda: all(len(received[f.worker]) == 2 for f in others), 5, "elements")
     assert received[others[0].worker][1].line1 == elements.line1
@@ -91,7 +102,7 @@ async def test_a_resigning_holder_gives_the_lease_up_at_once_and_never_takes_it_
              for i in range(3)]
     for feed in feeds:
         received[feed.worker] = []
-        feed.attach(received[feed.worker].append, received[feed.worker].append)
+        feed.attach(received[feed.worker].append, received[feed.worker].append, lambda: ELEMENTS)
         await feed.start()
     store = redis.Redis.from_url(redis_server.url)
     try:
@@ -109,8 +120,7 @@ async def test_a_resigning_holder_gives_the_lease_up_at_once_and_never_takes_it_
         await new_holder.resign()
         last = next(f for f in others if f is not new_holder)
         await _until(lambda: last.holder, 10, "the last worker did not take the lease")
-        now = datetime.now(UTC)
-        fix = Fix("open-notify", 1.0, 2.0, now, now, altitude_km=420.0)
+        fix = on_track_fix()
         last.fetched_fix(fix)
         await _until(lambda: received[holder.worker] == [fix], 5, "a resigned worker no longer hears the fixes")
         await last.resign()

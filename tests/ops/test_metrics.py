@@ -303,9 +303,9 @@ MULTIPROCESS = textwrap.dedent("""
     path = m.prepare_multiprocess({path!r})
 
     class Record:
-        route = "/v1/chat/completions"; stream = True; outcome = "done"; status = 200
+        path = "/v1/chat/completions"; stream = True; outcome = "done"; status = 200
         upstream_model = "gpt-test"; error_code = None; tokens = 7
-        received = 0.0; upstream_sent = 0.001; upstream_first = 0.101; first_written = 0.102; ended = 0.5
+        started = 0.0; upstream_sent = 0.001; first_token_at = 0.101; first_written = 0.102; ended = 0.5
 
     pids = []
     for worker in range(3):

@@ -1,12 +1,11 @@
 """The layer's tool rounds as the caller sees them: tool names sent upstream are unique (the caller's
-own tool wins a clash of names), and the answer's usage is the sum of every round's."""
+own tool wins a clash of names). (The usage of every round summed: tests/upstream/test_tool_turns.py.)"""
 
 from __future__ import annotations
 
 import orjson
 
 from tests.conftest import post_json, sse_events
-from tests.fakes.openai_upstream import SCRIPTED_USAGE
 
 QUESTION = [{"role": "user", "content": "When can I see the ISS from Paris?"}]
 
@@ -34,14 +33,3 @@ async def test_a_caller_tool_named_like_a_layer_tool_is_the_callers_and_names_se
     assert upstream.requests == 1  # no layer round ran
     assert app.services.backend.describe()["iss_tools"]["calls"] == 0
 
-
-async def test_the_answers_usage_is_the_sum_of_every_tool_rounds_usage(base_url, upstream):
-    upstream.scripted_tools = True
-    response = await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True,
-                                          "stream_options": {"include_usage": True}})
-    assert response.code == 200
-    assert upstream.requests == 2  # two rounds: the layer's tool, then the answer
-    chunks = _chunks(response.body)
-    usages = [c["usage"] for c in chunks if c.get("usage")]
-    assert len(usages) == 1 and chunks[-1]["choices"] == []  # one usage chunk, the last
-    assert usages[0] == {key: sum(u[key] for u in SCRIPTED_USAGE) for key in SCRIPTED_USAGE[0]}
