@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import resource
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -107,18 +108,32 @@ async def _flood(port: int, count: int, idle: list[asyncio.StreamWriter]) -> Non
             idle.append(writer)
 
 
+async def _health_until(base: str, predicate, timeout: float, what: str) -> dict:
+    """The /healthz `connections` figures once `predicate` holds on them; every answer on the way is a
+    200 (polled, at most `timeout` seconds: a ceiling for a busy machine, not the behaviour)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = await _get(base + "/healthz")
+        assert health.code == 200, (health.code, health.body[:500])
+        connections = orjson.loads(health.body)["connections"]
+        if predicate(connections):
+            return connections
+        assert time.monotonic() < deadline, f"{what}: {connections}"
+        await asyncio.sleep(0.05)
+
+
 async def test_more_idle_connections_than_open_files_cannot_take_healthz_down(io_loop, upstream, tmp_path):
     raise_nofile(4096)  # this test process holds 1,100 sockets of its own
     async with limited_server(upstream, tmp_path) as (server, idle):
         port = server.port
         await _flood(port, 1100, idle)
-        await asyncio.sleep(0.5)
-        health = await _get(f"http://127.0.0.1:{port}/healthz")
-        assert health.code == 200, (health.code, server.text[-2000:])
-        connections = orjson.loads(health.body)["connections"]
+        # /healthz answers all along; once the server has taken the whole flood in, it closed the
+        # idle connections past its cap.
+        connections = await _health_until(
+            f"http://127.0.0.1:{port}", lambda c: c["idle_closed"] >= 1100 - c["max"], 30,
+            "the flood's idle connections past the cap were not closed")
         assert connections["max"] < 1024 // 2  # lowered to what 1,024 descriptors hold
         assert connections["open"] <= connections["max"] + 1
-        assert connections["idle_closed"] >= 1100 - connections["max"]
         # A chat request still gets its answer.
         reader, writer, seen = await open_stream(f"http://127.0.0.1:{port}", {"messages": MESSAGES, "stream": True})
         while b"[DONE]" not in seen:
@@ -155,7 +170,11 @@ async def test_past_the_cap_with_every_connection_busy_a_newcomer_is_refused_at_
 async def test_at_the_cap_the_longest_idle_connection_makes_room(base_url, app):
     host, port = base_url.removeprefix("http://").split(":")
     idle = [await asyncio.open_connection(host, int(port)) for _ in range(3)]
-    await asyncio.sleep(0.1)
+    # Each one accepted by the server (polled, at most 5 s) before the fourth comes.
+    deadline = time.monotonic() + 5
+    while app.services.connections.open < 3:
+        assert time.monotonic() < deadline, "the server did not accept three connections"
+        await asyncio.sleep(0.01)
     health = await _get(base_url + "/healthz")
     assert health.code == 200
     # The first idle connection was closed to let /healthz in; the others are still open.
@@ -171,11 +190,8 @@ async def test_out_of_descriptors_accept_pauses_and_logs_a_count_not_a_storm(io_
         process = psutil.Process(server.process.pid)
         process.rlimit(psutil.RLIMIT_NOFILE, (process.num_fds() + 6, 1024))
         await _flood(server.port, 300, idle)
-        await asyncio.sleep(0.5)
-        health = await _get(f"http://127.0.0.1:{server.port}/healthz")
-        assert health.code == 200, (health.code, server.text[-2000:])
-        connections = orjson.loads(health.body)["connections"]
-        assert connections["accept_errors"] >= 1
-        assert connections["idle_closed"] >= 1
+        await _health_until(f"http://127.0.0.1:{server.port}",
+                            lambda c: c["accept_errors"] >= 1 and c["idle_closed"] >= 1, 30,
+                            "no accept error, or no idle connection closed, after the flood")
         assert server.lines < 20, server.text[-3000:]
         assert server.text.count("Too many open files") == 1, server.text  # the first summary only

@@ -88,8 +88,13 @@ async def test_json_logs_are_one_object_a_line_with_one_outcome_each_and_no_secr
         assert whole.code == 200
         health = await AsyncHTTPClient().fetch(base + "/healthz")
         assert health.code == 200
-        # The cancelled stream's outcome is recorded once the server notices the caller left.
-        await asyncio.sleep(0.5)
+        # The cancelled stream's outcome is recorded once the server notices the caller left: wait
+        # for /healthz to count it (polled, at most 10 s), so its log line is in before SIGTERM.
+        deadline = asyncio.get_running_loop().time() + 10
+        while json.loads((await AsyncHTTPClient().fetch(base + "/healthz", headers=AUTH)).body)["chat"].get(
+                "cancelled") != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the cancelled stream's outcome was never recorded"
+            await asyncio.sleep(0.05)
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
