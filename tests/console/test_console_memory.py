@@ -100,6 +100,8 @@ async def test_a_full_buffer_of_long_answers_keeps_rss_within_50_mb_of_idle(io_l
         for record in long:
             assert record["text"] == "x" * RECORD_BYTES + cut_marker(TOKENS - RECORD_BYTES), record["text"][-80:]
             assert record["text_truncated"] is True and record["status"] == "done"
+        assert await server.stop() == 0
+        server.assert_clean_output()
     finally:
         server.kill()
         await upstream.close()
