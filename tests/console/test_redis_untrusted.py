@@ -99,9 +99,14 @@ async def test_redis_at_maxmemory_gives_neither_a_log_storm_nor_a_reconnect_stor
     hub = await _hub(redis_server.url)
     feed = RedisIssFeed(redis_server.url, "w1", tle_interval=7200.0, prefix="test:iss", lease_ttl=1.5)
     feed.attach(lambda fix: None, lambda elements: None)
+    # Another worker holds the lease: this one tries to take it every second (a write).
+    await store.set(feed.lease_key, b"other:1234", px=120_000)
     await feed.start()
     lines = Lines()
-    logging.getLogger("iss_llm").addHandler(lines)
+    project = logging.getLogger("iss_llm")
+    level = project.level
+    project.setLevel(logging.INFO)
+    project.addHandler(lines)
     try:
         # Every write refused from now on (the default policy, noeviction, at a 1-byte limit); reads work.
         await store.config_set("maxmemory", 1)
@@ -115,17 +120,20 @@ async def test_redis_at_maxmemory_gives_neither_a_log_storm_nor_a_reconnect_stor
         connections = int((await store.info("stats"))["total_connections_received"]) - before - 1
         said = [r.getMessage() for r in lines.records]
         # Before: the back-off reset at every connect, ~8 connections and ~7 lines a second.
+        print(f"maxmemory for 10 s: {connections} connections, {len(said)} lines")
         assert connections <= 30, (connections, said)
-        assert len(said) <= 6, said
-        assert not hub.connected or not feed.connected  # it did fail: this is the case under test
+        # One line each that the link was lost, one that it is back (the first time): not one per cycle.
+        assert len(said) <= 4, said
+        assert any("cluster feed lost" in line for line in said) and any("no cluster lease" in line for line in said)
         # Memory again: both links come back (within their back-off's cap).
         await store.config_set("maxmemory", 0)
         deadline = time.monotonic() + 70
-        while not (hub.connected and feed.connected and feed.holder):
+        while not (hub.connected and feed.connected):
             assert time.monotonic() < deadline, "the links did not come back"
             await asyncio.sleep(0.1)
     finally:
-        logging.getLogger("iss_llm").removeHandler(lines)
+        project.removeHandler(lines)
+        project.setLevel(level)
         await store.config_set("maxmemory", 0)
         await store.aclose()
         await feed.close()
