@@ -107,9 +107,11 @@ def build_services(
     if backend is None:
         backend = make_backend(settings, queries)
     if hub is None:
-        bounds = {"record_bytes": settings.console_record_bytes, "buffer_bytes": settings.console_buffer_bytes}
-        hub = RedisHub(settings.redis_url, settings.console_buffer, **bounds) if settings.redis_url else MemoryHub(
-            settings.console_buffer, **bounds
+        record_bytes, buffer_bytes = settings.console_record_bytes, settings.console_buffer_bytes
+        hub = RedisHub(
+            settings.redis_url, settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes
+        ) if settings.redis_url else MemoryHub(
+            settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes
         )
     metrics: Metrics = NullMetrics()
     if settings.metrics_enabled:
