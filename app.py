@@ -28,6 +28,8 @@ from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
 from services.chat.models import ModelCatalog
+from services.chat.platforms import Platforms
+from services.common.bounded_work import BoundedWork
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
 from services.console.redis_hub import RedisHub
@@ -36,7 +38,9 @@ from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
-from services.ops.metrics import Metrics, NullMetrics
+from services.ops.rate_limit import RateLimit
+from services.ops.recorder import NullMetrics, Recorder
+from services.ops.tracing import NoTracing, Tracing, make_tracing
 from services.upstream import make_backend
 from services.upstream.base import Backend
 
@@ -58,10 +62,12 @@ class Services:
     iss: IssQueries
     inflight: Inflight = field(default_factory=Inflight)
     connections: ConnectionStats = field(default_factory=ConnectionStats)
-    metrics: Metrics = field(default_factory=NullMetrics)
+    metrics: Recorder = field(default_factory=NullMetrics)
     models: ModelCatalog | None = None  # what /v1/models lists
     iss_lease: RedisIssFeed | None = None  # with REDIS_URL: one ISS poller for the cluster
     conversations: Conversations = field(default_factory=Conversations)  # for SUPERSEDE
+    iss_limit: RateLimit = field(default_factory=lambda: RateLimit(0, 1))  # /iss* per address
+    tracing: Tracing = field(default_factory=NoTracing)  # OpenTelemetry, with OTEL_EXPORTER_OTLP_ENDPOINT
 
     async def start(self) -> None:
         """Begin background work (ISS refresh) now rather than on the first request."""
@@ -84,6 +90,8 @@ class Services:
         if self.iss_lease is not None:
             await self.iss_lease.close()
         await self.tracker.close()
+        await self.iss.close()
+        await self.tracing.close()
 
 
 def build_services(
@@ -103,18 +111,21 @@ def build_services(
         tracker = IssTracker(settings, feed=iss_lease)
         if iss_lease is not None:
             iss_lease.attach(tracker.fix_arrived, tracker.elements_arrived, tracker.elements)
-    queries = IssQueries(tracker)
+    queries = IssQueries(tracker, searches=BoundedWork(settings.pass_searches, settings.pass_search_queue,
+                                                       name="pass-search"))
     if backend is None:
         backend = make_backend(settings, queries)
     if hub is None:
         record_bytes, buffer_bytes = settings.console_record_bytes, settings.console_buffer_bytes
-        hub = RedisHub(
-            settings.redis_url, settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes
-        ) if settings.redis_url else MemoryHub(
-            settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes
+        hub = (
+            RedisHub(settings.redis_url, settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
+            if settings.redis_url
+            else MemoryHub(settings.console_buffer, record_bytes=record_bytes, buffer_bytes=buffer_bytes)
         )
-    metrics: Metrics = NullMetrics()
+    metrics: Recorder = NullMetrics()
     if settings.metrics_enabled:
+        from services.ops.metrics import Metrics  # prometheus_client: imported only when metrics are on
+
         # The model label's values: the configured models always, a few others at most.
         configured = (settings.llm_model, settings.default_model, *(upstream for _, upstream in settings.model_map))
         metrics = Metrics(configured_models=configured)
@@ -132,6 +143,8 @@ def build_services(
         models=ModelCatalog(settings, getattr(backend, "list_models", None)),
         iss_lease=iss_lease,
         iss=queries,
+        iss_limit=RateLimit(settings.iss_rate_per_min, settings.iss_rate_burst),
+        tracing=make_tracing(settings.otel_endpoint, settings.otel_service_name, settings.otel_capture_content),
     )
 
 
@@ -140,19 +153,21 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
+        "platforms": Platforms(settings), "tracing": services.tracing,
     }
     models = {"settings": settings, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,
               "inflight": services.inflight, "connections": services.connections}
+    public = {"settings": settings, "limit": services.iss_limit}
     table: list[Route] = [
         (r"/chat/completions", ChatHandler, chat),
         (r"/v1/chat/completions", ChatHandler, chat),
         (r"/models", ModelsHandler, models),
         (r"/v1/models", ModelsHandler, models),
         (r"/healthz", HealthHandler, health),
-        (r"/iss", IssHandler, {"tracker": services.tracker}),
-        (r"/iss/passes", PassesHandler, {"queries": services.iss}),
-        (r"/iss/crew", CrewHandler, {"queries": services.iss}),
+        (r"/iss", IssHandler, {**public, "tracker": services.tracker}),
+        (r"/iss/passes", PassesHandler, {**public, "queries": services.iss}),
+        (r"/iss/crew", CrewHandler, {**public, "queries": services.iss}),
     ]
     if settings.console_enabled:
         auth = ConsoleAuth(services.console_token)
@@ -169,7 +184,9 @@ def routes(settings: Settings, services: Services) -> list[Route]:
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
     """Access log without query strings: a console token in ?token= must never reach a log. The status
-    is the recorded outcome's (ApiHandler.outcome_status), the one the outcome line carries."""
+    is the recorded outcome's (ApiHandler.outcome_status). Chat requests log their own one line."""
+    if isinstance(handler, ApiHandler) and handler.logs_itself():
+        return  # one line per request: a chat request's outcome line says it all
     status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
     request = handler.request
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -19,7 +22,8 @@ class ConfigError(ValueError):
     """A setting has a value the server cannot run with."""
 
 
-def _bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
+    """The words for true and false in settings and query parameters (an empty value is false)."""
     lowered = value.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
         return True
@@ -39,6 +43,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError(f"must be greater than 0, got {value!r}")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be a number, 0 or more, got {value!r}")
     return number
 
 
@@ -104,6 +115,53 @@ def _console_token(value: str) -> str | None:
     return token or None
 
 
+def _names(value: str) -> tuple[str, ...]:
+    """Comma-separated names, as written (request fields are case-sensitive)."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    """Exact web origins (scheme://host[:port]); never a wildcard: the chat routes take a key."""
+    origins = []
+    for part in value.split(","):
+        origin = part.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        if origin == "*" or "*" in origin:
+            raise ValueError("list exact origins such as https://app.example.com; a wildcard is not accepted "
+                             "(a page on any site could then spend your key's upstream)")
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in {"http", "https"} or not sep or not rest or "/" in rest or "?" in rest or "#" in rest:
+            raise ValueError(f"expected an origin such as https://app.example.com (no path), got {part.strip()!r}")
+        origins.append(origin)
+    return tuple(origins)
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADERS_NOT_SET = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+def _headers(value: str) -> tuple[tuple[str, str], ...]:
+    """A JSON object of header names to string values, e.g. {"HTTP-Referer": "https://example.org"}."""
+    if not value.strip():
+        return ()
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise ValueError('expected a JSON object of header names to values, e.g. {"X-Title": "ISS"}') from None
+    if not isinstance(parsed, dict):
+        raise ValueError('expected a JSON object of header names to values, e.g. {"X-Title": "ISS"}')
+    pairs = []
+    for name, header in parsed.items():
+        if not _HEADER_NAME.match(name) or name.lower() in _HEADERS_NOT_SET:
+            raise ValueError(f"{name[:40]!r} is not a header name this server can set")
+        if not isinstance(header, str) or any(ch in header for ch in "\r\n\0"):
+            # Never echo the value: it may be a credential.
+            raise ValueError(f"the value of {name!r} must be a string on one line")
+        pairs.append((name, header))
+    return tuple(pairs)
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value.strip()) if value.strip() else None
 
@@ -116,7 +174,7 @@ class Settings:
     port: int = field(default=5000, metadata={"env": "PORT", "parse": int})
 
     trust_proxy_headers: bool = field(
-        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": _bool}
+        default=False, metadata={"env": "TRUST_PROXY_HEADERS", "parse": parse_bool}
     )
     server_api_key: str | None = field(
         default=None, repr=False, metadata={"env": "SERVER_API_KEY", "parse": _optional}
@@ -185,8 +243,16 @@ class Settings:
         default=1024 * 1024, metadata={"env": "UPSTREAM_MAX_EVENT_BYTES", "parse": _positive_int}
     )
     upstream_max_retries: int = field(
-        default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": int}
+        default=0, metadata={"env": "UPSTREAM_MAX_RETRIES", "parse": _non_negative_int}
     )
+    # Sent with every upstream request (a gateway's own headers): a JSON object, e.g.
+    # {"HTTP-Referer": "https://example.org", "X-Title": "ISS"}. Values may be credentials: never shown.
+    upstream_headers: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "UPSTREAM_HEADERS", "parse": _headers}
+    )
+    # OpenAI's organization and project headers, as the openai package sends them from the same variables.
+    openai_org_id: str | None = field(default=None, metadata={"env": "OPENAI_ORG_ID", "parse": _optional})
+    openai_project_id: str | None = field(default=None, metadata={"env": "OPENAI_PROJECT_ID", "parse": _optional})
 
     iss_inject: str = field(
         default="user", metadata={"env": "ISS_INJECT", "parse": _choice("user", "system", "off")}
@@ -216,11 +282,25 @@ class Settings:
     iss_timeout: float = field(default=2.0, metadata={"env": "ISS_TIMEOUT", "parse": _positive_float})
     # The layer's own tools (position, passes, crew) offered to the upstream model: on whenever an
     # upstream answers, unless ISS_TOOLS=off.
-    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": _bool})
+    iss_tools: bool = field(default=True, metadata={"env": "ISS_TOOLS", "parse": parse_bool})
     iss_tool_timeout: float = field(
         default=5.0, metadata={"env": "ISS_TOOL_TIMEOUT", "parse": _positive_float}
     )
     iss_tool_rounds: int = field(default=3, metadata={"env": "ISS_TOOL_ROUNDS", "parse": _positive_int})
+    # At most this many of the layer's tool calls run per round (the rest get an error result the
+    # model reads), and at most this many bytes of tool results go back upstream per request.
+    iss_tool_max_calls: int = field(default=4, metadata={"env": "ISS_TOOL_MAX_CALLS", "parse": _positive_int})
+    iss_tool_result_bytes: int = field(
+        default=64 * 1024, metadata={"env": "ISS_TOOL_RESULT_BYTES", "parse": _positive_int}
+    )
+    # --- /iss* and pass searches bounded (issue 19) ---
+    # Requests a minute (on average) and at once to /iss, /iss/passes and /iss/crew per caller address;
+    # ISS_RATE_PER_MIN=0 turns the limit off.
+    iss_rate_per_min: float = field(default=60.0, metadata={"env": "ISS_RATE_PER_MIN", "parse": _non_negative_float})
+    iss_rate_burst: int = field(default=20, metadata={"env": "ISS_RATE_BURST", "parse": _positive_int})
+    # Pass searches (the endpoint's and the tools') running at once in worker threads, and waiting.
+    pass_searches: int = field(default=2, metadata={"env": "PASS_SEARCHES", "parse": _positive_int})
+    pass_search_queue: int = field(default=8, metadata={"env": "PASS_SEARCH_QUEUE", "parse": _non_negative_int})
     iss_refresh_interval: float = field(
         default=5.0, metadata={"env": "ISS_REFRESH_INTERVAL", "parse": _positive_float}
     )
@@ -235,7 +315,7 @@ class Settings:
         default=BUNDLED_TLE, metadata={"env": "BUNDLED_TLE", "parse": _optional_path}
     )
 
-    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": _bool})
+    console_enabled: bool = field(default=True, metadata={"env": "CONSOLE_ENABLED", "parse": parse_bool})
     console_token: str | None = field(
         default=None, repr=False, metadata={"env": "CONSOLE_TOKEN", "parse": _console_token}
     )
@@ -265,12 +345,46 @@ class Settings:
     )
 
     # --- metrics and logs (issue 12) ---
-    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": _bool})
+    metrics_enabled: bool = field(default=True, metadata={"env": "METRICS_ENABLED", "parse": parse_bool})
     # false: /metrics wants the SERVER_API_KEY bearer token like the chat endpoint.
-    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": _bool})
+    metrics_public: bool = field(default=True, metadata={"env": "METRICS_PUBLIC", "parse": parse_bool})
     log_format: str = field(
         default="text", metadata={"env": "LOG_FORMAT", "parse": _choice("text", "json")}
     )
+    # auto: uvloop where it is installed (requirements.txt pins it), else asyncio's own loop.
+    event_loop: str = field(
+        default="auto", metadata={"env": "EVENT_LOOP", "parse": _choice("auto", "uvloop", "asyncio")}
+    )
+
+    # --- agent platforms, browsers, traces (issue 21) ---
+    # Whose request shape to read: auto recognises Tavus (conversation-id header), Vapi (a `call`
+    # object) and the plain OpenAI shape; a name forces that platform's profile.
+    platform: str = field(
+        default="auto", metadata={"env": "PLATFORM", "parse": _choice("auto", "tavus", "vapi", "openai")}
+    )
+    # passthrough: every field the caller sent goes upstream (vendor extensions of vLLM, Ollama...);
+    # openai: only OpenAI's chat-completion parameters (OpenAI answers 400 to any other).
+    upstream_params: str = field(
+        default="passthrough", metadata={"env": "UPSTREAM_PARAMS", "parse": _choice("passthrough", "openai")}
+    )
+    # Fields sent upstream whatever the two settings above leave out (e.g. top_k, or Vapi's metadata).
+    upstream_extra_params: tuple[str, ...] = field(
+        default=(), metadata={"env": "UPSTREAM_EXTRA_PARAMS", "parse": _names}
+    )
+    # Web pages (exact origins) allowed to call the chat and model routes from a browser, with the key.
+    allowed_origins: tuple[str, ...] = field(default=(), metadata={"env": "ALLOWED_ORIGINS", "parse": _origins})
+    # OpenTelemetry traces: off unless an OTLP/HTTP endpoint is set (the standard variable).
+    otel_endpoint: str | None = field(
+        default=None, metadata={"env": "OTEL_EXPORTER_OTLP_ENDPOINT", "parse": _optional}
+    )
+    otel_service_name: str = field(default="iss-llm", metadata={"env": "OTEL_SERVICE_NAME", "parse": str})
+    # Prompt and answer text on the spans (the GenAI conventions' opt-in); off: counts and names only.
+    otel_capture_content: bool = field(
+        default=False, metadata={"env": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "parse": parse_bool}
+    )
+
+    # Which .env file these settings were read from (None: none), for the start-up line.
+    env_file: Path | None = field(default=None, compare=False)
 
     @property
     def use_openai(self) -> bool:
@@ -300,13 +414,13 @@ class Settings:
     def listens_beyond_loopback(self) -> bool:
         return self.host not in {"127.0.0.1", "localhost", "::1"} and not self.host.startswith("127.")
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:  # one value per field, each of its own type
         return replace(self, **changes)
 
 
 def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Settings:
     """Settings from environment-style names; an invalid value raises ConfigError naming it."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}  # field name -> the parsed value, of that field's own type
     for f in fields(Settings):
         name = f.metadata.get("env")
         if name is None or name not in values or values[name] is None:
@@ -318,12 +432,34 @@ def from_mapping(values: Mapping[str, str], base: Settings | None = None) -> Set
     return replace(base or Settings(), **changes)
 
 
+class _Find:
+    """The marker of "look for .env" (find_env_file) rather than a given file or none."""
+
+
+FIND = _Find()
+
+
+def find_env_file(cwd: Path | None = None, beside: Path = ROOT) -> Path | None:
+    """The .env to read: the working directory's, else the one beside server.py; None if neither exists."""
+    for folder in (Path.cwd() if cwd is None else cwd, beside):
+        candidate = folder / ".env"
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
 def load_settings(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    env_file: str | os.PathLike[str] | None = ".env",
+    env_file: str | os.PathLike[str] | _Find | None = FIND,
+    beside: Path = ROOT,
 ) -> Settings:
-    """Read .env (never overriding the real environment), the environment, then --host/--port."""
+    """Read .env (never overriding the real environment), the environment, then --host/--port.
+
+    By default the .env is the working directory's, else the one beside server.py (`beside`), so a
+    server started from elsewhere (a systemd unit without WorkingDirectory) still reads its own;
+    `env_file` names one instead, or None reads none. Settings.env_file says which was read.
+    """
     parser = argparse.ArgumentParser(description="ISS-aware OpenAI-compatible chat layer")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 5000)")
@@ -331,10 +467,13 @@ def load_settings(
     args = parser.parse_args(argv)
 
     merged: dict[str, str] = {}
-    if env_file and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    path = find_env_file(beside=beside) if isinstance(env_file, _Find) else Path(env_file) if env_file else None
+    if path is not None and path.is_file():
+        merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    else:
+        path = None
     merged.update(os.environ if environ is None else environ)
-    settings = from_mapping(merged)
+    settings = replace(from_mapping(merged), env_file=path)
     if args.host:
         settings = replace(settings, host=args.host)
     if args.port is not None:
@@ -345,6 +484,9 @@ def load_settings(
         settings = replace(settings, workers=args.workers)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"PORT: must be between 0 and 65535, got {settings.port}")
+    if settings.allowed_origins and not settings.server_api_key:
+        raise ConfigError("ALLOWED_ORIGINS: needs SERVER_API_KEY (without a key, any page a browser opens could "
+                          "spend the upstream; the listed pages send the key)")
     if not settings.metrics_public and settings.metrics_enabled and not settings.server_api_key:
         raise ConfigError("METRICS_PUBLIC: false needs SERVER_API_KEY (the key /metrics then asks for)")
     return settings

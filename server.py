@@ -1,12 +1,16 @@
 """The process: main() reads the settings, listens, runs one process or supervised workers, and drains.
 
-The application itself is built in app.py (the composition root).
+The application itself is built in app.py (the composition root). prometheus_client is imported
+only once the process knows whether the metrics run in its multiprocess mode, which the client
+reads from PROMETHEUS_MULTIPROC_DIR when it is first imported (services/ops/multiprocess.py): the
+app imports the metrics as it builds them, after main() chose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import resource
@@ -14,14 +18,16 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
 
 from app import make_app, make_server
 from config import ConfigError, Settings, load_settings
-from services.ops import logs
-from services.ops import metrics as metrics_multiprocess
+from services.ops import logs, multiprocess
 from services.ops.connections import raise_open_file_limit
 from services.ops.redaction import install_log_sanitizer
 from services.ops.supervisor import Hooks, Supervisor
@@ -116,6 +122,34 @@ async def serve(
     return 0
 
 
+def env_file_line(settings: Settings, cwd: Path, here: Path) -> str:
+    """Which .env the settings came from, or where none was found: for the start-up messages."""
+    if settings.env_file is not None:
+        return f"settings: read {settings.env_file} (then the environment, which wins)"
+    places = [str(cwd / ".env")] + ([str(here / ".env")] if here != cwd.resolve() else [])
+    return f"settings: no .env file read (looked for {' and '.join(places)}); the environment only"
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop EVENT_LOOP asks for: uvloop's (`auto`: when it is installed), else asyncio's (None)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("EVENT_LOOP=uvloop, but uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_loop(settings: Settings, main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` to its end on the event loop EVENT_LOOP chose (asyncio.Runner, as asyncio.run does)."""
+    factory = loop_factory(settings.event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def backend_line(settings: Settings) -> str:
     """Which backend answers and why, for the start-up line: "openai at host:port, because ..."."""
     from services.upstream.openai_upstream import upstream_host
@@ -130,7 +164,9 @@ def announce(settings: Settings, port: int, console_token: str, backend: str, wo
     """The start-up messages: where the server listens, a loud warning when it is open, the console URL."""
     host_for_url = "127.0.0.1" if settings.host in {"0.0.0.0", "::", ""} else settings.host
     base = f"http://{host_for_url}:{port}"
-    log.info("listening on %s (backend: %s%s)", base, backend, f", {workers} workers" if workers > 1 else "")
+    loop = "uvloop" if loop_factory(settings.event_loop) is not None else "asyncio"
+    log.info("listening on %s (backend: %s%s; event loop: %s)", base, backend,
+             f", {workers} workers" if workers > 1 else "", loop)
     if settings.listens_beyond_loopback and not settings.server_api_key:
         log.warning(
             "!!! listening on %s beyond loopback WITHOUT SERVER_API_KEY: anyone who can reach this "
@@ -150,15 +186,17 @@ def before_workers(settings: Settings) -> None:
     (prometheus_client's multiprocess mode sets and empties PROMETHEUS_MULTIPROC_DIR here). No event
     loop may run here: one must not cross a fork."""
     if settings.metrics_enabled:
-        path = metrics_multiprocess.prepare_multiprocess()
+        path = multiprocess.prepare()
         log.info("metrics: %s workers write to %s; any worker's /metrics answers for all", settings.worker_count,
                  path)
+        # Imported once here, after prepare(): every worker forks with the client loaded.
+        importlib.import_module("services.ops.metrics")
 
 
 def worker_exited(settings: Settings, pid: int) -> None:
     """In the parent, after a worker ended (prometheus_client: multiprocess.mark_process_dead(pid))."""
     if settings.metrics_enabled:
-        metrics_multiprocess.worker_exited(pid)
+        multiprocess.worker_exited(pid)
 
 
 # What a worker may take past DRAIN_TIMEOUT once asked to stop: giving up the ISS lease, ending the
@@ -191,7 +229,7 @@ def run_workers(settings: Settings, count: int) -> int:
         before_workers(settings)
 
     def work(index: int) -> int:
-        code = asyncio.run(serve(settings, sockets, parent=parent))
+        code = run_loop(settings, serve(settings, sockets, parent=parent))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
 
@@ -206,12 +244,18 @@ def run_workers(settings: Settings, count: int) -> int:
     finally:
         made_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if os.getpid() == parent and made_dir and not chosen_dir:
-            metrics_multiprocess.cleanup_multiprocess(made_dir)  # a temporary one of ours
+            multiprocess.cleanup(made_dir)  # a temporary one of ours
 
 
 def main(argv: list[str] | None = None) -> int:
+    here = Path(__file__).resolve().parent
     try:
-        settings = load_settings(argv)
+        settings = load_settings(argv, beside=here)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loop_factory(settings.event_loop)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -219,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level,
                    secrets=(settings.openai_api_key, settings.server_api_key, settings.console_token),
                    with_pid=workers > 1)
-    # The HTTP client logs every upstream request at INFO; our own request log already has them.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
     install_log_sanitizer()  # one line per record, whatever an upstream or a caller put in it
+    log.info("%s", env_file_line(settings, Path.cwd(), here))
     # Before any worker forks: the soft open-file limit (often 1,024) is what callers would meet.
     raise_open_file_limit()
     if workers > 1:
@@ -230,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.metrics_enabled and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # The client reads this variable at import: one process uses the directory too, so it is
             # emptied here as it is for workers (an earlier run's counts would add to this one's).
-            metrics_multiprocess.prepare_multiprocess()
-        code = asyncio.run(serve(settings))
+            multiprocess.prepare()
+        code = run_loop(settings, serve(settings))
     # asyncio restores the default handlers as its loop closes: a late signal must not turn a clean
     # shutdown into death by signal.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

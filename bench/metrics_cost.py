@@ -191,7 +191,8 @@ async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
 
 def micro_figures(calls: int) -> dict[str, float]:
     """The chat path's metrics calls for one request, and one JSON log line, in µs (in this process)."""
-    from services.chat.exchange import Exchange, Outcome
+    from services.chat.endings import Outcome
+    from services.chat.exchange import Exchange
     from services.common import request_context
     from services.ops import logs
     from services.ops.metrics import Metrics
@@ -205,10 +206,10 @@ def micro_figures(calls: int) -> dict[str, float]:
     for _ in range(calls):
         exchange = Exchange(Nowhere(), request_id="r", conversation_id=None, remote_ip=None, path=CHAT_PATH)
         exchange.stream = True
-        exchange.upstream_sent = exchange.received + 0.0002
-        exchange.first_token_at = exchange.received + 0.05
+        exchange.upstream_sent = exchange.started + 0.0002
+        exchange.first_token_at = exchange.started + 0.05
         exchange.first_written = exchange.first_token_at + 0.0001
-        exchange.ended = exchange.received + 0.2
+        exchange.ended = exchange.started + 0.2
         exchange.outcome = Outcome.DONE
         exchange.status = 200
         exchange.tokens = 20

@@ -225,15 +225,15 @@ def relay_argv(upstream_url: str) -> list[str]:
     return [PYTHON, "-m", "bench.relay", "--port", "0", "--upstream", upstream_url]
 
 
-def stack_argv(upstream_url: str) -> list[str]:
-    return [PYTHON, "-m", "bench.stack", "--port", "0", "--upstream", upstream_url]
+def tornado_relay_argv(upstream_url: str) -> list[str]:
+    return [PYTHON, "-m", "bench.tornado_relay", "--port", "0", "--upstream", upstream_url]
 
 
 def relay_main(
     serve: Callable[[int, str], Coroutine[Any, Any, None]], description: str, default_port: int
 ) -> None:
-    """The command line of a relay child (bench.relay, bench.stack): `--port` and `--upstream`, as
-    relay_argv and stack_argv pass them; `serve` runs until interrupted."""
+    """The command line of a relay child (bench.relay, bench.tornado_relay): `--port` and `--upstream`, as
+    relay_argv and tornado_relay_argv pass them; `serve` runs until interrupted."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=default_port)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")

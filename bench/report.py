@@ -94,35 +94,42 @@ def markdown(result: dict[str, Any]) -> str:
         t = target if isinstance(target, Target) else Target(**target)
         met = "not measured" if t.met is None else ("yes" if t.met else "**no**")
         lines.append(f"| {t.name} | {t.goal} | {t.measured} | {met} |")
-    lines += stack_floor(result.get("profile_rows") or [])
+    lines += floors(result["rows"], result.get("profile_rows") or [])
     if result.get("skipped"):
         lines += ["", f"Skipped (time limit): {', '.join(result['skipped'])}."]
     return "\n".join(lines) + "\n"
 
 
-def stack_floor(rows: list[dict[str, Any]], profile: str = "openai") -> list[str]:
-    """Issue 8's figures for the relay, the agreed stack alone (Tornado + openai, bench/stack.py) and
-    the server: how much of the server's distance to the relay the stack itself accounts for."""
-    levels = sorted({row["concurrency"] for row in rows if row["path"] == "stack" and row["profile"] == profile
-                     and row["connections"] == "reused"})
-    if not levels:
-        return []
+def floors(rows: list[dict[str, Any]], profile_rows: list[dict[str, Any]], profile: str = "openai") -> list[str]:
+    """The server beside its two floors, same run: the aiohttp byte relay (what a Python layer can reach)
+    and the bare Tornado relay with an aiohttp client (what the framework itself costs). `server − tornado`
+    is the server's own work."""
+    levels = sorted({row["concurrency"] for row in profile_rows if row["path"] == "tornado"
+                     and row["profile"] == profile and row["connections"] == "reused"})
     lines = [
-        "", "## The agreed stack's own cost", "",
-        "`stack` is Tornado and the openai package relaying the upstream's bytes with nothing else "
-        f"(`bench/stack.py`). {profile} profile, reused connections, same run:", "",
-        "| figure | relay | stack | server | stack − relay | server − stack |",
+        "", "## The floors: aiohttp relay, bare Tornado relay, server", "",
+        "`tornado` is a Tornado handler relaying the upstream's bytes over one shared aiohttp session with "
+        f"nothing else (`bench/tornado_relay.py`). Paced rows: {profile} profile, reused connections, same run.", "",
+        "| figure | relay | tornado | server | tornado − relay | server − tornado |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for c in levels:
         for key, label in (("added_p50", "added first-content TTFT p50 ms"),
                            ("pacing_p95", "token-gap deviation p95 ms")):
-            relay, stack, server = (find(rows, path, c, profile).get(key) for path in ("relay", "stack", "server"))
+            relay, bare, server = (find(profile_rows, path, c, profile).get(key)
+                                   for path in ("relay", "tornado", "server"))
             lines.append(
-                f"| {label}, c={c} | {_n(relay, 2)} | {_n(stack, 2)} | {_n(server, 2)} | "
-                f"{_n(minus(stack, relay), 2)} | {_n(minus(server, stack), 2)} |"
+                f"| {label}, c={c} | {_n(relay, 2)} | {_n(bare, 2)} | {_n(server, 2)} | "
+                f"{_n(minus(bare, relay), 2)} | {_n(minus(server, bare), 2)} |"
             )
-    return lines
+    for c in sorted({row["concurrency"] for row in rows if row["path"] == "tornado"}):
+        for key, label in (("chunks_per_s", "chunks/s (gap 0)"), ("cpu_ms_per_request", "CPU ms per request")):
+            relay, bare, server = (find(rows, path, c).get(key) for path in ("relay", "tornado", "server"))
+            lines.append(
+                f"| {label}, c={c} | {_n(relay, 2)} | {_n(bare, 2)} | {_n(server, 2)} | "
+                f"{_n(minus(bare, relay), 2)} | {_n(minus(server, bare), 2)} |"
+            )
+    return lines if len(lines) > 6 else []
 
 
 def profile_table(result: dict[str, Any]) -> list[str]:
@@ -164,16 +171,17 @@ def chart(result: dict[str, Any], path: Path) -> Path:
 
     rows = result["rows"]
     conc = result["config"]["concurrency"]
-    colors = {"direct": "#888888", "relay": "#1f77b4", "server": "#d62728", "baseline": "#ff9896"}
+    colors = {"direct": "#888888", "relay": "#1f77b4", "tornado": "#2ca02c", "server": "#d62728",
+              "baseline": "#ff9896"}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     x = range(len(conc))
-    width = 0.38
+    width = 0.27
 
     ax = axes[0][0]
     for i, layer in enumerate(LAYERS):
         p50 = [find(rows, layer, c).get("added_p50") or 0.0 for c in conc]
         p99 = [find(rows, layer, c).get("added_p99") or 0.0 for c in conc]
-        pos = [v + (i - 0.5) * width for v in x]
+        pos = [v + (i - 1) * width for v in x]
         ax.bar(pos, p99, width, color=colors[layer], alpha=0.35, label=f"{layer} p99")
         ax.bar(pos, p50, width, color=colors[layer], label=f"{layer} p50")
     ax.set_title("Added time to first token (vs direct)")
@@ -182,17 +190,17 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     ax.legend(fontsize=8)
 
     ax = axes[0][1]
-    width3 = 0.27
+    width4 = 0.2
     for i, p in enumerate(PATHS):
         values = [find(rows, p, c).get("chunks_per_s") or 0.0 for c in conc]
-        ax.bar([v + (i - 1) * width3 for v in x], values, width3, color=colors[p], label=p)
+        ax.bar([v + (i - 1.5) * width4 for v in x], values, width4, color=colors[p], label=p)
     ax.set_title("Chunks relayed per second (gap 0)")
     ax.legend(fontsize=8)
 
     ax = axes[1][0]
     for i, layer in enumerate(LAYERS):
         values = [find(rows, layer, c).get("cpu_ms_per_request") or 0.0 for c in conc]
-        ax.bar([v + (i - 0.5) * width for v in x], values, width, color=colors[layer], label=layer)
+        ax.bar([v + (i - 1) * width for v in x], values, width, color=colors[layer], label=layer)
     ax.set_title("CPU per request in the layer's process")
     ax.set_ylabel("ms")
     ax.legend(fontsize=8)

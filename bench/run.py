@@ -1,4 +1,4 @@
-"""The benchmark: upstream directly, through the floor relay, the bare stack (profiles) and the server, interleaved.
+"""The benchmark: upstream directly, through the aiohttp relay, the bare Tornado relay and the server, interleaved.
 
     python -m bench.run            # full run: c = 1, 50, 200, 1000 and the paced profiles (about 10 minutes)
     python -m bench.run --quick    # c = 1, 50, 200, the profiles and the memory check (about 2 minutes)
@@ -102,8 +102,8 @@ class Bench:
         cache = kids.log_dir / "iss-cache"
         self.upstream = kids.start("upstream", procs.fake_upstream_argv(cfg.tokens, cfg.gap, cfg.first_token_delay))
         self.relay = kids.start("relay", procs.relay_argv(self.upstream.url))
-        # Tornado + the openai package alone, for the paced profiles: what the agreed stack adds.
-        self.stack = kids.start("stack", procs.stack_argv(self.upstream.url))
+        # Tornado + one aiohttp client relaying bytes: the framework's floor.
+        self.tornado = kids.start("tornado", procs.tornado_relay_argv(self.upstream.url))
         env = procs.server_env(
             self.upstream.url, cache, CONSOLE_ENABLED=str(cfg.console).lower(), LOG_LEVEL=cfg.log_level,
             UPSTREAM_TIMEOUT=str(cfg.request_timeout),
@@ -112,16 +112,16 @@ class Bench:
         self.server = kids.start("server", procs.server_argv(port), env=env, port=port)
         self.proc = {
             "upstream": self.upstream.process(), "relay": self.relay.process(), "server": self.server.process(),
-            "stack": self.stack.process(),
+            "tornado": self.tornado.process(),
         }
         self.urls = {
             "direct": self.upstream.url + CHAT_PATH,
             "relay": self.relay.url + CHAT_PATH,
-            "stack": self.stack.url + CHAT_PATH,
+            "tornado": self.tornado.url + CHAT_PATH,
             "server": self.server.url + CHAT_PATH,
         }
         self.paths: list[str] = list(PATHS)
-        self.children = [self.upstream, self.relay, self.stack, self.server]
+        self.children = [self.upstream, self.relay, self.tornado, self.server]
         if cfg.baseline:
             # Before/after a change in one run: the same workload through another checkout's server.
             port = procs.free_port()
@@ -130,7 +130,7 @@ class Bench:
             self.urls["baseline"] = base.url + CHAT_PATH
             self.paths.append("baseline")
             self.children.append(base)
-        self.profile_paths = [*self.paths[:2], "stack", *self.paths[2:]]
+        self.profile_paths = list(self.paths)
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -263,7 +263,7 @@ class Bench:
         # more CPU per request at c=200 as 'server' than as 'baseline'.
         layers = [*LAYERS, *(["baseline"] if "baseline" in self.proc else [])]
         if self.cfg.hold > 0:
-            for layer in ("server", "relay", *layers[len(LAYERS):]):
+            for layer in ("server", "relay", "tornado", *layers[len(LAYERS):]):
                 await self.hold(layer)
         for c in self.cfg.concurrency:
             await self.stage(c)

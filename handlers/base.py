@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hmac
 import logging
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 import tornado.web
 
 from services.common import request_context
-from services.common.errors import ApiError, error_body
+from services.common.errors import ApiError, status_error
 from services.common.request_context import new_request_id, sanitized_request_id
 
 log = logging.getLogger("iss_llm.http")
@@ -20,14 +19,6 @@ log = logging.getLogger("iss_llm.http")
 _ROUTES = frozenset({
     "/chat/completions", "/v1/chat/completions", "/models", "/v1/models", "/healthz", "/iss", "/metrics",
 })
-
-_TYPE_BY_STATUS = {
-    401: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -51,6 +42,10 @@ class ApiHandler(tornado.web.RequestHandler):
         self.request_id_from_caller = given is not None
         self.set_header("X-Request-Id", self.request_id)
         request_context.begin(self.request_id, self.request.path if self.request.path in _ROUTES else "other")
+
+    def logs_itself(self) -> bool:
+        """Whether this request wrote its own log line (its outcome), so the access log leaves it out."""
+        return False
 
     def outcome_status(self) -> int:
         """The status the access log reports: the one sent, unless the request recorded an outcome
@@ -90,6 +85,8 @@ class ApiHandler(tornado.web.RequestHandler):
         self.clear()
         if error.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="iss-llm"')
+        if error.retry_after is not None:
+            self.set_header("Retry-After", str(max(1, error.retry_after)))
         self.set_status(error.status)
         self.finish(orjson.dumps(error.body()))
 
@@ -102,14 +99,12 @@ class ApiHandler(tornado.web.RequestHandler):
             reason = exc.log_message if exc.log_message and status_code < 500 else None
         else:
             reason = None
-        phrase = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
-        message = reason or phrase
+        message = reason
         if status_code == 405:
             message = f"Method {self.request.method} is not allowed on {self.request.path}."
         elif status_code >= 500:
             message = "The server had an error while processing your request."
-        error_type = _TYPE_BY_STATUS.get(status_code, "server_error" if status_code >= 500 else "invalid_request_error")
-        self.finish(orjson.dumps(error_body(message, type=error_type, code=phrase.lower().replace(" ", "_"))))
+        self.finish(orjson.dumps(status_error(status_code, message).body()))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """An ApiError is an answer, not a failure; anything else is logged by path, never by URI."""

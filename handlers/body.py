@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tornado.http1connection import HTTP1Connection
+
 from handlers.base import ApiHandler
 from services.common.errors import ApiError
 
@@ -27,7 +29,9 @@ class BoundedBodyHandler(ApiHandler):
         expects_continue = self.request.headers.get("Expect", "").lower() == "100-continue"
         if declared > self.body_limit and (expects_continue or declared > DISCARD_LIMIT):
             raise self._too_large_error()
-        self.request.connection.set_max_body_size(max(DISCARD_LIMIT, self.body_limit))  # type: ignore[union-attr]
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):  # always, behind Tornado's HTTP/1.1 server
+            connection.set_max_body_size(max(DISCARD_LIMIT, self.body_limit))
 
     def data_received(self, chunk: bytes) -> None:
         if self._too_large:

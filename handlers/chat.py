@@ -17,21 +17,24 @@ import tornado.web
 
 from config import Settings
 from handlers.body import BoundedBodyHandler
-from handlers.cross_site import check_cross_site
+from handlers.cross_site import CorsMixin, check_cross_site
 from handlers.sse import CallerGone, SseWriter
 from services.chat.conversations import Conversations
 from services.chat.deadline import Deadline
 from services.chat.endings import (
     CALLER_LEFT,
+    Ending,
+    Outcome,
     Stop,
     clean_end_chunks,
     failed_before_first_token,
     fallback_chunks,
     stopped,
 )
-from services.chat.exchange import Ending, Exchange, Outcome
+from services.chat.exchange import Exchange
 from services.chat.inflight import Inflight
 from services.chat.models import resolve_model
+from services.chat.platforms import Platforms
 from services.chat.relay import Relay, read_completion, record_finish_reason, record_usage
 from services.common import request_context
 from services.common.errors import ApiError, error_body
@@ -46,18 +49,22 @@ from services.common.request_context import new_request_id
 from services.console import Hub
 from services.iss.block import inject, iss_block
 from services.iss.state import IssState, Tracker
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
+from services.ops.tracing import Tracing
 from services.upstream.base import Backend
 
 log = logging.getLogger("iss_llm.chat")
 
 @tornado.web.stream_request_body
-class ChatHandler(BoundedBodyHandler):
+class ChatHandler(CorsMixin, BoundedBodyHandler):
     """OpenAI-compatible chat completions, streamed as SSE or answered as one JSON object."""
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
-                   metrics: Metrics, conversations: Conversations) -> None:
+                   metrics: Recorder, conversations: Conversations, platforms: Platforms, tracing: Tracing) -> None:
         self.config = settings
+        self.tracing = tracing
+        self.allow_origins(settings)
+        self.platforms = platforms
         self.tracker = tracker
         self.backend = backend
         self.hub = hub
@@ -69,9 +76,11 @@ class ChatHandler(BoundedBodyHandler):
         self.conversations = conversations
         self._work: asyncio.Future[Ending] | None = None
         self._gone = False
+        self._finished_answer = False  # finish() ran (on_finish): nothing more can be written
         self._stopped: Stop | None = None
-        self._first_token: Deadline | None = None
-        self._max_stream: Deadline | None = None
+        # Both armed when a request begins (post); until then deadlines that never fire.
+        self._first_token = Deadline(None, lambda: None)
+        self._max_stream = Deadline(None, lambda: None)
         self._relay: Relay | None = None
         self._streamed = False
         self._whole: bytes | None = None  # a whole answer's body, sent once its outcome is recorded
@@ -92,10 +101,14 @@ class ChatHandler(BoundedBodyHandler):
     async def post(self) -> None:
         request = parse_chat_request(self.read_body())
         assert self.request_id is not None  # named in prepare()
-        conversation_id = request_context.sanitized_conversation_id(self.request.headers.get("conversation-id"))
+        # The platform's conversation id (Tavus: the header; Vapi: call.id), and what goes upstream.
+        caller = self.platforms.read(self.request.headers, request.params)
+        request.params = caller.params
+        conversation_id = caller.conversation_id
         context = request_context.current()
         if context is not None:
             context.conversation_id = conversation_id
+        model = resolve_model(self.config, request.model)
         exchange = Exchange(
             self.hub,
             request_id=self.request_id,
@@ -105,9 +118,11 @@ class ChatHandler(BoundedBodyHandler):
             remote_ip=self.request.remote_ip,
             path=self.request.path,
             observer=self.metrics,
+            trace=self.tracing.start(self.request.headers, request_id=self.request_id,
+                                     conversation_id=conversation_id, model=model, stream=request.stream,
+                                     params=request.params),
         )
         self._exchange = exchange
-        model = resolve_model(self.config, request.model)
         # The outcome line (done, cancelled, error...) carries the conversation id at INFO; this one
         # is for following a request step by step.
         log.debug(
@@ -121,6 +136,8 @@ class ChatHandler(BoundedBodyHandler):
             messages=request.messages,
             params=request.params,
             upstream=self.backend.describe(),
+            platform=caller.platform,
+            left_out=caller.left_out,
         )
         self._streamed = request.stream
         self.inflight.enter(self)
@@ -148,6 +165,10 @@ class ChatHandler(BoundedBodyHandler):
                 self.conversations.release(superseding, self)
             self.inflight.leave(self, exchange.outcome)
 
+    def logs_itself(self) -> bool:
+        """A chat request's one log line is its outcome line (Exchange.end, or _refused)."""
+        return self.request.method == "POST"
+
     def outcome_status(self) -> int:
         """The recorded outcome's status once there is one (Exchange.end), so the access log and the
         outcome line agree: 499 for a caller that left, the error's status for an error event."""
@@ -155,6 +176,7 @@ class ChatHandler(BoundedBodyHandler):
         return recorded if recorded is not None else self.get_status()
 
     def on_finish(self) -> None:
+        self._finished_answer = True
         if self._exchange is None and self.request.method == "POST":
             self._refused()
         # Break the cycle through the SSE writer (deadlines break theirs once cancelled): a finished
@@ -166,8 +188,13 @@ class ChatHandler(BoundedBodyHandler):
         status = self.get_status()
         outcome = Outcome.SHUTDOWN if status == 503 and self.inflight.draining else Outcome.ERROR
         self.metrics.refused(self.request.path, outcome.value, status)
-        log.info("request %s refused status=%d", self.request_id, status,
-                 extra={"outcome": outcome.value, "status": status})
+        request = self.request
+        duration_ms = round(1000.0 * request.request_time(), 1)
+        log.log(logging.WARNING if status < 500 else logging.ERROR,
+                "request %s %d %s %s (%s) refused %.1fms", self.request_id, status, request.method, request.path,
+                request.remote_ip, duration_ms,
+                extra={"outcome": outcome.value, "status": status, "method": request.method, "path": request.path,
+                       "remote_ip": request.remote_ip, "duration_ms": duration_ms})
 
     def on_connection_close(self) -> None:
         # Tornado's own handling ends the wait for a body the caller stopped sending.
@@ -223,7 +250,7 @@ class ChatHandler(BoundedBodyHandler):
                        content_sent=self._relay is not None and self._relay.content)
 
     async def _stream(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
-        exchange.upstream_sent = time.monotonic()
+        exchange.asked_upstream()
         chunks = self.backend.stream(params, state, exchange)
         relay = self._relay = Relay(exchange, self._secrets)
         self.sse.start_keepalive()
@@ -231,14 +258,13 @@ class ChatHandler(BoundedBodyHandler):
             async with contextlib.aclosing(relay.events(chunks)) as events:
                 async for event in events:
                     if relay.content:
-                        self._first_token.cancel()  # type: ignore[union-attr]
+                        self._first_token.cancel()
                     if relay.payloads == 1:
                         await self.sse.send(event)  # the first event leaves at once, with the headers
-                        if exchange.first_token_at is not None:
-                            exchange.first_written = time.monotonic()
+                        exchange.first_token_written()
                     elif exchange.first_written is None and exchange.first_token_at is not None:
                         await self.sse.send(event)  # so does the first content token: the caller waits on it
-                        exchange.first_written = time.monotonic()
+                        exchange.first_token_written()
                     else:
                         # Per-chunk flushes were a third of the CPU under load: coalesce what is already here.
                         await self.sse.flushed()
@@ -255,10 +281,10 @@ class ChatHandler(BoundedBodyHandler):
             await chunks.aclose()
 
     async def _complete(self, params: dict[str, Any], state: IssState | None, exchange: Exchange) -> Ending:
-        exchange.upstream_sent = time.monotonic()
+        exchange.asked_upstream()
         try:
             body = await self.backend.complete(params, state, exchange)
-            self._first_token.cancel()  # type: ignore[union-attr]
+            self._first_token.cancel()
             completion = read_completion(body, exchange)
         except ApiError as error:
             return failed_before_first_token(error, self.config.fallback_reply)
@@ -271,7 +297,7 @@ class ChatHandler(BoundedBodyHandler):
     # --- the last words, once the outcome is recorded ----------------------------------------
 
     async def _last_words(self, ending: Ending, model: str, include_usage: bool) -> None:
-        if self._finished or self._gone or ending.outcome is Outcome.CANCELLED:
+        if self._finished_answer or self._gone or ending.outcome is Outcome.CANCELLED:
             return
         try:
             if ending.outcome is Outcome.DONE and not self._streamed:

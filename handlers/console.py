@@ -20,7 +20,7 @@ from services.common.futures import retrieve_outcome
 from services.common.request_context import request_id_from
 from services.console import EVENT_TYPES, Hub, Subscription, encode
 from services.console.station_feed import StationFeed
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 
 log = logging.getLogger("iss_llm.console")
 
@@ -70,7 +70,7 @@ class ConsoleAuth:
 
     def token_ok(self, given: str | None, address: str | None = None) -> bool:
         """Whether `given` is the console token; a wrong one counts against `address`."""
-        ok = bool(given) and hmac.compare_digest(given.encode(), self._token)  # type: ignore[union-attr]
+        ok = given is not None and given != "" and hmac.compare_digest(given.encode(), self._token)
         if not ok:
             key = address or "?"
             since, count = self._failures.pop(key, (time.monotonic(), 0))
@@ -158,7 +158,7 @@ class ConsolePageHandler(tornado.web.RequestHandler):
 class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
     """Streams the hub's events to one page: a replay first, then live batches."""
 
-    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed, metrics: Metrics) -> None:
+    def initialize(self, auth: ConsoleAuth, hub: Hub, station: StationFeed, metrics: Recorder) -> None:
         self.auth = auth
         self.hub = hub
         self.station = station
@@ -195,7 +195,7 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
         self.request_id = request_id_from(self.request.headers.get("X-Request-Id"))
         request_context.begin(self.request_id, COOKIE_PATH + "/ws")
 
-    def open(self) -> None:  # type: ignore[override]
+    def open(self) -> None:
         # Each batch leaves at once: with Nagle on, a batch would wait for the page's delayed ACK
         # of the one before (up to 40 ms), and the live view would lag the stream it mirrors.
         self.set_nodelay(True)

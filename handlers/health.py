@@ -30,7 +30,9 @@ class HealthHandler(ApiHandler):
 
     def get(self) -> None:
         _, why = self.config.backend_choice
-        summary = {"status": "ok", "backend": {**self.backend.describe(), "why": why}}
+        backend = self.backend.describe()
+        tools = backend.pop("iss_tools", None)  # a detail: which models refused them, the calls run
+        summary = {"status": "ok", "backend": {**backend, "why": why}}
         if not self.bearer_ok():
             self.write_json({**summary, "details": "send the SERVER_API_KEY as a bearer token to see them"})
             return
@@ -38,6 +40,7 @@ class HealthHandler(ApiHandler):
             {
                 **summary,
                 "iss": self.tracker.health(),
+                **({"iss_tools": tools} if tools is not None else {}),
                 "chat": {"in_flight": self.inflight.count, **self.inflight.outcomes},
                 "connections": self.connections.to_dict(),
                 # For leak checks under load: tasks that outlive their request show up here.

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from config import Settings, parse_bool
 from handlers.base import ApiHandler
+from handlers.cross_site import check_public_read
 from services.common.errors import ApiError
 from services.iss.describe import describe_state
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
-from services.iss.queries import MAX_PASSES, IssQueries
+from services.iss.queries import MAX_OFFSET, MAX_PASSES, IssQueries
 from services.iss.state import Tracker
+from services.iss.tracker import MAX_TRACK_POINTS
+from services.ops.rate_limit import RateLimit
 
-MAX_OFFSET = timedelta(days=1)
 MAX_TRACK_MINUTES = 24 * 60
 DEFAULT_STEP_S = 60.0
 MIN_STEP_S = 10.0
-MAX_TRACK_POINTS = 600
 
 
 def _parse_at(value: str, now: datetime) -> datetime:
@@ -41,11 +45,26 @@ def _parse_number(value: str, param: str, low: float, high: float) -> float:
     return number
 
 
-class IssHandler(ApiHandler):
+class PublicReadHandler(ApiHandler):
+    """Base of the /iss* routes: no key, but the cross-site and Host checks and a per-address rate limit."""
+
+    config: Settings
+    limit: RateLimit
+
+    def prepare(self) -> None:
+        super().prepare()
+        check_public_read(self.request, self.config)
+        wait = self.limit.take(self.request.remote_ip or "")
+        if wait is not None:
+            raise ApiError(429, "Too many requests to /iss from this address; slow down.", type="rate_limit_error",
+                           code="rate_limit_exceeded", retry_after=wait)
+
+
+class IssHandler(PublicReadHandler):
     """Public, read-only: where the ISS is now, or at ?at=, with ?track=<minutes> of ground track."""
 
-    def initialize(self, tracker: Tracker) -> None:
-        self.tracker = tracker
+    def initialize(self, settings: Settings, limit: RateLimit, tracker: Tracker) -> None:
+        self.config, self.limit, self.tracker = settings, limit, tracker
 
     async def get(self) -> None:
         now = datetime.now(UTC)
@@ -72,19 +91,20 @@ class IssHandler(ApiHandler):
 
 
 def _parse_bool(value: str, param: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off", ""}:
-        return False
-    raise ApiError(400, f"'{param}' must be true or false.", param=param)
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ApiError(400, f"'{param}' must be true or false.", param=param) from None
 
 
-class PassesHandler(ApiHandler):
-    """Public, read-only: the next passes over ?place= (a city) or ?lat=&lon=, in UTC and local time."""
+class PassesHandler(PublicReadHandler):
+    """Public, read-only: the next passes over ?place= (a city) or ?lat=&lon=, in UTC and local time;
+    503 with Retry-After when the process's pass-search queue is full."""
 
-    def initialize(self, queries: IssQueries) -> None:
-        self.queries = queries
+    def initialize(self, settings: Settings, limit: RateLimit, queries: IssQueries) -> None:
+        self.config, self.limit, self.queries = settings, limit, queries
+        self._search: asyncio.Future[dict[str, Any]] | None = None
+        self._gone = False
 
     async def get(self) -> None:
         place = self.get_query_argument("place", None)
@@ -97,16 +117,29 @@ class PassesHandler(ApiHandler):
         limit = int(_parse_number(self.get_query_argument("limit", "5"), "limit", 1, MAX_PASSES))
         visible_only = _parse_bool(self.get_query_argument("visible_only", "false"), "visible_only")
         observer = self.queries.observer(place, latitude, longitude)
-        body = await self.queries.passes(observer, days=days, min_elevation=elevation,
-                                         visible_only=visible_only, limit=limit)
+        self._search = asyncio.ensure_future(self.queries.passes(observer, days=days, min_elevation=elevation,
+                                                                 visible_only=visible_only, limit=limit))
+        try:
+            body = await self._search
+        except asyncio.CancelledError:
+            if not self._gone:
+                raise
+            self.set_status(499, "Client Closed Request")  # for the access log: no one reads this answer
+            return  # the caller left: its search was given up (unless others wait for it too)
         self.write_json(body)
 
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        self._gone = True
+        if self._search is not None:
+            self._search.cancel()
 
-class CrewHandler(ApiHandler):
+
+class CrewHandler(PublicReadHandler):
     """Public, read-only: who is aboard the ISS, as Open Notify last said, with the list's age."""
 
-    def initialize(self, queries: IssQueries) -> None:
-        self.queries = queries
+    def initialize(self, settings: Settings, limit: RateLimit, queries: IssQueries) -> None:
+        self.config, self.limit, self.queries = settings, limit, queries
 
     def get(self) -> None:
         self.write_json(self.queries.crew())

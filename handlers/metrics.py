@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from handlers.base import ApiHandler
-from services.ops.metrics import Metrics
+from services.ops.recorder import Recorder
 
 
 class MetricsHandler(ApiHandler):
     """Public by default; behind the SERVER_API_KEY bearer token when METRICS_PUBLIC=false."""
 
-    def initialize(self, metrics: Metrics, public: bool, server_api_key: str | None) -> None:
+    def initialize(self, metrics: Recorder, public: bool, server_api_key: str | None) -> None:
         self.metrics = metrics
         self.public = public
         self.server_api_key = server_api_key

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from config import Settings
-from handlers.base import ApiHandler
+from handlers.cross_site import CorsMixin
 from services.chat.models import ModelCatalog
 
 
-class ModelsHandler(ApiHandler):
+class ModelsHandler(CorsMixin):
     """Lists what the upstream serves (cached) and the names MODEL_MAP accepts, else the configured names."""
 
     def initialize(self, settings: Settings, catalog: ModelCatalog) -> None:
         self.server_api_key = settings.server_api_key
         self.catalog = catalog
+        self.cors_methods = "GET"
+        self.allow_origins(settings)
 
     def prepare(self) -> None:
         super().prepare()
-        self.check_bearer()
+        if self.request.method != "OPTIONS":  # a browser's preflight never carries the key
+            self.check_bearer()
 
     async def get(self) -> None:
         models = await self.catalog.models()

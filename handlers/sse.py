@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 from tornado.iostream import StreamClosedError
 
 from services.common.futures import retrieve_outcome
@@ -25,7 +26,7 @@ class SseWriter:
         self, handler: tornado.web.RequestHandler, keepalive_interval: float,
         on_keepalive: Callable[[], None] | None = None,
     ) -> None:
-        self._handler = handler
+        self._handler: tornado.web.RequestHandler | None = handler  # None once released
         self._interval = keepalive_interval
         self._on_keepalive = on_keepalive  # counts them (metrics)
         self.started = False
@@ -44,40 +45,45 @@ class SseWriter:
         if self.started:
             return
         self.started = True
-        handler = self._handler
+        handler = self._live
         handler.set_status(200)
         handler.set_header("Content-Type", "text/event-stream; charset=utf-8")
         handler.set_header("Cache-Control", "no-cache")
         handler.set_header("X-Accel-Buffering", "no")
-        stream = handler.request.connection.stream  # type: ignore[union-attr]
-        if stream is not None and not stream.closed():
-            stream.set_nodelay(True)
+        connection = handler.request.connection
+        if isinstance(connection, HTTP1Connection) and not connection.stream.closed():
+            connection.stream.set_nodelay(True)
 
     @property
-    def _closed(self) -> bool:
-        return self._handler is None or self._handler._finished
+    def _live(self) -> tornado.web.RequestHandler:
+        """The handler to write to; CallerGone once the answer was released."""
+        if self._handler is None:
+            raise CallerGone
+        return self._handler
 
     def release(self) -> None:
-        """The answer is finished: let go of the handler (no cycle left for the collector)."""
+        """The answer is finished (the handler's on_finish calls this): let go of the handler, so
+        nothing more is written and no cycle is left for the collector."""
         self.stop_keepalive()
-        self._handler = None  # type: ignore[assignment]
+        self._handler = None
 
     async def send(self, data: bytes) -> None:
         """Write and flush now (with whatever write_soon buffered); raises CallerGone when the caller left."""
         await self.flushed()
         self.start()
-        self._handler.write(data)
+        handler = self._live
+        handler.write(data)
         self._flush_soon = False  # this flush also sends whatever write_soon buffered
         self._last_sent = asyncio.get_running_loop().time()
         try:
-            await self._handler.flush()
+            await handler.flush()
         except StreamClosedError:
             raise CallerGone from None
 
     def write_soon(self, data: bytes) -> None:
         """Buffer an event and flush once this task waits: events that arrived together leave in one write."""
         self.start()
-        self._handler.write(data)
+        self._live.write(data)
         loop = asyncio.get_running_loop()
         self._last_sent = loop.time()
         if not self._flush_soon:
@@ -85,7 +91,8 @@ class SseWriter:
             loop.call_soon(self._flush_buffered)
 
     def _flush_buffered(self) -> None:
-        if self._flush_soon and not self._closed:
+        # The owner calls release() from its on_finish(): no handler here means the answer is finished.
+        if self._flush_soon and self._handler is not None:
             self._flush_soon = False
             self._flushing = self._handler.flush()
             # A closed stream is noticed by on_connection_close; this only keeps the failure quiet.
@@ -108,7 +115,7 @@ class SseWriter:
     def _keepalive_tick(self) -> None:
         """Whenever nothing was sent for the interval (before the first token, or a model that pauses
         to think), a comment keeps proxies and callers with read timeouts on the line."""
-        if self._closed:
+        if self._handler is None:  # released: the answer is finished
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._last_sent

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -10,7 +9,7 @@ import orjson
 import tornado.web
 
 from handlers.base import log_by_path
-from services.common.errors import error_body
+from services.common.errors import status_error
 
 # What the pages load (templates/console*.html and console.js): scripts, the style sheet and the
 # map's land polygons. Anything else under static/ (its README, a dotfile an editor or a deploy
@@ -48,10 +47,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Content-Type-Options", "nosniff")
-        phrase = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
-        message = "No such file." if status_code == 404 else phrase
-        kind = "server_error" if status_code >= 500 else "invalid_request_error"
-        self.finish(orjson.dumps(error_body(message, type=kind, code=phrase.lower().replace(" ", "_"))))
+        message = "No such file." if status_code == 404 else None
+        self.finish(orjson.dumps(status_error(status_code, message).body()))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         log_by_path(self, value, (typ, value, tb))

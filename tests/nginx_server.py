@@ -1,4 +1,4 @@
-"""A real nginx for the tests: the README's recipe (deploy/nginx.conf) on a free port, in its own prefix."""
+"""A real nginx for the tests: the deployment page's recipe (deploy/nginx.conf) on a free port, in its own prefix."""
 
 from __future__ import annotations
 

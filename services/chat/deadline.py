@@ -16,20 +16,13 @@ class Deadline:
     """Calls `expire` once, `seconds` from now (None: never), unless cancel() came first."""
 
     def __init__(self, seconds: float | None, expire: Callable[[], None]) -> None:
-        self.seconds = seconds
-        self.expired = False
         self._expire = expire
         self._handle: asyncio.TimerHandle | None = None
         if seconds is not None:
             self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
 
-    @property
-    def pending(self) -> bool:
-        return self._handle is not None
-
     def _fire(self) -> None:
         self._handle = None
-        self.expired = True
         expire, self._expire = self._expire, _nothing
         expire()
 

@@ -1,4 +1,5 @@
-"""How a chat request ends when it does not end on its own: the reasons, the outcome, the last chunks.
+"""How a chat request ends: the outcomes, the Ending recorded once (Exchange.end), the reasons an answer
+is stopped from outside, and the last chunks a caller gets when it does not end on its own.
 
 Pure functions: the handler asks which Ending a stop reason or an early failure makes, records it,
 then sends the chunks these build.
@@ -6,12 +7,36 @@ then sends the chunks these build.
 
 from __future__ import annotations
 
-from enum import Enum
+from dataclasses import dataclass
+from enum import Enum, StrEnum
 from typing import Any
 
-from services.chat.exchange import Ending, Outcome
 from services.common.errors import ApiError
 from services.common.openai_format import chunk, text_chunks
+
+
+class Outcome(StrEnum):
+    """How a chat request ended; each request has exactly one, recorded once by Exchange.end()."""
+
+    DONE = "done"  # the answer was sent whole
+    CANCELLED = "cancelled"  # the caller went away
+    SUPERSEDED = "superseded"  # a newer request of the same conversation replaced it (SUPERSEDE)
+    ERROR = "error"  # the caller got an error (status, or an SSE error event)
+    FALLBACK = "fallback"  # the upstream failed before the first token; FALLBACK_REPLY was sent
+    SHUTDOWN = "shutdown"  # the server ended it while shutting down
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A request's outcome with what goes with it: the answer's finish reason and usage, or the error."""
+
+    outcome: Outcome
+    status: int = 200
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: ApiError | None = None
+    where: str | None = None  # for an error: where it happened
+
 
 # The status recorded for a caller that went away (nginx's "client closed request").
 CALLER_LEFT = 499

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
 
-from services.common.errors import ApiError
+from services.chat.endings import Ending, Outcome
+from services.common.openai_format import MAX_MODEL_CHARS
+from services.ops.tracing import NULL_TRACE, RequestTrace
 
 log = logging.getLogger("iss_llm.chat")
 
@@ -18,34 +19,14 @@ class Publisher(Protocol):
 
 
 class OutcomeObserver(Protocol):
-    """Told once when a request ended, with the exchange and its timings (services.ops.metrics.Metrics)."""
+    """Told once when a request ended, with the exchange and its timings (a services.ops.recorder.Recorder)."""
 
     def outcome(self, record: Exchange) -> None: ...
 
 
-class Outcome(StrEnum):
-    """How a chat request ended; each request has exactly one, recorded once by Exchange.end()."""
-
-    DONE = "done"  # the answer was sent whole
-    CANCELLED = "cancelled"  # the caller went away
-    SUPERSEDED = "superseded"  # a newer request of the same conversation replaced it (SUPERSEDE)
-    ERROR = "error"  # the caller got an error (status, or an SSE error event)
-    FALLBACK = "fallback"  # the upstream failed before the first token; FALLBACK_REPLY was sent
-    SHUTDOWN = "shutdown"  # the server ended it while shutting down
-
-
-@dataclass(frozen=True)
-class Ending:
-    """A request's outcome with what goes with it: the answer's finish reason and usage, or the error."""
-
-    outcome: Outcome
-    status: int = 200
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    error: ApiError | None = None
-    where: str | None = None  # for an error: where it happened
-
-
+# The console gets a request's tokens joined, at most this often: the first at once, then what came
+# in each interval as one event (per-token events were hub work on the token path).
+TOKEN_BATCH_S = 0.05
 MAX_TOOL_CALLS = 16
 MAX_TOOL_NAME = 256
 MAX_TOOL_ARGUMENTS = 8 * 1024
@@ -97,8 +78,10 @@ class Exchange:
         path: str,
         event_id: str | None = None,
         observer: OutcomeObserver | None = None,
+        trace: RequestTrace = NULL_TRACE,
     ) -> None:
         self.hub = hub
+        self.trace = trace  # the request's span (OpenTelemetry), a no-op when tracing is off
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
         # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
         self.id = event_id or request_id
@@ -106,13 +89,12 @@ class Exchange:
         self.conversation_id = conversation_id
         self.remote_ip = remote_ip
         self.path = path
-        self.route = path
         self._observer = observer
         self.started = time.monotonic()
-        self.received = self.started
         self.stream = False
-        # Timings (time.monotonic()) for the first-token split: the upstream asked, its first content
-        # token received (first_token_at), that token written to the caller; and the end.
+        # Timings (time.monotonic()), each set by this record's own methods: the request received
+        # (started), the upstream asked (upstream_sent), its first content token received
+        # (first_token_at), that token written to the caller (first_written); and the end.
         self.upstream_sent: float | None = None
         self.first_written: float | None = None
         self.ended: float | None = None
@@ -124,16 +106,26 @@ class Exchange:
         self.status: int | None = None
         self.upstream_model: str | None = None
         self.tool_calls: dict[int, ToolCallRecord] = {}
+        self._pending: list[str] = []  # tokens not yet published
+        self._batch: asyncio.TimerHandle | None = None
+        self._shown = False  # some text was published
 
     def _emit(self, kind: str, **fields: Any) -> None:
+        if self._pending:
+            self._publish_tokens()  # what came before this event is shown before it
         self.hub.publish({"type": kind, "id": self.id, "t": time.time(), **fields})
+
+    def _publish_tokens(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+        text = "".join(self._pending)
+        self._pending.clear()
+        self._shown = True
+        self.hub.publish({"type": "tokens", "id": self.id, "t": time.time(), "text": text})
 
     def _elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 2)
-
-    @property
-    def upstream_first(self) -> float | None:
-        return self.first_token_at
 
     @property
     def ttft_ms(self) -> float | None:
@@ -150,6 +142,8 @@ class Exchange:
         messages: list[dict[str, Any]],
         params: dict[str, Any],
         upstream: dict[str, Any],
+        platform: str | None = None,
+        left_out: list[str] | None = None,
     ) -> None:
         self.stream = stream
         self._emit(
@@ -164,7 +158,23 @@ class Exchange:
             messages=messages,
             params=params,
             upstream=upstream,
+            platform=platform,
+            left_out=left_out or None,  # the caller's fields kept from the upstream (names only)
         )
+
+    def asked_upstream(self) -> None:
+        """The request left for the upstream (or the built-in responder)."""
+        self.upstream_sent = time.monotonic()
+
+    def answered_by(self, model: Any) -> None:
+        """The model the upstream says answered (its first chunk's, or the whole answer's), bounded."""
+        if self.upstream_model is None and isinstance(model, str):
+            self.upstream_model = model[:MAX_MODEL_CHARS]
+
+    def first_token_written(self) -> None:
+        """The first content token reached the caller's socket (once; later calls change nothing)."""
+        if self.first_written is None and self.first_token_at is not None:
+            self.first_written = time.monotonic()
 
     def iss(self, block: str, state: dict[str, Any] | None) -> None:
         self._emit("iss", block=block, state=state)
@@ -173,14 +183,26 @@ class Exchange:
         """One of the layer's own tools, run for the model: the console shows it, the caller never does."""
         self._emit("iss_tool", name=name[:64], arguments=arguments[:2000], result=result[:4000], ok=ok, ms=ms,
                    round=round)
+        self.trace.tool(name=name, ok=ok, ms=ms, round=round)
 
     def token(self, text: str) -> None:
         """One content delta relayed to the caller (an empty string still marks the first token)."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.chunks += 1
-        if text:
-            self._emit("tokens", text=text)
+        if not text:
+            return
+        self._pending.append(text)
+        if self._batch is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script driving the record): no batching
+            loop = None
+        if loop is None or not self._shown:
+            self._publish_tokens()  # the first text shows at once
+        else:
+            self._batch = loop.call_later(TOKEN_BATCH_S, self._publish_tokens)
 
     def tool_call(self, delta: Any) -> None:
         """Fold one streamed tool-call delta (or a whole call) into the calls shown when done.
@@ -212,6 +234,8 @@ class Exchange:
         """
         if self.outcome is not None:
             return
+        if self._pending:
+            self._publish_tokens()
         self.ended = time.monotonic()
         self.outcome = ending.outcome
         self.status = ending.status
@@ -226,6 +250,7 @@ class Exchange:
                  "code": self.error_code}
         try:
             self._log_end(ending, total_ms, extra)
+            self._trace_end(ending)
         finally:
             if self._observer is not None:
                 try:
@@ -233,43 +258,58 @@ class Exchange:
                 except Exception:  # counting must never break an answer
                     log.exception("request %s: metrics not recorded", self.request_id)
 
+    def _trace_end(self, ending: Ending) -> None:
+        try:
+            self.trace.end(outcome=ending.outcome.value, status=ending.status, response_model=self.upstream_model,
+                           usage=ending.usage, finish_reason=ending.finish_reason,
+                           ttft_s=None if self.first_token_at is None else round(self.first_token_at - self.started, 6),
+                           error_code=self.error_code)
+        except Exception:  # a trace must never break an answer
+            log.exception("request %s: trace not recorded", self.request_id)
+
     def _upstream_ttft_ms(self) -> float | None:
         if self.upstream_sent is None or self.first_token_at is None:
             return None
         return round((self.first_token_at - self.upstream_sent) * 1000, 2)
 
     def _log_end(self, ending: Ending, total_ms: float, extra: dict[str, Any]) -> None:
+        """The request's one log line (the access log leaves chat requests to it): its outcome, status,
+        path, address and timings, as text and as `extra` fields."""
         common = {key: extra[key] for key in ("outcome", "status", "ttft_ms", "total_ms", "chunks", "upstream_model")}
+        extra = {**extra, "method": "POST", "path": self.path, "remote_ip": self.remote_ip, "duration_ms": total_ms}
         if ending.outcome is Outcome.DONE:
             generating_s = (time.monotonic() - self.first_token_at) if self.first_token_at is not None else 0.0
             counted = (ending.usage or {}).get("completion_tokens")
             completion_tokens = counted if isinstance(counted, int) and counted > 0 else self.chunks
-            tps = round(completion_tokens / generating_s, 1) if generating_s > 0 else None
+            # Only a streamed answer has a generation time to divide by: a whole answer's "first
+            # token" arrives with its last.
+            tps = round(completion_tokens / generating_s, 1) if self.stream and generating_s > 0 else None
             self._emit(
                 "done", finish_reason=ending.finish_reason, usage=ending.usage, tokens_per_second=tps,
                 tool_calls=[self.tool_calls[index].to_dict() for index in sorted(self.tool_calls)] or None,
                 **common,
             )
             log.info(
-                "request %s conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
-                self.request_id, self.conversation_id, ending.finish_reason, self.ttft_ms, total_ms, self.chunks,
-                extra=extra,
+                "request %s %d POST %s (%s) conversation=%s done finish=%s ttft_ms=%s total_ms=%s chunks=%d",
+                self.request_id, ending.status, self.path, self.remote_ip, self.conversation_id,
+                ending.finish_reason, self.ttft_ms, total_ms, self.chunks, extra=extra,
             )
         elif ending.outcome in (Outcome.CANCELLED, Outcome.SUPERSEDED):
             self._emit(ending.outcome.value, at_ms=total_ms, **common)
             why = "by caller" if ending.outcome is Outcome.CANCELLED else "by a newer request"
             log.info(
-                "request %s conversation=%s %s %s at_ms=%s chunks=%d",
-                self.request_id, self.conversation_id, ending.outcome.value, why, total_ms, self.chunks,
-                extra=extra,
+                "request %s %d POST %s (%s) conversation=%s %s %s at_ms=%s chunks=%d",
+                self.request_id, ending.status, self.path, self.remote_ip, self.conversation_id,
+                ending.outcome.value, why, total_ms, self.chunks, extra=extra,
             )
         else:
             error = ending.error
             assert error is not None
             self._emit("error", message=error.message, where=ending.where, code=error.code, at_ms=total_ms,
                        **common)
-            log.warning(
-                "request %s conversation=%s %s where=%s status=%d code=%s: %s",
-                self.request_id, self.conversation_id, ending.outcome.value, ending.where, error.status, error.code,
-                error.message, extra=extra,
+            log.log(
+                logging.ERROR if ending.status >= 500 else logging.WARNING,
+                "request %s %d POST %s (%s) conversation=%s %s where=%s code=%s total_ms=%s: %s",
+                self.request_id, ending.status, self.path, self.remote_ip, self.conversation_id,
+                ending.outcome.value, ending.where, error.code, total_ms, error.message, extra=extra,
             )

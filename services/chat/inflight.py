@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from services.chat.exchange import Outcome
-from services.ops.metrics import Metrics, NullMetrics
+from services.chat.endings import Outcome
+from services.ops.recorder import NullMetrics, Recorder
 
 
 class Request(Protocol):
@@ -18,7 +18,7 @@ class Request(Protocol):
 class Inflight:
     """Chat requests in progress (so shutdown can drain, then end them) and how they ended."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Recorder | None = None) -> None:
         self.metrics = metrics or NullMetrics()
         self.draining = False
         self.active: set[Request] = set()

@@ -6,14 +6,14 @@ with any async iterator of payloads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any
 
 import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import Chunk, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -33,7 +33,7 @@ class Relay:
         self.content = False  # a content token or tool call came (a role chunk alone does not count)
         self.first: dict[str, Any] | None = None  # the first chunk's id, model and created
 
-    async def events(self, payloads: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+    async def events(self, payloads: AsyncIterator[Chunk]) -> AsyncGenerator[bytes, None]:
         async for payload in payloads:
             yield self.event(payload)
         if not self.payloads:
@@ -62,7 +62,7 @@ class Relay:
             raise upstream_error(502, f"The upstream LLM failed mid-stream: {detail}", code="upstream_error")
         if self.first is None:
             self.first = _identity(chunk)
-            exchange.upstream_model = self.first["model"]
+            exchange.answered_by(self.first["model"])
         for choice in choices or ():
             delta = choice.get("delta")
             if isinstance(delta, dict):
@@ -86,7 +86,6 @@ class Relay:
         return sse_event(raw)
 
 
-MAX_MODEL_CHARS = 256
 MAX_FINISH_REASON = 64
 MAX_USAGE_KEYS = 32
 
@@ -132,8 +131,7 @@ def read_completion(body: bytes, exchange: Exchange) -> dict[str, Any]:
         raise upstream_error(502, "The upstream LLM sent an answer this server could not read.",
                              code="upstream_bad_response")
     assert isinstance(completion, dict)
-    if isinstance(completion.get("model"), str):
-        exchange.upstream_model = completion["model"][:MAX_MODEL_CHARS]
+    exchange.answered_by(completion.get("model"))
     for choice in choices:
         message = choice.get("message", {})
         content = message.get("content")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http.client import responses
 from typing import Any
 
 
@@ -27,6 +28,7 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -34,6 +36,8 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        # Seconds for a `Retry-After` header (a 429 or 503 that asks the caller to come back).
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
@@ -45,6 +49,14 @@ class ApiError(Exception):
         upstream's 5xx, timeout, 429 (`rate_limit_error`), the operator's bad key or a 404
         (`upstream_error`, 502) are not."""
         return 400 <= self.status < 500 and self.type == "invalid_request_error"
+
+
+def status_error(status: int, message: str | None = None) -> ApiError:
+    """The error for a bare HTTP status (Tornado's own 404, 405, 400...): the status's phrase as
+    its code (snake_case) and, unless one is given, as its message."""
+    phrase = responses.get(status, "Error")
+    kind = "rate_limit_error" if status == 429 else "server_error" if status >= 500 else "invalid_request_error"
+    return ApiError(status, message or phrase, type=kind, code=phrase.lower().replace(" ", "_"))
 
 
 def upstream_error(status: int, message: str, *, code: str, type: str = "upstream_error") -> ApiError:

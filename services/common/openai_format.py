@@ -13,8 +13,21 @@ import orjson
 from services.common.errors import ApiError
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-# Fields this layer interprets itself; every other field of the request goes upstream unchanged.
+# Fields this layer interprets itself; every other field of the request goes upstream unchanged
+# (UPSTREAM_PARAMS=passthrough), or only those in OPENAI_CHAT_PARAMS (UPSTREAM_PARAMS=openai).
 OWN_FIELDS = frozenset({"messages", "model", "stream"})
+
+# The request parameters of OpenAI's chat completions (POST /v1/chat/completions), as its API reference
+# and the openai package's `CompletionCreateParams` list them (openai 3.51; a test compares the two).
+# OpenAI answers 400 "Unrecognized request argument supplied" to any other top-level field.
+OPENAI_CHAT_PARAMS = frozenset({
+    "messages", "model", "stream", "stream_options",
+    "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "moderation", "n", "parallel_tool_calls",
+    "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention",
+    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop", "store",
+    "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+})
 
 MAX_MODEL_CHARS = 256
 
@@ -86,6 +99,60 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return messages
 
 
+MAX_TOOLS = 128  # OpenAI's own limit on `tools`
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+
+
+def _check_function(value: Any, param: str) -> None:
+    """A function object of a tool or a tool choice: an object with a non-empty string `name`."""
+    if not isinstance(value, dict):
+        raise _invalid(f"{param} must be an object", param)
+    name = value.get("name")
+    if not isinstance(name, str) or not name:
+        raise _invalid(f"{param}.name must be a non-empty string", f"{param}.name")
+    if len(name) > MAX_MODEL_CHARS:
+        raise _invalid(f"{param}.name is longer than {MAX_MODEL_CHARS} characters", f"{param}.name")
+
+
+def validate_tools(tools: Any) -> None:
+    """`tools`: absent, or a list of at most MAX_TOOLS objects with a string `type`; a function tool
+    has a `function` object with a name. Other tool types go upstream for it to judge."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise _invalid(f"'tools' must be an array, not {type(tools).__name__}", "tools")
+    if len(tools) > MAX_TOOLS:
+        raise _invalid(f"'tools' has more than {MAX_TOOLS} entries", "tools", "array_above_max_length")
+    for index, tool in enumerate(tools):
+        param = f"tools[{index}]"
+        if not isinstance(tool, dict):
+            raise _invalid(f"{param} must be an object", param)
+        kind = tool.get("type", "function")
+        if not isinstance(kind, str):
+            raise _invalid(f"{param}.type must be a string", f"{param}.type")
+        if kind == "function":
+            _check_function(tool.get("function"), f"{param}.function")
+
+
+def validate_tool_choice(choice: Any) -> None:
+    """`tool_choice`: absent, "none", "auto", "required", or an object with a string `type` (a function
+    choice naming its function)."""
+    if choice is None:
+        return
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise _invalid(f"'tool_choice' must be one of none, auto, required or an object, not {choice[:40]!r}",
+                           "tool_choice")
+        return
+    if not isinstance(choice, dict):
+        raise _invalid(f"'tool_choice' must be a string or an object, not {type(choice).__name__}", "tool_choice")
+    kind = choice.get("type")
+    if not isinstance(kind, str):
+        raise _invalid("tool_choice.type must be a string", "tool_choice.type")
+    if kind == "function":
+        _check_function(choice.get("function"), "tool_choice.function")
+
+
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Validate a /chat/completions body; raises ApiError(400) naming what is wrong."""
     if not body.strip():
@@ -112,8 +179,29 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise _invalid("'stream_options' must be an object", "stream_options")
+    validate_tools(data.get("tools"))
+    validate_tool_choice(data.get("tool_choice"))
     params = {key: value for key, value in data.items() if key not in OWN_FIELDS}
     return ChatRequest(messages=messages, model=model or None, stream=stream, params=params)
+
+
+def select_params(
+    params: Mapping[str, Any], *, openai_only: bool, drop: frozenset[str] = frozenset(),
+    keep: frozenset[str] = frozenset(),
+) -> tuple[dict[str, Any], list[str]]:
+    """What of a request's parameters goes upstream, and the names of those left out.
+
+    `drop` (a platform's own fields) never goes, unless named in `keep`; with `openai_only` only
+    OPENAI_CHAT_PARAMS and `keep` go. The order of the fields is kept.
+    """
+    sent: dict[str, Any] = {}
+    left_out: list[str] = []
+    for name, value in params.items():
+        if name in keep or (name not in drop and (not openai_only or name in OPENAI_CHAT_PARAMS)):
+            sent[name] = value
+        else:
+            left_out.append(name)
+    return sent, left_out
 
 
 def new_completion_id() -> str:

@@ -4,10 +4,7 @@ from services.console.fanout import Fanout, SubscriberPolicy, Subscription, coal
 from services.console.hub import Hub, MemoryHub
 from services.console.kinds import EVENT_TYPES, OUTCOMES
 
-# The in-memory hub's former name, for code written against it.
-EventHub = MemoryHub
-
 __all__ = [
-    "EVENT_TYPES", "OUTCOMES", "EventHub", "Fanout", "Hub", "MemoryHub", "SubscriberPolicy",
+    "EVENT_TYPES", "OUTCOMES", "Fanout", "Hub", "MemoryHub", "SubscriberPolicy",
     "Subscription", "coalesce", "encode",
 ]

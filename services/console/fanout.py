@@ -141,7 +141,7 @@ class Fanout:
         self.published += 1
         role = role_of(event.get("type"))
         if role in PUSHES:
-            self.latest[role] = event  # type: ignore[index]
+            self.latest[role] = event
         else:
             self.log.record(event)
         if self._subscriptions:

@@ -26,12 +26,14 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from redis.typing import XReadResponse
 
-from services.console.fanout import SubscriberPolicy, coalesce, encode
+from services.console.fanout import SubscriberPolicy, Subscription, coalesce, encode
 from services.console.hub import Hub
 from services.console.kinds import PUSHES, role_of
 from services.console.replay import BUFFER_BYTES, RECORD_BYTES
@@ -48,6 +50,29 @@ FIELD = b"e"
 # One stream entry's value, read or written: past it, an entry read is dropped undecoded.
 MAX_ENTRY_BYTES = 1024 * 1024
 MAX_ID_CHARS = 128  # an event's request id
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+def _entries(raw: Iterable[Any] | None) -> list[Entry]:
+    """A stream range as this hub reads it: (id, fields), bytes (the client does not decode).
+
+    redis-py types an entry's id and fields as possibly None or str (decoded clients, deleted
+    entries of a claim); such an entry carries no event for this hub and is skipped."""
+    return [
+        (entry_id, fields)
+        for entry_id, fields in raw or ()
+        if isinstance(entry_id, bytes) and isinstance(fields, dict)
+    ]
+
+
+def _read_entries(reply: XReadResponse | None) -> list[Entry]:
+    """The entries of an XREAD reply: [[stream, entries]] in RESP2, the protocol of
+    services.ops.redis_link.client (RESP3's mapping is never asked for)."""
+    if not isinstance(reply, list):
+        return []
+    return [entry for _stream, entries in reply for entry in _entries(entries)]
 
 
 def _id_key(entry_id: bytes | str) -> tuple[int, int]:
@@ -126,7 +151,7 @@ class RedisHub(Hub):
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
 
-    def subscribe(self):  # type: ignore[no-untyped-def]
+    def subscribe(self) -> Subscription:
         # A console may open before start() was awaited (e.g. a test app): begin linking now.
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
@@ -148,14 +173,14 @@ class RedisHub(Hub):
             newest = await asyncio.wait_for(self._client.xrevrange(self.key, count=1), self.timeout)
         except UNAVAILABLE:
             return False
-        if newest:
-            target = _id_key(newest[0][0])
+        if latest := _entries(newest):
+            target = _id_key(latest[0][0])
             if not await self._until(lambda: _id_key(self._last_id) >= target, deadline):
                 return False
         self.fanout.flush()
         return True
 
-    async def _until(self, predicate, deadline: float) -> bool:  # type: ignore[no-untyped-def]
+    async def _until(self, predicate: Callable[[], bool], deadline: float) -> bool:
         while not predicate():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -249,12 +274,12 @@ class RedisHub(Hub):
     async def _load_history(self) -> None:
         """Fold the stream's entries into a fresh replay buffer; follow the stream from its end."""
         assert self._client is not None
-        entries = await asyncio.wait_for(
+        entries = _entries(await asyncio.wait_for(
             self._client.xrange(self.key, count=MAX_STREAM_ENTRIES), self.timeout * 5
-        )
+        ))
         events: list[dict[str, Any]] = []
         self._first_entry.clear()
-        for entry_id, fields in entries or ():
+        for entry_id, fields in entries:
             for event in self._decode(entry_id, fields):
                 events.append(event)
         self._last_id = entries[-1][0] if entries else b"0-0"
@@ -304,11 +329,10 @@ class RedisHub(Hub):
                 self._reader.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
                 READ_BLOCK_MS / 1000 + 2 * self.timeout,
             )
-            for _stream, entries in reply or ():
-                for entry_id, fields in entries:
-                    for event in self._decode(entry_id, fields):
-                        self.fanout.publish(event)
-                    self._last_id = entry_id
+            for entry_id, fields in _read_entries(reply):
+                for event in self._decode(entry_id, fields):
+                    self.fanout.publish(event)
+                self._last_id = entry_id
             self._changed.set()
             await self._trim()
 

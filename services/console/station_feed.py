@@ -23,7 +23,6 @@ class StationFeed:
         self.hub = hub
         self.tracker = tracker
         self.interval = interval
-        self.pushes = 0
         self._task: asyncio.Task[None] | None = None
         self._last_at: object = None
 
@@ -40,7 +39,6 @@ class StationFeed:
                     data = state.to_dict()
                     if data.get("at") != self._last_at:
                         self._last_at = data.get("at")
-                        self.pushes += 1
                         self.hub.broadcast({"type": "iss_state", "id": "-", "t": time.time(), "state": data})
             await asyncio.sleep(self.interval)
 

@@ -61,6 +61,23 @@ class Anchor:
     # The model's orbit never comes near the fix and no second fix shows the source's direction:
     # the model's motion would be a guess, so the fix is held where it was measured.
     held: bool = False
+    # A second fix from the same source turned the model onto the source's own track. Without one,
+    # the heading is the model's: a plane error at the fix shows no distance where the two planes
+    # cross, yet the model's track leaves the real one from there (see plane_error_km).
+    paired: bool = False
+
+    def plane_error_km(self) -> float:
+        """How far the model's orbit plane may be turned from the real one, as arc on the ground.
+
+        With a second fix the source's track is followed and the residual is what is left. With one
+        fix the residual only bounds the turn from below (it is zero where the planes cross): the
+        turn may be as large as what recent elements can be off by, or, for older ones, as large as
+        an anchor accepts at all (UNREACHABLE_KM).
+        """
+        if self.paired:
+            return self.residual_km
+        recent = abs(self.elements.age_days(self.fix.measured_at)) <= TRUST_AGE_DAYS
+        return max(self.residual_km, TRUST_KM if recent else UNREACHABLE_KM)
 
     def teme(self, when: datetime) -> tuple[Vector, Vector]:
         """The anchored TEME position and velocity at `when`."""
@@ -142,7 +159,7 @@ def _rotated(found: Anchor, previous: Fix | None) -> Anchor:
         paired = _triad(_unit(r), _unit(r0), target, _fix_direction(previous))
     held = paired is None and found.residual_km > UNREACHABLE_KM
     return Anchor(fix, found.elements, found.shift_s, found.residual_km, found.agreement_km,
-                  paired or rotation, held)
+                  paired or rotation, held, paired is not None)
 
 
 def _heading_kept(a: Vector, v: Vector, b: Vector) -> Matrix:
@@ -158,9 +175,14 @@ def _heading_kept(a: Vector, v: Vector, b: Vector) -> Matrix:
         return rotation_between(a, b)
     ve = v[0] * east_a[0] + v[1] * east_a[1] + v[2] * east_a[2]
     vn = v[0] * north_a[0] + v[1] * north_a[1] + v[2] * north_a[2]
-    w = tuple(ve * east_b[i] + vn * north_b[i] for i in range(3))
-    heading_a = tuple(ve * east_a[i] + vn * north_a[i] for i in range(3))
-    return _triad_matrix(_triad_axes(a, heading_a), _triad_axes(b, w))  # type: ignore[arg-type]
+    w = _sum_scaled(ve, east_b, vn, north_b)
+    heading_a = _sum_scaled(ve, east_a, vn, north_a)
+    return _triad_matrix(_triad_axes(a, heading_a), _triad_axes(b, w))
+
+
+def _sum_scaled(s: float, x: Vector, t: float, y: Vector) -> Vector:
+    """s·x + t·y."""
+    return (s * x[0] + t * y[0], s * x[1] + t * y[1], s * x[2] + t * y[2])
 
 
 def _east_north(u: Vector) -> tuple[Vector | None, Vector]:
@@ -192,9 +214,15 @@ def _triad(a1: Vector, a2: Vector, b1: Vector, b2: Vector) -> Matrix | None:
 
 def _triad_matrix(ta: tuple[Vector, Vector, Vector], tb: tuple[Vector, Vector, Vector]) -> Matrix:
     """R = Tb · Taᵀ, with the triads' axes as columns: takes each axis of `ta` onto the same of `tb`."""
-    return tuple(
-        tuple(sum(tb[k][i] * ta[k][j] for k in range(3)) for j in range(3)) for i in range(3)
-    )  # type: ignore[return-value]
+
+    def entry(i: int, j: int) -> float:
+        return sum(tb[k][i] * ta[k][j] for k in range(3))
+
+    return (
+        (entry(0, 0), entry(0, 1), entry(0, 2)),
+        (entry(1, 0), entry(1, 1), entry(1, 2)),
+        (entry(2, 0), entry(2, 1), entry(2, 2)),
+    )
 
 
 def _triad_axes(v1: Vector, v2: Vector) -> tuple[Vector, Vector, Vector]:

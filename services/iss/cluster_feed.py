@@ -4,10 +4,11 @@ The lease is a key set with NX and a short expiry, renewed by its holder (a comp
 script); the others try to take it each renewal period, so it moves within a few seconds of its
 holder's death. A worker that begins to drain resigns: it gives the lease up at once (a
 compare-and-delete, so never another's) and never takes or renews it again, so a live worker polls
-within a renewal period. While this worker cannot reach Redis there is no lease to be had: it polls
-on its own, at its own pace. CelesTrak's rule holds for the whole cluster: each attempt is recorded in
-Redis (10 minutes, the retry after a failure), each success for the full refresh interval, and no
-worker asks while the record stands.
+within a renewal period. A holder stops polling when a renewal finds the lease taken, or when the
+lease it last renewed runs out with no renewal answered (a slow or frozen Redis). While this worker
+cannot reach Redis there is no lease to be had: it polls on its own, at its own pace. CelesTrak's
+rule holds for the whole cluster: each attempt is recorded in Redis (10 minutes, the retry after a
+failure), each success for the full refresh interval, and no worker asks while the record stands.
 
 What comes back from Redis is data anyone with access to it may have written: a message or the
 stored element set longer than MAX_MESSAGE_BYTES is dropped undecoded, and a fix or element set is
@@ -104,6 +105,9 @@ class RedisIssFeed:
         self.attempt_key = f"{prefix}:celestrak-attempt"
         self.connected = False
         self.holder = False
+        # The lease is surely this worker's until then (time.monotonic()): when its last take or
+        # renewal was sent, plus the TTL. Past it, with no renewal answered, another may hold it.
+        self._lease_until = 0.0
         self.leader: str | None = None  # who holds the lease, as last seen
         self._me = f"{worker}:{secrets.token_hex(4)}"
         self._on_fix: Callable[[Fix], None] = lambda fix: None
@@ -137,15 +141,21 @@ class RedisIssFeed:
 
     # ---- what the tracker asks (synchronous, from what the background loop last saw) ----
 
+    def _holds(self) -> bool:
+        """This worker holds the lease, as far as it can be sure: a renewal that does not come back
+        (a slow or frozen Redis) stops it polling when the lease it last had runs out, not when a
+        command's timeout ends the link."""
+        return self.holder and time.monotonic() < self._lease_until
+
     def may_poll(self) -> bool:
-        return not self._resigned and (self.holder or not self.connected)
+        return not self._resigned and (self._holds() or not self.connected)
 
     def may_fetch_elements(self) -> bool:
         if self._resigned:
             return False
         if not self.connected:
             return True
-        if not self.holder or time.time() < self._celestrak_blocked_until:
+        if not self._holds() or time.time() < self._celestrak_blocked_until:
             return False
         # Recorded for the cluster at once: a failure means no one asks for 10 minutes.
         self._celestrak_blocked_until = time.time() + FAILED_ATTEMPT_HOLD_S
@@ -153,7 +163,7 @@ class RedisIssFeed:
         return True
 
     def fetched_fix(self, fix: Fix) -> None:
-        if self.holder and self.connected:
+        if self._holds() and self.connected:
             self._send("fix", encode_fix(fix))
 
     def fetched_elements(self, elements: Elements) -> None:
@@ -189,7 +199,7 @@ class RedisIssFeed:
             # (timed out) may have set it. The script deletes it only while it is still ours.
             try:
                 released = await asyncio.wait_for(
-                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)  # type: ignore[misc]
+                    commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)
             except UNAVAILABLE as exc:
                 log.info("ISS: could not give up the polling lease (%s); it expires on its own", describe(exc))
                 return
@@ -280,14 +290,19 @@ class RedisIssFeed:
         if self._resigned:
             return
         if self.holder:
+            sent = time.monotonic()
             kept = await asyncio.wait_for(
-                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)  # type: ignore[misc]
-            if not kept:
+                commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)
+            if kept:
+                self._lease_until = sent + self.lease_ttl
+            else:
                 self.holder = False
                 log.warning("ISS: lost the polling lease")
         if not self.holder:
+            sent = time.monotonic()
             taken = await asyncio.wait_for(commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
             if taken:
+                self._lease_until = sent + self.lease_ttl
                 self.holder = True
                 log.info("ISS: this worker polls the ISS sources for the cluster")
 

@@ -56,7 +56,7 @@ def _conditions(state: IssState) -> list[str]:
     if state.altitude_km is not None:
         parts.append(f"altitude {state.altitude_km:.0f} km")
     if state.speed_kmh is not None:
-        parts.append(f"speed {state.speed_kmh:,.0f} km/h")
+        parts.append(f"orbital speed {state.speed_kmh:,.0f} km/h")
     if state.sunlit is not None:
         parts.append("in sunlight" if state.sunlit else "in Earth's shadow")
     if state.ground_daylight is not None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from services.iss.accuracy import ROUGH_AFTER_DAYS, age_words, elements_error_km, round_km
 from services.iss.anchor import Anchor
 from services.iss.geography import Place
 from services.iss.orbit import (
+    IDENTITY,
     OrbitPoint,
     Vector,
     bearing_deg,
@@ -18,6 +20,7 @@ from services.iss.orbit import (
     propagate,
     teme_state,
 )
+from services.iss.orbit_arrays import TemePositions, shifted_and_turned
 from services.iss.sources import Fix
 from services.iss.state import IssState
 from services.iss.tle import Elements
@@ -45,6 +48,11 @@ class OrbitModel:
     point: Callable[[datetime], OrbitPoint]
     error_km: Callable[[datetime], float]
     basis: str
+    # The same model at many moments at once (pass searches), and what it rests on: the element set
+    # and the anchor's time shift to the second (the anchor's small rotation, renewed with each fix,
+    # is left out: it moves a pass by about a second).
+    positions: TemePositions
+    key: tuple[object, ...]
 
     def position(self, when: datetime) -> Vector:
         return self.teme(when)[0]
@@ -56,6 +64,9 @@ def anchored_model(anchor: Anchor) -> OrbitModel:
         anchor.teme, anchor.point,
         lambda when: anchored_error_km(anchor, (when - fix.measured_at).total_seconds()),
         f"the {fix.source} fix moved along the orbit with {_elements_phrase(anchor.elements, fix.measured_at)}",
+        shifted_and_turned(anchor.elements.satrec, anchor.shift_s,
+                           None if anchor.rotation is IDENTITY else anchor.rotation),
+        ("anchored", *_elements_key(anchor.elements), round(anchor.shift_s)),
     )
 
 
@@ -65,7 +76,13 @@ def elements_model(elements: Elements, now: datetime) -> OrbitModel:
         lambda when: teme_state(satrec, when), lambda when: propagate(satrec, when),
         lambda when: elements_error_km(elements.age_days(when)),
         f"{_elements_phrase(elements, now)} (no live fix)",
+        shifted_and_turned(satrec, 0.0, None), ("elements", *_elements_key(elements)),
     )
+
+
+def _elements_key(elements: Elements) -> tuple[object, ...]:
+    """What identifies an element set: its object, epoch and lines (empty when it came as OMM)."""
+    return (elements.catalog_number, elements.epoch.isoformat(), elements.line1, elements.line2)
 
 
 @dataclass(frozen=True)
@@ -89,14 +106,24 @@ def _elements_phrase(elements: Elements, when: datetime) -> str:
     return f"{label} orbital elements {age_words(age)} {relation}"
 
 
-def _place_fields(lat: float, lon: float, located: Located | None) -> dict[str, object]:
+class PlaceFields(TypedDict, total=False):
+    """The IssState fields that say what is below the station."""
+
+    over: str | None
+    over_water: bool | None
+    nearest_city: str
+    nearest_city_km: float
+    nearest_city_direction: str
+
+
+def _place_fields(lat: float, lon: float, located: Located | None) -> PlaceFields:
     if located is None:
         return {}
     # The lookup is refreshed about once a second; an older one for a far-away point is dropped.
     if ground_distance_km(lat, lon, located.latitude, located.longitude) > 150.0:
         return {}
     place = located.place
-    fields: dict[str, object] = {"over": place.over, "over_water": place.water}
+    fields: PlaceFields = {"over": place.over, "over_water": place.water}
     if place.city and place.city_latitude is not None and place.city_longitude is not None:
         fields["nearest_city"] = place.city
         fields["nearest_city_km"] = round(
@@ -130,7 +157,9 @@ def anchored_error_km(anchor: Anchor, since_fix_s: float) -> float:
     """How far off the fix moved on by `since_fix_s` can be: the fix's own error plus the model's drift.
 
     The drift has two parts: how fast the elements' own error grows at their age, and the heading
-    error of a model that needed turning by the residual's angle to meet the fix.
+    error of a model whose plane may be turned from the real one (Anchor.plane_error_km: the
+    residual's angle once two fixes gave the source's track; with one fix, what the elements may be
+    off by, as the fix says nothing of the direction of travel).
     """
     elements = anchor.elements
     if anchor.held:
@@ -138,7 +167,7 @@ def anchored_error_km(anchor: Anchor, since_fix_s: float) -> float:
     age_days = elements.age_days(anchor.fix.measured_at)
     drift_per_s = (elements_error_km(age_days + 1 / 24) - elements_error_km(age_days)) / 3600
     travelled_km = ORBIT_SPEED_KMS * abs(since_fix_s)
-    heading_km = travelled_km * min(1.0, anchor.residual_km / ORBIT_RADIUS_KM)
+    heading_km = travelled_km * min(1.0, anchor.plane_error_km() / ORBIT_RADIUS_KM)
     return FIX_ERROR_KM + max(0.0, drift_per_s) * abs(since_fix_s) + heading_km
 
 
@@ -179,7 +208,7 @@ def _state(
         ground_daylight=ground_in_daylight(point.latitude, point.longitude, when),
         rough=rough,
         accuracy_km=round(error_km, 1),
-        **_place_fields(point.latitude, point.longitude, located),  # type: ignore[arg-type]
+        **_place_fields(point.latitude, point.longitude, located),
     )
 
 
@@ -197,5 +226,5 @@ def fix_state(fix: Fix, located: Located | None) -> IssState:
         sunlit=None if fix.visibility is None else fix.visibility == "daylight",
         ground_daylight=ground_in_daylight(fix.latitude, fix.longitude, fix.measured_at),
         accuracy_km=FIX_ERROR_KM,
-        **_place_fields(fix.latitude, fix.longitude, located),  # type: ignore[arg-type]
+        **_place_fields(fix.latitude, fix.longitude, located),
     )

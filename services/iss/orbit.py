@@ -12,7 +12,6 @@ _WGS84_A = 6378.137
 _WGS84_F = 1 / 298.257223563
 _WGS84_E2 = _WGS84_F * (2 - _WGS84_F)
 _EARTH_RADIUS_KM = 6371.0
-_EARTH_ROTATION = 7.292115146706979e-5  # rad/s
 _UNIX_JD = 2440587.5
 _DEG = math.pi / 180.0
 
@@ -110,7 +109,7 @@ def teme_state(satrec: Satrec, when: datetime) -> tuple[Vector, Vector]:
 
 
 def point_from_teme(r: Vector, v: Vector, when: datetime) -> OrbitPoint:
-    """Geodetic position, height, ground-frame speed and sunlight of a TEME state at `when`."""
+    """Geodetic position, height, orbital speed and sunlight of a TEME state at `when`."""
     jd, fr = julian(when)
     theta = gmst(jd, fr)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
@@ -118,16 +117,15 @@ def point_from_teme(r: Vector, v: Vector, when: datetime) -> OrbitPoint:
     y = -sin_t * r[0] + cos_t * r[1]
     z = r[2]
     lat, lon, height = geodetic(x, y, z)
-    # Speed relative to the rotating Earth is what wheretheiss.at and most readers quote.
-    vx = cos_t * v[0] + sin_t * v[1] + _EARTH_ROTATION * y
-    vy = -sin_t * v[0] + cos_t * v[1] - _EARTH_ROTATION * x
-    speed_kmh = math.sqrt(vx * vx + vy * vy + v[2] * v[2]) * 3600.0
+    # The orbital (inertial) speed, about 27,600 km/h: what NASA and wheretheiss.at quote. (Relative
+    # to the rotating Earth it is about 1,000 km/h less; no source a viewer can check gives that.)
+    speed_kmh = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]) * 3600.0
     sunlit = in_sunlight(r, sun_direction(jd, fr))
     return OrbitPoint(lat, lon, height, speed_kmh, sunlit)
 
 
 def propagate(satrec: Satrec, when: datetime) -> OrbitPoint:
-    """The station's geodetic position, height, ground-frame speed and sunlight at `when`."""
+    """The station's geodetic position, height, orbital speed and sunlight at `when`."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     r, v = teme_state(satrec, when)

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
+import numpy.typing as npt
+
 from services.iss.describe import coordinates
 from services.iss.geography import read_city_rows
 
@@ -66,6 +69,8 @@ class Places:
         self._by_name: dict[str, list[tuple[str, str, float, float, int]]] | None = None
         self._countries: dict[str, str] = {}
         self._zones: list[tuple[tuple[str, ...], float, float, str]] | None = None
+        self._zone_vectors: npt.NDArray[np.float64] | None = None  # each zone city as a unit vector
+        self._zones_of: dict[str, npt.NDArray[np.intp]] = {}  # a country code's zones (indexes)
 
     def _cities(self) -> dict[str, list[tuple[str, str, float, float, int]]]:
         with self._lock:
@@ -117,18 +122,17 @@ class Places:
     # ---- time zones ----
 
     def timezone_for(self, latitude: float, longitude: float, country: str | None) -> str | None:
-        """The IANA zone of the nearest zone.tab city, within the same country when it is known."""
+        """The IANA zone of the nearest zone.tab city, within the same country when it is known
+        (all ~400 distances at once: a few microseconds, not the milliseconds of a Python loop)."""
         zones = self._zone_table()
-        if not zones:
+        if not zones or self._zone_vectors is None:
             return None
         code = self._countries.get(_fold(country)) if country else None
-        candidates = [zone for zone in zones if code in zone[0]] if code else []
-        best, best_d = None, math.inf
-        for _codes, lat, lon, name in candidates or zones:
-            d = _angle(latitude, longitude, lat, lon)
-            if d < best_d:
-                best, best_d = name, d
-        return best
+        candidates = self._zones_of.get(code) if code else None
+        if candidates is None:
+            return zones[int(np.argmax(self._zone_vectors @ _unit_vector(latitude, longitude)))][3]
+        nearness = self._zone_vectors[candidates] @ _unit_vector(latitude, longitude)
+        return zones[int(candidates[int(np.argmax(nearness))])][3]
 
     def _zone_table(self) -> list[tuple[tuple[str, ...], float, float, str]]:
         with self._lock:
@@ -148,6 +152,13 @@ class Places:
                     parsed = _iso6709(fields[1])
                     if parsed is not None:
                         self._zones.append((tuple(fields[0].split(",")), parsed[0], parsed[1], fields[2]))
+                if self._zones:
+                    self._zone_vectors = np.array([_unit_vector(lat, lon) for _, lat, lon, _ in self._zones])
+                    of: dict[str, list[int]] = {}
+                    for index, (codes, _, _, _) in enumerate(self._zones):
+                        for country_code in codes:
+                            of.setdefault(country_code, []).append(index)
+                    self._zones_of = {country_code: np.array(found) for country_code, found in of.items()}
             return self._zones
 
 
@@ -173,7 +184,7 @@ def _iso6709(text: str) -> tuple[float, float] | None:
     return (lat if match[1] == "+" else -lat), (lon if match[5] == "+" else -lon)
 
 
-def _angle(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dl = math.radians(lon2 - lon1)
-    return math.acos(max(-1.0, min(1.0, math.sin(p1) * math.sin(p2) + math.cos(p1) * math.cos(p2) * math.cos(dl))))
+def _unit_vector(latitude: float, longitude: float) -> npt.NDArray[np.float64]:
+    """A point on the sphere as a unit vector: the nearest point has the largest dot product."""
+    lat, lon = math.radians(latitude), math.radians(longitude)
+    return np.array([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])

@@ -8,32 +8,63 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
+from services.common.bounded_work import BoundedWork, QueueFull
 from services.common.errors import ApiError
-from services.iss.estimate import ORBIT_SPEED_KMS
+from services.common.iso_time import iso_z
+from services.iss.estimate import ORBIT_SPEED_KMS, OrbitModel
 from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS, Pass, find_passes, pass_dict
 from services.iss.places import Observer, PlaceError, Places
 from services.iss.state import IssState, Tracker
 
 MAX_PASSES = 20
 MAX_OFFSET = timedelta(days=1)
-_CACHE_SIZE = 64
-_CACHE_SECONDS = 300.0
+CACHE_SIZE = 256
+CACHE_SECONDS = 300.0
+# Searches are made for the place rounded to this many degrees (0.1°: about 11 km, a second or two
+# of pass time), so nearby callers share one result.
+PLACE_DECIMALS = 1
+
+_SearchKey = tuple[Any, ...]
 
 
-def _iso(when: datetime | None) -> str | None:
-    return when.isoformat().replace("+00:00", "Z") if when else None
+@dataclass
+class _Search:
+    """One search in flight and how many callers wait for it."""
+
+    task: asyncio.Future[list[Pass]]
+    callers: int = 0
+
+
+def _retrieved(task: asyncio.Future[list[Pass]]) -> None:
+    """A search's failure is read here too: when every caller left, no one else would."""
+    if not task.cancelled():
+        task.exception()
 
 
 class IssQueries:
     """Position at a moment, passes over a place, the crew: from the tracker, never from the network."""
 
-    def __init__(self, tracker: Tracker, places: Places | None = None) -> None:
+    def __init__(self, tracker: Tracker, places: Places | None = None, searches: BoundedWork | None = None) -> None:
         self.tracker = tracker
         self.places = places or Places()
-        self._passes_cache: dict[tuple[Any, ...], tuple[float, list[Pass]]] = {}
+        # Every pass search (the endpoint's and the tools') waits its turn here: one small queue per process.
+        self.searches = searches or BoundedWork(running=2, waiting=8, name="pass-search")
+        self._passes_cache: OrderedDict[_SearchKey, tuple[float, list[Pass]]] = OrderedDict()
+        self._in_flight: dict[_SearchKey, _Search] = {}
+
+    async def close(self) -> None:
+        """End the searches in flight (their threads finish on their own) and the queue."""
+        tasks = [search.task for search in self._in_flight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.searches.close()
 
     # ---- where ----
 
@@ -71,7 +102,7 @@ class IssQueries:
         self, observer: Observer, *, days: float = 3.0, min_elevation: float = DEFAULT_MIN_ELEVATION,
         visible_only: bool = False, limit: int = 5, start: datetime | None = None,
     ) -> dict[str, Any]:
-        """The next passes over `observer` (computed in a thread: tens of milliseconds a day)."""
+        """The next passes over `observer` (searched in a worker thread, a few ms for 10 days, or cached)."""
         if not (math.isfinite(days) and 0 < days <= MAX_DAYS):
             raise ApiError(400, f"'days' must be a number above 0 and at most {MAX_DAYS:g}.", param="days")
         if not (math.isfinite(min_elevation) and 0 <= min_elevation <= 80):
@@ -83,17 +114,7 @@ class IssQueries:
                            code="iss_unavailable")
         # Whole seconds, like every time a pass gives: the request's microseconds are no one's business.
         start = (start or datetime.now(UTC)).replace(microsecond=0)
-        key = (observer.latitude, observer.longitude, days, min_elevation, orbit.basis, visible_only, limit)
-        cached = self._passes_cache.get(key)
-        now = asyncio.get_running_loop().time()
-        if cached is not None and now - cached[0] < _CACHE_SECONDS:
-            found = [item for item in cached[1] if item.set > start]
-        else:
-            found = await asyncio.to_thread(find_passes, orbit.position, observer, start, days, min_elevation,
-                                            MAX_PASSES * 3)
-            if len(self._passes_cache) >= _CACHE_SIZE:
-                self._passes_cache.pop(next(iter(self._passes_cache)))
-            self._passes_cache[key] = (now, found)
+        found = await self._found(orbit, observer, start, days, min_elevation)
         shown = [item for item in found if item.visible or not visible_only][:limit]
         timing = [orbit.error_km(item.culmination) / ORBIT_SPEED_KMS for item in shown]
         return {
@@ -101,7 +122,7 @@ class IssQueries:
                 "name": observer.name, "latitude": observer.latitude, "longitude": observer.longitude,
                 "timezone": observer.timezone,
             },
-            "from": _iso(start),
+            "from": iso_z(start),
             "days": days,
             "min_elevation_deg": min_elevation,
             "passes": [
@@ -114,6 +135,52 @@ class IssQueries:
                              "is in sunlight, above the minimum elevation",
         }
 
+    async def _found(
+        self, orbit: OrbitModel, observer: Observer, start: datetime, days: float, min_elevation: float,
+    ) -> list[Pass]:
+        """The passes from `start`: cached per element set, rounded place and parameters (for
+        CACHE_SECONDS, least recently used first out); one search for callers asking the same at
+        once, given up when they all leave; else a new search through the bounded queue (ApiError 503
+        when it is full)."""
+        place = replace(observer, latitude=round(observer.latitude, PLACE_DECIMALS),
+                        longitude=round(observer.longitude, PLACE_DECIMALS))
+        key = (orbit.key, place.latitude, place.longitude, days, min_elevation)
+        now = asyncio.get_running_loop().time()
+        cached = self._passes_cache.get(key)
+        if cached is not None and now - cached[0] < CACHE_SECONDS:
+            self._passes_cache.move_to_end(key)
+            return [item for item in cached[1] if item.set > start]
+        search = self._in_flight.get(key)
+        if search is None:
+            job = partial(find_passes, orbit.positions, place, start, days, min_elevation, MAX_PASSES * 3)
+            search = _Search(asyncio.ensure_future(self._search(key, job)))
+            search.task.add_done_callback(_retrieved)
+            self._in_flight[key] = search
+        search.callers += 1
+        try:
+            # Shielded: one caller leaving does not end the search the others wait for...
+            found = await asyncio.shield(search.task)
+        finally:
+            search.callers -= 1
+            if search.callers == 0 and not search.task.done():
+                # ...but when every one left, it is given up (never run if it still waited its turn).
+                search.task.cancel()
+        return [item for item in found if item.set > start]
+
+    async def _search(self, key: _SearchKey, search: partial[list[Pass]]) -> list[Pass]:
+        try:
+            found = await self.searches.run(search)
+        except QueueFull as full:
+            raise ApiError(503, "Too many pass searches are running; try again in a moment.", type="server_error",
+                           code="pass_search_busy", retry_after=full.retry_after) from None
+        finally:
+            self._in_flight.pop(key, None)
+        self._passes_cache[key] = (asyncio.get_running_loop().time(), found)
+        self._passes_cache.move_to_end(key)
+        while len(self._passes_cache) > CACHE_SIZE:
+            self._passes_cache.popitem(last=False)
+        return found
+
     # ---- who ----
 
     def crew(self) -> dict[str, Any]:
@@ -124,7 +191,7 @@ class IssQueries:
                     "age_seconds": None}
         return {
             "known": True, "count": len(crew.names), "names": list(crew.names), "source": crew.source,
-            "fetched_at": _iso(crew.fetched_at),
+            "fetched_at": iso_z(crew.fetched_at),
             "age_seconds": round((datetime.now(UTC) - crew.fetched_at).total_seconds()),
             "note": "Open Notify's list is kept by hand and can lag a crew change by days",
         }

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from services.common.futures import retrieve_outcome
+from services.common.iso_time import iso_z
 from services.iss.orbit import ground_distance_km
 from services.iss.tle import Elements, TleError, parse_omm, parse_omm_json, parse_tle
 
@@ -87,15 +88,13 @@ class SourceHealth:
             "successes": self.successes,
             "failures": self.failures,
             "consecutive_failures": self.consecutive_failures,
-            "last_success": _iso(self.last_success),
+            "last_success": iso_z(self.last_success),
             "last_success_age_seconds": _age(self.last_success, now),
             "last_error": self.last_error,
-            "last_error_at": _iso(self.last_error_at),
+            "last_error_at": iso_z(self.last_error_at),
         }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _age(value: datetime | None, now: datetime) -> float | None:

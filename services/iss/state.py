@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.common.iso_time import iso_z
+
 if TYPE_CHECKING:
     from services.iss.crew import Crew
     from services.iss.estimate import OrbitModel
@@ -22,7 +24,7 @@ class IssState:
     source: str
     accuracy: str
     altitude_km: float | None = None
-    speed_kmh: float | None = None
+    speed_kmh: float | None = None  # orbital (inertial) speed, as wheretheiss.at and NASA give it
     sunlit: bool | None = None
     ground_daylight: bool | None = None
     over: str | None = None
@@ -41,8 +43,8 @@ class IssState:
         # Every field is a scalar: a shallow copy gives what asdict's deep copy would, at a fraction
         # of the cost (this runs on every chat request, for the console's record).
         data = dict(self.__dict__)
-        data["at"] = self.at.isoformat().replace("+00:00", "Z")
-        data["measured_at"] = self.measured_at.isoformat().replace("+00:00", "Z")
+        data["at"] = iso_z(self.at)
+        data["measured_at"] = iso_z(self.measured_at)
         data["age_seconds"] = round(self.age_seconds, 1)
         return data
 

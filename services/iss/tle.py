@@ -44,8 +44,8 @@ class Elements:
     line2: str
     epoch: datetime
     origin: str
+    satrec: Satrec = field(repr=False, compare=False)
     fetched_at: datetime | None = None
-    satrec: Satrec = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
     # The OMM fields when the elements came as OMM (then line1 and line2 are empty).
     omm: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
@@ -86,7 +86,7 @@ def parse_tle(text: str, origin: str, fetched_at: datetime | None = None) -> Ele
         raise TleError(f"unreadable elements: {exc}") from None
     if satrec.error:
         raise TleError(f"sgp4 rejected the elements (error {satrec.error})")
-    return Elements(name, line1, line2, epoch, origin, fetched_at, satrec)
+    return Elements(name, line1, line2, epoch, origin, satrec, fetched_at)
 
 
 def load_tle_file(path: Path, origin: str) -> Elements:
@@ -131,7 +131,7 @@ def parse_omm(fields: Any, origin: str, fetched_at: datetime | None = None) -> E
         raise TleError(f"unreadable OMM record ({type(exc).__name__}: {str(exc)[:60]})") from None
     if satrec.error or not 0 < record["MEAN_MOTION"] < 20 or not 0 <= record["ECCENTRICITY"] < 1:
         raise TleError("sgp4 rejected the OMM elements")
-    return Elements(record["OBJECT_NAME"], "", "", epoch, origin, fetched_at, satrec, record)
+    return Elements(record["OBJECT_NAME"], "", "", epoch, origin, satrec, fetched_at, record)
 
 
 def parse_omm_json(text: str, origin: str, fetched_at: datetime | None = None) -> Elements:

@@ -30,7 +30,7 @@ TOOL_DEFINITIONS: tuple[dict[str, Any], ...] = (
         "function": {
             "name": "iss_position",
             "description": "Where the International Space Station is (latitude, longitude, what it is over, "
-                           "altitude, speed, sunlight) now or at a moment within a day.",
+                           "altitude, orbital speed, sunlight) now or at a moment within a day.",
             "parameters": {
                 "type": "object",
                 "properties": {
@@ -71,7 +71,6 @@ TOOL_DEFINITIONS: tuple[dict[str, Any], ...] = (
         },
     },
 )
-TOOL_NAMES = frozenset(tool["function"]["name"] for tool in TOOL_DEFINITIONS)
 
 
 @dataclass(frozen=True)

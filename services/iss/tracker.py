@@ -1,86 +1,56 @@
-"""IssTracker: polls the ISS sources in the background and serves a state for any moment at once."""
+"""IssTracker: the ISS state and its queries, a state for any moment at once.
+
+It holds what the sources last brought (the fix, the element set, the model lined up with the fix,
+the place below) and answers from it without waiting; services/iss/polling.py fetches in the
+background and hands each result here, services/iss/health.py writes the health report.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
-
-import aiohttp
+from typing import Any
 
 from config import Settings
+from services.common.iso_time import iso_z
 from services.iss import estimate
 from services.iss.accuracy import elements_error_km
 from services.iss.anchor import Anchor, anchor
-from services.iss.crew import Crew, CrewSource
+from services.iss.crew import Crew
 from services.iss.estimate import LIVE_HOLD, Located, OrbitModel
-from services.iss.feed import IssFeed, SelfPolling
-from services.iss.geography import Geography
-from services.iss.sources import (
-    CelestrakSource,
-    Fix,
-    LiveSource,
-    SourceError,
-    describe_error,
-    open_notify,
-    wheretheiss,
-)
+from services.iss.feed import IssFeed
+from services.iss.geography import Geography, Place
+from services.iss.health import health_report
+from services.iss.polling import Polling, load_bundled
+from services.iss.sources import Fix, describe_error
 from services.iss.state import IssState
-from services.iss.tle import Elements, TleError, load_tle_file
+from services.iss.tle import Elements
 
 log = logging.getLogger("iss_llm.iss")
 
-ENRICH_INTERVAL = 1.0
-FEED_RECHECK_S = 5.0
 PAIR_RENEW_S = 60.0
 MAX_TRACK_POINTS = 600
 # Fresh CelesTrak elements are already good to a few km: a cold caller need not wait for more.
 GOOD_ELEMENTS_KM = 10.0
 
 
-class _DueSource(Protocol):
-    def seconds_until_due(self) -> float: ...
-
-
 class IssTracker:
     """The chat path's ISS: never raises, serves at once in steady state, waits at most iss_timeout cold."""
 
-    def __init__(self, settings: Settings, geography: Any | None = None, feed: IssFeed | None = None) -> None:
+    def __init__(self, settings: Settings, geography: Geography | None = None, feed: IssFeed | None = None) -> None:
         self.settings = settings
-        # Whether to poll, and who hears of what was fetched: the cluster's lease, or no one (issue 11).
-        self.feed: IssFeed = feed or SelfPolling()
-        self._live: list[LiveSource] = []
-        self._celestrak: CelestrakSource | None = None
-        self._crew_source: CrewSource | None = None
-        for name in settings.iss_sources:
-            if name == "open-notify":
-                self._live.append(open_notify(settings.iss_api_url, settings.iss_timeout))
-            elif name == "wheretheiss":
-                self._live.append(wheretheiss(settings.wheretheiss_url, settings.iss_timeout))
-            elif name == "tle":
-                self._celestrak = CelestrakSource(
-                    settings.tle_url, settings.iss_timeout, settings.tle_refresh_interval,
-                    settings.iss_cache_dir,
-                )
-            elif name == "crew":
-                self._crew_source = CrewSource(
-                    settings.astros_url, settings.iss_timeout, settings.crew_refresh_interval, settings.iss_cache_dir,
-                )
-            else:
-                log.warning("ignoring unknown ISS source %r", name)
-        self._bundled = self._load_bundled()
+        self.geography = geography if geography is not None else Geography()
+        self.polling = Polling(settings, self, self.geography, feed)
         # The freshest element set known (CelesTrak's, the bundled one, or one another worker sent).
         self._current_elements: Elements | None = None
-        for candidate in (self._bundled, self._celestrak.elements if self._celestrak else None):
+        celestrak = self.polling.celestrak
+        for candidate in (load_bundled(settings), celestrak.elements if celestrak else None):
             if candidate is not None:
                 self._choose_elements(candidate)
         self._disagreement: dict[str, Any] | None = None
         self._warned_elements: Elements | None = None
-        self.geography = geography if geography is not None else Geography()
-        self._geography_error: str | None = None
         self._fix: Fix | None = None
         self._previous_fix: Fix | None = None
         self._anchor: Anchor | None = None
@@ -88,36 +58,16 @@ class IssTracker:
         # The last state current() computed and what it was computed from: every request within
         # the same second shares it (an SGP4 propagation is ~0.15 ms on the chat path).
         self._memo: tuple[tuple[Any, ...], IssState | None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._warmup: asyncio.Task[Any] | None = None
-        self._cold_deadline = 0.0
-        self._closed = False
-        self._live_first = asyncio.Event()
-        self._tle_first = asyncio.Event()
-        self._geo_first = asyncio.Event()
-        self.cycles = 0
-        self.tle_cycles = 0
-
-    def _load_bundled(self) -> Elements | None:
-        if self.settings.bundled_tle is None:
-            return None
-        try:
-            return load_tle_file(self.settings.bundled_tle, "bundled")
-        except (OSError, TleError) as exc:
-            log.warning("bundled TLE unusable (%s): %s", self.settings.bundled_tle.name, describe_error(exc))
-            return None
 
     # ---- what the chat path calls ----
 
     async def current(self) -> IssState | None:
         """The state now; cold callers share one warm-up bounded by iss_timeout; never raises."""
         try:
-            if self._warmup is None and not self._closed:
-                self._start()
-            warmup = self._warmup
+            self.polling.start()
+            warmup = self.polling.warmup
             if warmup is not None and not warmup.done() and not self._good_enough():
-                remaining = self._cold_deadline - time.monotonic()
+                remaining = self.polling.cold_deadline - time.monotonic()
                 if remaining > 0:
                     await asyncio.wait({warmup}, timeout=remaining)
             return self._state_now()
@@ -129,8 +79,7 @@ class IssTracker:
 
     async def start(self) -> None:
         """Optional: begin the background refresh now rather than on the first current()."""
-        if self._warmup is None and not self._closed:
-            self._start()
+        self.polling.start()
 
     def state_at(self, when: datetime) -> IssState | None:
         """The propagated state at `when` (for /iss?at=); None when no orbit model is known."""
@@ -157,71 +106,24 @@ class IssTracker:
             points.append({
                 "latitude": round(point.latitude, 4),
                 "longitude": round(point.longitude, 4),
-                "at": when.isoformat().replace("+00:00", "Z"),
+                "at": iso_z(when),
             })
         return points
 
     def health(self) -> dict[str, Any]:
         """Per-source health, the model in use and its age; JSON-able."""
         now = datetime.now(UTC)
-        sources: dict[str, Any] = {source.name: source.health.to_dict() for source in self._live}
-        if self._celestrak is not None:
-            tle = self._celestrak.health.to_dict()
-            tle["next_fetch_in_seconds"] = round(self._celestrak.seconds_until_due(), 1)
-            tle["format"] = self._celestrak.format
-            sources["celestrak"] = tle
-        if self._crew_source is not None:
-            crew = self._crew_source.health.to_dict()
-            crew["next_fetch_in_seconds"] = round(self._crew_source.seconds_until_due(), 1)
-            sources["astros"] = crew
-        elements = self._elements()
-        fix = self._fix
         state = None
         try:
             state = self._state(now)
         except Exception as exc:
             log.warning("ISS health estimate failed: %s", describe_error(exc))
-        return {
-            "status": self._status(now),
-            "started": self._warmup is not None,
-            "cycles": self.cycles,
-            "source": state.source if state else None,
-            "accuracy_km": state.accuracy_km if state else None,
-            "fix": None if fix is None else {
-                "source": fix.source,
-                "measured_at": fix.measured_at.isoformat().replace("+00:00", "Z"),
-                "age_seconds": round((now - fix.measured_at).total_seconds(), 1),
-            },
-            "elements": None if elements is None else {
-                "origin": elements.origin,
-                "epoch": elements.epoch.isoformat().replace("+00:00", "Z"),
-                "age_days": round(elements.age_days(now), 2),
-            },
-            "anchor": None if self._anchor is None else {
-                "shift_seconds": round(self._anchor.shift_s, 1),
-                "residual_km": round(self._anchor.residual_km, 1),
-                "agreement_km": round(self._anchor.agreement_km, 1),
-            },
-            "model_disagreement": self._disagreement,
-            "sources": sources,
-            "geography": {
-                "loaded": bool(getattr(self.geography, "loaded", False)),
-                "error": self._geography_error,
-            },
-        }
+        return health_report(now, status=self._status(now), state=state, fix=self._fix, elements=self._elements(),
+                             anchor=self._anchor, disagreement=self._disagreement, polling=self.polling)
 
     async def close(self) -> None:
-        """Cancel the background loops and close the HTTP session."""
-        self._closed = True
-        tasks = [*self._tasks, *([self._warmup] if self._warmup else [])]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks = []
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Stop the background polling."""
+        await self.polling.close()
 
     # ---- the model ----
 
@@ -241,7 +143,12 @@ class IssTracker:
 
     def crew(self) -> Crew | None:
         """Who is aboard, as last fetched (or cached); never waits."""
-        return self._crew_source.value if self._crew_source is not None else None
+        return self.polling.crew.value if self.polling.crew is not None else None
+
+    @property
+    def fix(self) -> Fix | None:
+        """The last live fix (recent or not)."""
+        return self._fix
 
     def elements(self) -> Elements | None:
         """The element set in use (the freshest known)."""
@@ -298,8 +205,8 @@ class IssTracker:
             return estimate.anchored_state(state.at, self._anchor, located)
         return state
 
-    def _lookup(self, latitude: float, longitude: float) -> Any:
-        if not getattr(self.geography, "loaded", False):
+    def _lookup(self, latitude: float, longitude: float) -> Place | None:
+        if not self.geography.loaded:
             return None
         return self.geography.lookup(latitude, longitude)
 
@@ -393,152 +300,10 @@ class IssTracker:
                 elements.origin, age_days, anchor_.fix.source, anchor_.agreement_km, estimate.FIX_ERROR_KM,
             )
 
-    # ---- background work ----
-
-    def _start(self) -> None:
-        self._cold_deadline = time.monotonic() + self.settings.iss_timeout
-        self._tasks = [
-            self._spawn(self._run_live),
-            self._spawn(self._run_tle),
-            self._spawn(self._run_geography),
-            self._spawn(self._run_crew),
-        ]
-        self._warmup = asyncio.ensure_future(self._warm())
-
-    def _spawn(self, body: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None]:
-        return asyncio.ensure_future(body())
-
-    async def _warm(self) -> None:
-        await asyncio.gather(self._live_first.wait(), self._tle_first.wait(), self._geo_first.wait())
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No session timeout: every source bounds each of its requests with its own.
-            self._session = aiohttp.ClientSession(headers={"User-Agent": "iss-llm/1.0 (ISS context for chat)"})
-        return self._session
-
-    async def _run_live(self) -> None:
-        while True:
-            try:
-                await self._live_cycle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("ISS refresh failed: %s", describe_error(exc))
-            finally:
-                self.cycles += 1
-                self._live_first.set()
-            await asyncio.sleep(self.settings.iss_refresh_interval)
-
-    async def _live_cycle(self) -> None:
-        """Try the live sources in order until one answers; a recent fix from a preferred one holds."""
-        if not self.feed.may_poll():
-            return  # another worker polls for the cluster and sends its fixes here
-        for source in self._live:
-            if not source.due():
-                if self._fix is not None and self._fix.source == source.name and not source.health.consecutive_failures:
-                    return
-                continue
-            try:
-                fix = await source.fetch(self._http())
-            except SourceError:
-                continue
-            self.fix_arrived(fix)
-            self.feed.fetched_fix(fix)
-            self._refresh_place()
-            return
-
-    async def _run_tle(self) -> None:
-        celestrak = self._celestrak
-        if celestrak is None:
-            self._tle_first.set()
-            return
-
-        async def fetch() -> None:
-            elements = await celestrak.fetch(self._http())
-            self.feed.fetched_elements(elements)
-            if self.elements_arrived(elements):
-                self._refresh_place()
-
-        def settled(attempted: bool) -> None:
-            if attempted:
-                self.tle_cycles += 1
-            # Cached elements (or a recent failed attempt) mean the cold start needn't wait.
-            self._tle_first.set()
-
-        # may_fetch_elements: another worker of the cluster may fetch them (or did, recently).
-        await self._refresh_when_due(celestrak, fetch, "TLE", self.feed.may_fetch_elements, settled)
-
-    async def _run_crew(self) -> None:
-        """astros.json every few hours; nobody ever waits for it (the cold start does not either)."""
-        source = self._crew_source
-        if source is not None:
-            await self._refresh_when_due(source, lambda: source.fetch(self._http()), "crew")
-
-    async def _refresh_when_due(
-        self,
-        source: _DueSource,
-        fetch: Callable[[], Coroutine[Any, Any, object]],
-        what: str,
-        allowed: Callable[[], bool] = lambda: True,
-        settled: Callable[[bool], None] = lambda attempted: None,
-    ) -> None:
-        """Fetch each time `source` says it is due and `allowed()` agrees (else look again in a few
-        seconds); `settled(attempted)` after each wait decided on and each attempt, whatever came of it.
-        A failure is logged and waits for the next due time: it never ends the loop."""
-        while True:
-            wait = source.seconds_until_due()
-            if wait <= 0 and not allowed():
-                wait = FEED_RECHECK_S
-            if wait > 0:
-                settled(False)
-                await asyncio.sleep(min(wait, 3600.0))
-                continue
-            try:
-                await fetch()
-            except asyncio.CancelledError:
-                raise
-            except SourceError:
-                pass  # the source recorded it (its health, its back-off)
-            except Exception as exc:
-                log.warning("%s refresh failed: %s", what, describe_error(exc))
-            finally:
-                settled(True)
-
-    async def _run_geography(self) -> None:
-        try:
-            await asyncio.to_thread(self.geography.load)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._geography_error = describe_error(exc)
-            log.warning("geography data unavailable: %s", self._geography_error)
-            self._geo_first.set()
-            return
-        while True:
-            try:
-                self._locate()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("geography lookup failed: %s", describe_error(exc))
-            finally:
-                self._geo_first.set()
-            await asyncio.sleep(ENRICH_INTERVAL)
-
-    def _refresh_place(self) -> None:
-        """Look up the place again at once when the model jumped (new fix or elements)."""
-        if getattr(self.geography, "loaded", False):
-            try:
-                self._locate()
-            except Exception as exc:
-                log.warning("geography lookup failed: %s", describe_error(exc))
-
-    def _locate(self) -> None:
-        # Look up where the station will be half an interval from now, so the cached place is
-        # centred on the window in which requests will use it. A lookup takes well under a
-        # millisecond: inline is cheaper than a thread hand-off that would contend for the GIL.
-        state = self._state(datetime.now(UTC) + timedelta(seconds=ENRICH_INTERVAL / 2))
+    def locate(self, ahead_s: float) -> None:
+        """Look up the place below the station `ahead_s` seconds from now, for the states to come.
+        A lookup takes well under a millisecond: inline is cheaper than a thread hand-off."""
+        state = self._state(datetime.now(UTC) + timedelta(seconds=ahead_s))
         if state is None:
             return
         place = self.geography.lookup(state.latitude, state.longitude)

@@ -28,8 +28,12 @@ from typing import Any
 
 import orjson
 from tornado import httputil
+from tornado.http1connection import HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
+from tornado.iostream import IOStream
+
+from services.common.errors import ApiError
 
 log = logging.getLogger("iss_llm.connections")
 
@@ -44,10 +48,10 @@ LOG_INTERVAL = 10.0
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPTS_PER_TURN = 128
 
-_REFUSAL_BODY = orjson.dumps({"error": {
-    "message": "This server has too many open connections; try again shortly.",
-    "type": "server_error", "param": None, "code": "too_many_connections",
-}})
+_REFUSAL_BODY = orjson.dumps(ApiError(
+    503, "This server has too many open connections; try again shortly.",
+    type="server_error", code="too_many_connections",
+).body())
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
     b"Connection: close\r\nContent-Length: " + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY
@@ -108,7 +112,8 @@ class _Summary:
 class _Watch(httputil.HTTPMessageDelegate):
     """Passes a request through, marking its connection busy once the request's headers are in."""
 
-    def __init__(self, inner: httputil.HTTPMessageDelegate, server: CappedHTTPServer, conn: object) -> None:
+    def __init__(self, inner: httputil.HTTPMessageDelegate, server: CappedHTTPServer,
+                 conn: HTTP1ServerConnection) -> None:
         self.inner = inner
         self.server = server
         self.conn = conn
@@ -135,29 +140,36 @@ class CappedHTTPServer(HTTPServer):
     def initialize(self, *args: Any, max_connections: int = 1000, stats: ConnectionStats | None = None,
                    **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
+        if self.ssl_options is not None:
+            raise ValueError("CappedHTTPServer serves plain HTTP: TLS ends at the reverse proxy")
         self.stats = stats or ConnectionStats()
         self.stats.max = max_connections
         # Connections waiting for a request's headers, the longest-waiting first.
-        self._idle: OrderedDict[object, None] = OrderedDict()
+        self._idle: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
         self._shed: set[object] = set()  # closed to make room, not yet reported closed
         self._summary = _Summary()
+        self._listening: dict[socket.socket, Callable[[], None]] = {}  # each socket, and what stops its accepting
 
     # --- counting ------------------------------------------------------------------------------
 
-    def handle_stream(self, stream: Any, address: tuple) -> None:
+    def handle_stream(self, stream: IOStream, address: tuple) -> None:
         self.stats.accepted += 1
         self.stats.open += 1
         super().handle_stream(stream, address)
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         # Called when the connection starts waiting for its next request: it is idle until headers arrive.
+        delegate = super().start_request(server_conn, request_conn)
+        if not isinstance(server_conn, HTTP1ServerConnection):  # what HTTPServer.handle_stream makes
+            return delegate
         self._idle[server_conn] = None
         self._idle.move_to_end(server_conn)
-        return _Watch(super().start_request(server_conn, request_conn), self, server_conn)
+        return _Watch(delegate, self, server_conn)
 
     def on_close(self, server_conn: object) -> None:
         self.stats.open -= 1
-        self._idle.pop(server_conn, None)
+        if isinstance(server_conn, HTTP1ServerConnection):
+            self._idle.pop(server_conn, None)
         self._shed.discard(server_conn)
         super().on_close(server_conn)
 
@@ -170,7 +182,7 @@ class CappedHTTPServer(HTTPServer):
             self._shed.add(conn)
             self.stats.idle_closed += 1
             self._summary.note("idle connection closed to make room")
-            conn.stream.close()  # type: ignore[attr-defined]  # frees its descriptor now
+            conn.stream.close()  # frees its descriptor now
             return True
         return False
 
@@ -181,9 +193,22 @@ class CappedHTTPServer(HTTPServer):
     # --- accepting -----------------------------------------------------------------------------
 
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        # Tornado's own add_sockets accepts through netutil.add_accept_handler, which spins on an
+        # accept() error; this server runs its own accept loop and makes each stream as TCPServer does.
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = self._accept_on(sock, self._handle_connection)
+            self._listening[sock] = self._accept_on(sock, self._connected)
+
+    def stop(self) -> None:
+        """Stop accepting (the sockets are closed); requests in progress go on."""
+        for sock, stop_accepting in self._listening.items():
+            stop_accepting()
+            sock.close()
+        self._listening.clear()
+        super().stop()
+
+    def _connected(self, connection: socket.socket, address: Any) -> None:
+        stream = IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+        self.handle_stream(stream, address)
 
     def _admit(self, connection: socket.socket) -> bool:
         if self._holding < self.stats.max or self._make_room():
@@ -196,20 +221,23 @@ class CappedHTTPServer(HTTPServer):
     def _accept_on(self, sock: socket.socket, callback: Callable[[socket.socket, Any], None]) -> Callable[[], None]:
         """Like tornado.netutil.add_accept_handler, but an accept() error pauses instead of spinning."""
         io_loop = IOLoop.current()
-        state = {"removed": False, "paused": None}
+        removed = False
+        paused: object | None = None  # the timeout that resumes accepting, while paused
 
         def resume() -> None:
-            state["paused"] = None
-            if not state["removed"]:
+            nonlocal paused
+            paused = None
+            if not removed:
                 io_loop.add_handler(sock, ready, IOLoop.READ)
 
         def pause() -> None:
+            nonlocal paused
             io_loop.remove_handler(sock)
-            state["paused"] = io_loop.call_later(ACCEPT_PAUSE, resume)
+            paused = io_loop.call_later(ACCEPT_PAUSE, resume)
 
         def ready(fd: Any, events: int) -> None:
             for _ in range(_ACCEPTS_PER_TURN):
-                if state["removed"]:
+                if removed:
                     return
                 try:
                     connection, address = sock.accept()
@@ -229,9 +257,10 @@ class CappedHTTPServer(HTTPServer):
                     callback(connection, address)
 
         def remove() -> None:
-            state["removed"] = True
-            if state["paused"] is not None:
-                io_loop.remove_timeout(state["paused"])
+            nonlocal removed
+            removed = True
+            if paused is not None:
+                io_loop.remove_timeout(paused)
             else:
                 io_loop.remove_handler(sock)
 

@@ -60,6 +60,13 @@ def _message(exc: BaseException, secrets: Iterable[str]) -> str:
     return text
 
 
+def _cause_of(exc: BaseException | None) -> BaseException | None:
+    """The exception `exc` came from, as Python's own traceback would print it."""
+    if exc is None:
+        return None
+    return exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+
+
 def describe_exception(exc_info: ExcInfo, secrets: Iterable[str] = ()) -> str:
     """An exception as one line, never a traceback: its type, its message (redacted, bounded) and
     where it was raised, the innermost MAX_FRAMES frames as `file:line in function` (innermost last),
@@ -73,12 +80,12 @@ def describe_exception(exc_info: ExcInfo, secrets: Iterable[str] = ()) -> str:
     text = f"{typ.__name__}: {_message(value, secrets)}"
     if frames:
         text += " at " + ("… > " if count > MAX_FRAMES else "") + " > ".join(frames)
-    cause: BaseException | None = value
+    cause = _cause_of(value)
     for _ in range(MAX_CAUSES):
-        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
         if cause is None:
             break
         text += f"; from {type(cause).__name__}: {_message(cause, secrets)}"
+        cause = _cause_of(cause)
     return text
 
 # The `extra` fields a line may carry, in this order; anything else passed as extra is ignored.

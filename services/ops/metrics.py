@@ -1,15 +1,15 @@
-"""Prometheus metrics with the official client: what the chat path counts, what is read at scrape time.
+"""Prometheus metrics with the official client: the instruments, what the chat path records on
+them, and the /metrics exposition. A `Recorder` (services/ops/recorder.py).
 
 The chat path only ever increments a counter or observes a histogram it already holds (a few
 microseconds, no I/O, no await): each request's figures are recorded once, at its outcome, from
-the timings on its Exchange. Everything that describes a state rather than an event (the ISS
-sources, the age of the position and elements, the console) is computed when Prometheus
-scrapes, by custom collectors, so nothing runs on the chat path for it.
+the timings on its Exchange. What describes a state rather than an event is read at scrape time
+by the collectors of services/ops/metric_collectors.py.
 
 One process: the instruments live in a registry of their own (one per app, so tests do not
-share counters). Several workers: `prepare_multiprocess()` in the parent before the fork
-switches the client to its multiprocess mode, each worker writes its values to mmap files in
-PROMETHEUS_MULTIPROC_DIR, and whichever worker answers a scrape merges them all.
+share counters). Several workers: services/ops/multiprocess.py sets PROMETHEUS_MULTIPROC_DIR in
+the parent before this module (and so the client) is first imported, each worker writes its
+values to mmap files there, and whichever worker answers a scrape merges them all.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import asyncio
 import logging
 import os
 import re
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,19 +32,23 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
     multiprocess,
-    values,
 )
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.ops import multiprocess as lifecycle
+from services.ops.metric_collectors import FETCHES_DOC, PREFIX, IssCollector, WorkerProcessCollector, fetch_counts
+from services.ops.recorder import Timed
+
 log = logging.getLogger("iss_llm.metrics")
+
+# prometheus_client, imported just above, runs in its multiprocess mode when this variable was set then.
+_MULTIPROCESS_AT_IMPORT = os.environ.get(lifecycle.ENV) is not None
 
 # No `_created` series: a gauge per labelled counter and histogram that dashboards never query
 # (the multiprocess mode has none either, so both modes expose the same names).
 disable_created_metrics()
 
-PREFIX = "iss_llm"
 OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown")
 
 # Voice-sized buckets: a replica waits on the first token, so the interesting range is a few
@@ -69,26 +70,6 @@ _MODEL_CHARS = re.compile(r"[^A-Za-z0-9._:/@+\-]")
 # This server's codes for an upstream failure (FIRST_TOKEN_TIMEOUT's and MAX_STREAM_SECONDS' included).
 _UPSTREAM_CODE = re.compile(r"upstream_[a-z_]{1,40}|first_token_timeout|stream_too_long")
 _REASON = re.compile(r"[a-z_]{1,32}")  # resync reasons are the server's own words ("overflow", "requested")
-
-
-class Timed(Protocol):
-    """What one chat request's record offers the metrics once it ended (an Exchange); times are
-    time.monotonic() readings: received, upstream asked, its first content token, written, ended."""
-
-    route: str
-    stream: bool
-    outcome: Any
-    status: int | None
-    upstream_model: str | None
-    error_code: str | None
-    tokens: int
-    received: float
-    upstream_sent: float | None
-    first_written: float | None
-    ended: float | None
-
-    @property
-    def upstream_first(self) -> float | None: ...
 
 
 class ModelLabels:
@@ -124,8 +105,6 @@ class ModelLabels:
 
 class Metrics:
     """Every instrument the server records, and the /metrics exposition."""
-
-    enabled = True
 
     def __init__(self, configured_models: Iterable[str | None] = ()) -> None:
         self.multiprocess = multiprocess_dir() is not None
@@ -182,7 +161,7 @@ class Metrics:
             "console_resyncs", "Snapshots sent to a console socket instead of live events, by reason.", ("reason",))
         # With workers, fetch counts are real counters every worker adds to (summed across workers);
         # one process reads them from the tracker at scrape time instead.
-        self.iss_fetches = counter("iss_fetches", IssCollector.FETCHES_DOC, ("source", "result")) if (
+        self.iss_fetches = counter("iss_fetches", FETCHES_DOC, ("source", "result")) if (
             self.multiprocess) else None
         self._fetches_seen: dict[tuple[str, str], float] = {}
         self._health: Callable[[], dict[str, Any]] | None = None
@@ -236,7 +215,7 @@ class Metrics:
         except Exception as exc:  # never let the ISS break the metrics
             log.warning("ISS health unavailable for metrics: %s", type(exc).__name__)
             return
-        for (name, result), total in _fetch_counts(sources):
+        for (name, result), total in fetch_counts(sources):
             delta = total - self._fetches_seen.get((name, result), 0.0)
             if delta > 0:
                 self._child(self.iss_fetches, name, result).inc(delta)
@@ -259,20 +238,20 @@ class Metrics:
     def outcome(self, record: Timed) -> None:
         """One chat request ended: count it and observe its timings, once (from Exchange.end)."""
         child = self._child
-        route = record.route
+        route = record.path
         outcome = str(record.outcome or "error")
         child(self.requests, route, outcome, str(record.status)).inc()
         ended = record.ended if record.ended is not None else time.monotonic()
-        child(self.duration, route, outcome).observe(ended - record.received)
+        child(self.duration, route, outcome).observe(ended - record.started)
         if record.upstream_sent is not None:
-            child(self.added_before, route).observe(record.upstream_sent - record.received)
+            child(self.added_before, route).observe(record.upstream_sent - record.started)
         if record.stream:
             # The first-token split, for streamed answers (a whole answer has no first token).
-            first = record.upstream_first
+            first = record.first_token_at
             if first is not None and record.upstream_sent is not None:
                 child(self.upstream_ttft, self.models(record.upstream_model)).observe(first - record.upstream_sent)
             if record.first_written is not None:
-                child(self.ttft, route).observe(record.first_written - record.received)
+                child(self.ttft, route).observe(record.first_written - record.started)
                 if first is not None:
                     child(self.added_after, route).observe(record.first_written - first)
         if outcome == "done":
@@ -317,199 +296,10 @@ class Metrics:
         return encoder(self._scrape_registry), content_type
 
 
-class NullMetrics(Metrics):
-    """METRICS_ENABLED=false: the same calls, doing nothing."""
-
-    enabled = False
-
-    def __init__(self, configured_models: Iterable[str | None] = ()) -> None:
-        self.multiprocess = False
-
-    def add_collector(self, collector: Collector) -> None:
-        return None
-
-    def watch_iss(self, health: Callable[[], dict[str, Any]]) -> None:
-        return None
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def sync_iss_fetches(self) -> None:
-        return None
-
-    def started(self) -> None:
-        return None
-
-    def ended(self) -> None:
-        return None
-
-    def iss_looked_up(self, seconds: float) -> None:
-        return None
-
-    def keepalive(self) -> None:
-        return None
-
-    def outcome(self, record: Timed) -> None:
-        return None
-
-    def refused(self, route: str, outcome: str, status: int) -> None:
-        return None
-
-    def console_opened(self) -> None:
-        return None
-
-    def console_closed(self) -> None:
-        return None
-
-    def console_resynced(self, reason: str, dropped: int) -> None:
-        return None
-
-    def exposition(self, accept: str | None) -> tuple[bytes, str]:
-        return b"", "text/plain"
-
-
-# ---- scrape-time collectors ----
-
-
-def _gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels))
-
-
-def _fetch_counts(sources: dict[str, Any]) -> Iterator[tuple[tuple[str, str], float]]:
-    """((source, "ok" | "error"), count so far) for each source in tracker.health()["sources"]."""
-    for name, source in sources.items():
-        if isinstance(source, dict):
-            yield (name, "ok"), float(source.get("successes") or 0)
-            yield (name, "error"), float(source.get("failures") or 0)
-
-
-class IssCollector(Collector):
-    """The ISS tracker's health, read when Prometheus scrapes (tracker.health(), nothing cached)."""
-
-    STATES = ("ok", "failing", "idle")
-    STATUSES = ("live", "propagating", "unavailable")
-    FETCHES_DOC = "Fetches from each ISS source by result."
-
-    def __init__(self, health: Callable[[], dict[str, Any]], fetches: bool = True) -> None:
-        self._health = health
-        self._fetches = fetches  # False with workers: the counts are shared counters (Metrics.iss_fetches)
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # nothing fixed to check at registration; collect() runs only on a scrape
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            health = self._health()
-        except Exception as exc:  # a scrape must never fail for the ISS
-            log.warning("ISS health unavailable for metrics: %s", type(exc).__name__)
-            return
-        status = _gauge("iss_status", "The ISS state the chat path gets: live fix, propagated elements, or none.",
-                        ("status",))
-        for name in self.STATUSES:
-            status.add_metric([name], 1.0 if health.get("status") == name else 0.0)
-        yield status
-        fix = health.get("fix") or {}
-        position = _gauge("iss_position_age_seconds", "Age of the last live position fix (absent: none yet).",
-                          ("source",))
-        if isinstance(fix.get("age_seconds"), int | float):
-            position.add_metric([str(fix.get("source"))], float(fix["age_seconds"]))
-        yield position
-        elements = health.get("elements") or {}
-        elements_age = _gauge("iss_elements_age_seconds", "Age of the orbital elements in use, from their epoch.",
-                              ("origin",))
-        if isinstance(elements.get("age_days"), int | float):
-            elements_age.add_metric([str(elements.get("origin"))], float(elements["age_days"]) * 86400.0)
-        yield elements_age
-        accuracy = _gauge("iss_accuracy_km", "Estimated error of the position the chat path gets, in km.")
-        if isinstance(health.get("accuracy_km"), int | float):
-            accuracy.add_metric([], float(health["accuracy_km"]))
-        yield accuracy
-        sources = health.get("sources") or {}
-        state = _gauge("iss_source_state", "Each ISS source's state (1 for the current one).", ("source", "state"))
-        failures = _gauge("iss_source_consecutive_failures", "Failures in a row of each ISS source.", ("source",))
-        for name, source in sources.items():
-            if not isinstance(source, dict):
-                continue
-            for candidate in self.STATES:
-                state.add_metric([name, candidate], 1.0 if source.get("state") == candidate else 0.0)
-            failures.add_metric([name], float(source.get("consecutive_failures") or 0))
-        yield state
-        yield failures
-        if self._fetches:
-            fetches = CounterMetricFamily(f"{PREFIX}_iss_fetches", self.FETCHES_DOC, labels=["source", "result"])
-            for (name, result), count in _fetch_counts(sources):
-                fetches.add_metric([name, result], count)
-            yield fetches
-
-
-class WorkerProcessCollector(Collector):
-    """With several workers: the process metrics (CPU, memory, open files) of each, labelled by pid.
-
-    The client's ProcessCollector reads /proc for one process; a scrape answered by one worker
-    would otherwise show that worker alone. The parent's children are the workers."""
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        parent = os.getppid()
-        pids = [parent, *_children(parent)]
-        families: dict[str, Metric] = {}
-        for pid in pids:
-            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
-                merged = families.get(family.name)
-                if merged is None:
-                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
-                for sample in family.samples:
-                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
-        yield from families.values()
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(part) for part in text.split()]
-
-
 # ---- multiprocess mode (several workers) ----
 
 
 def multiprocess_dir() -> str | None:
-    """The directory the client's multiprocess mode writes to, when that mode is on."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path and getattr(values.ValueClass, "_multiprocess", False):
-        return path
-    return None
-
-
-def prepare_multiprocess(path: str | os.PathLike[str] | None = None) -> Path:
-    """In the parent, before the workers fork: an empty directory, and the client in multiprocess mode.
-
-    `path` defaults to $PROMETHEUS_MULTIPROC_DIR, else a new temporary directory. Files left by an
-    earlier run are removed (their counters would be added to this run's)."""
-    chosen = Path(path or os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="iss-llm-metrics-"))
-    chosen.mkdir(parents=True, exist_ok=True)
-    for entry in chosen.glob("*.db"):
-        entry.unlink(missing_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(chosen)
-    # The client picks its value class when it is first imported: switch it now, before any
-    # instrument exists (they are created per worker, after the fork).
-    values.ValueClass = values.MultiProcessValue()
-    return chosen
-
-
-def worker_exited(pid: int) -> None:
-    """In the parent, when a worker exits: its live gauges (in flight, console sockets) stop counting."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if path:
-        multiprocess.mark_process_dead(pid, path)
-
-
-def cleanup_multiprocess(path: str | os.PathLike[str]) -> None:
-    """In the parent, at exit: remove a directory prepare_multiprocess() created."""
-    shutil.rmtree(path, ignore_errors=True)
+    """The directory the client's multiprocess mode writes to, when that mode is on (the client chose
+    it as it was imported, above: services/ops/multiprocess.prepare() sets the variable before)."""
+    return os.environ.get(lifecycle.ENV) if _MULTIPROCESS_AT_IMPORT else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,17 +64,14 @@ def one_line(text: str) -> str:
                                               else f"\\u{ord(m.group()):04x}"), text)
 
 
-def install_log_sanitizer() -> None:
-    """Every log record's message (format string and arguments, from anywhere) kept to one line, so an
-    upstream's error message or a caller's header cannot forge a log line. Exceptions are made one
-    line by the formatters (services.ops.logs.describe_exception).
-    Installed once at start, as the record factory: it holds whatever handlers and formats are used."""
-    previous = logging.getLogRecordFactory()
-    if getattr(previous, "one_line", False):
-        return
+class _OneLineRecords:
+    """A log record factory that keeps each record's message to one line, around the one before it."""
 
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
+    def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
         try:
             message = record.getMessage()
         except Exception:  # a bad format: left for the handler to report as usual
@@ -84,5 +81,12 @@ def install_log_sanitizer() -> None:
             record.msg, record.args = safe, None
         return record
 
-    factory.one_line = True  # type: ignore[attr-defined]
-    logging.setLogRecordFactory(factory)
+
+def install_log_sanitizer() -> None:
+    """Every log record's message (format string and arguments, from anywhere) kept to one line, so an
+    upstream's error message or a caller's header cannot forge a log line. Exceptions are made one
+    line by the formatters (services.ops.logs.describe_exception).
+    Installed once at start, as the record factory: it holds whatever handlers and formats are used."""
+    previous = logging.getLogRecordFactory()
+    if not isinstance(previous, _OneLineRecords):
+        logging.setLogRecordFactory(_OneLineRecords(previous))

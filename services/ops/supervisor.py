@@ -72,7 +72,6 @@ class Supervisor:
         self.hooks = hooks or Hooks()
         self.stop_timeout = stop_timeout
         self.slots = [_Slot(index) for index in range(count)]
-        self.restarts = 0
         self._stopping = 0  # signals received
         self._stop_deadline = 0.0  # set when the loop first sees a signal
         self._killed: list[int] = []  # pids killed past the stop timeout
@@ -212,7 +211,6 @@ class Supervisor:
             slot.young_deaths = slot.young_deaths + 1 if lived < YOUNG_S else 0
             delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (slot.young_deaths - 1)) if slot.young_deaths else 0.0
             slot.restart_at = time.monotonic() + delay
-            self.restarts += 1
             how = f"killed by signal {-code}" if code < 0 else f"exit {code}"
             log.warning(
                 "worker %d (pid %d) died (%s) after %.1fs; starting another%s",

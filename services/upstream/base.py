@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from services.common.openai_format import Chunk
@@ -16,7 +16,8 @@ class ToolLog(Protocol):
 
 
 class Backend(Protocol):
-    """Streams chat completions; `stream` yields each SSE data payload as a Chunk (parsed at most once)."""
+    """Streams chat completions; `stream` yields each SSE data payload as a Chunk (parsed at most once)
+    and is an async generator: the handler closes it (aclose) to stop the upstream at once."""
 
     name: str
 
@@ -25,7 +26,7 @@ class Backend(Protocol):
         ...
 
     def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-               ) -> AsyncIterator[Chunk]: ...
+               ) -> AsyncGenerator[Chunk, None]: ...
 
     async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes: ...
 

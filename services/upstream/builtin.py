@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any
 
@@ -194,7 +194,7 @@ class BuiltinResponder:
         return list(text_chunks(re.findall(r"\S+\s*", text), params["model"], usage=usage))
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         for item in await self._chunks(params, iss):
             yield Chunk.of(item)
             # Hand the loop back between words, as a real stream would.

@@ -1,15 +1,22 @@
 """Tool rounds: the layer's own tools offered to the upstream model, run here, the answer continued.
 
-A backend around the upstream. Each round streams the upstream's chunks to the caller as they come,
-byte for byte, except the layer's own tool calls (absorbed); once a round has called a layer tool,
-its finish (and any caller call after the layer's) stays here. Such a round runs the layer's calls
-(bounded in time), adds the assistant's calls and the tool results to the conversation and asks
-again; the caller sees one answer. A round that called only the caller's tools hands them on
-unchanged. A round that called both runs the layer's and asks again without the caller's calls: the
-model, now with the layer's results, calls the caller's tool again if it still needs it. (A caller
-call streamed before the first layer call of its round has already reached the caller.) An
-upstream that refuses `tools` gets the request again without the layer's, once, and when that works
-is not offered them for a while.
+A backend around the upstream. Content streams to the caller as it comes (byte for byte in the
+first round); the tool calls of a round are held until the round ends (tool calls are never
+spoken, so holding them costs a voice agent nothing), whatever the order and chunking the model
+used. At the round's end:
+
+- it called one of the layer's tools: the layer runs them (at most `max_calls`, bounded in time
+  and in result bytes), drops the caller's calls of that round, and asks again with the results
+  (the model calls the caller's tool again if it still needs it);
+- else: the caller's calls go out once, renumbered from 0, one id each, then the finish
+  (`tool_calls` when there is a call).
+
+The caller sees one answer: one completion id on every chunk of every round, the role chunk
+once, one usage chunk at the end with every round's tokens summed (whatever the shape of the
+upstream's usage chunks). Not streamed, the same rounds; the usage of the answer is the sum.
+
+An upstream model that refuses `tools` (a 400 the same request without the layer's tools does not
+get) is asked again without them, and is not offered them for a while; other models still are.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,131 +40,238 @@ from services.upstream.base import Backend, ToolLog
 log = logging.getLogger("iss_llm.tools")
 
 REFUSAL_HOLD_S = 600.0
+MAX_PAUSED_MODELS = 64  # models remembered as refusing tools (the oldest pause is forgotten past it)
+MAX_HELD_CALLS = 128  # tool calls held per round; past it a call is left out (and logged)
+MAX_NAME_CHARS = 256
+UNRUN_ARGUMENTS_CHARS = 200  # arguments of a call not run, as echoed back upstream
 
 
 @dataclass
 class _Call:
     id: str = ""
-    name: str = ""
+    name: list[str] = field(default_factory=list)
     arguments: list[str] = field(default_factory=list)
+
+    @property
+    def function(self) -> str:
+        return "".join(self.name)[:MAX_NAME_CHARS]
+
+
+class _Calls:
+    """A round's tool calls folded from their deltas, however the model chunked and numbered them.
+
+    A delta goes to the call its `index` names; a delta whose index is missing, or whose id differs
+    from the id of the call at that index (servers that number every call 0), starts a new call
+    when it carries an id or a name, else continues the last one.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[_Call] = []
+        self._at: dict[int, _Call] = {}
+        self.left_out = 0
+
+    def add(self, delta: Any) -> None:
+        if not isinstance(delta, dict):
+            return
+        index = delta.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else None
+        call_id = delta.get("id")
+        call_id = call_id if isinstance(call_id, str) else ""
+        function = delta.get("function")
+        if not isinstance(function, dict):
+            function = {}
+        name = function.get("name")
+        name = name if isinstance(name, str) else ""
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # a server that sends the object itself
+            arguments = orjson.dumps(arguments).decode()
+        call = self._at.get(index) if index is not None else (self.calls[-1] if self.calls else None)
+        starts = call is None or bool(call_id and call.id and call_id != call.id) or (
+            index is None and bool(call_id or name) and bool(call.name))
+        if starts:
+            if len(self.calls) >= MAX_HELD_CALLS:
+                self.left_out += 1
+                return
+            call = _Call()
+            self.calls.append(call)
+            if index is not None:
+                self._at[index] = call
+        assert call is not None
+        if call_id and not call.id:
+            call.id = call_id[:MAX_NAME_CHARS]
+        if name and not call.arguments and "".join(call.name) != name:
+            call.name.append(name)  # a name in pieces, not one repeated on every delta
+        if isinstance(arguments, str):
+            call.arguments.append(arguments)
 
 
 class _Round:
-    """One upstream answer read chunk by chunk: what goes to the caller now, what waits, what is ours."""
+    """One upstream answer read chunk by chunk: what goes to the caller now, and what is held."""
 
-    def __init__(self, ours: frozenset[str], later_round: bool, earlier_usage: dict[str, int]) -> None:
-        self.ours = ours
-        self.later_round = later_round
-        self.earlier_usage = earlier_usage  # what earlier rounds used, added into this round's usage
+    def __init__(self, answer: _Answer, later: bool) -> None:
+        self.answer = answer
+        self.later = later
         self.payloads = 0
         self.text: list[str] = []
-        self.layer: dict[int, _Call] = {}
-        self.kind_of: dict[int, str] = {}
-        self.dropped = 0  # caller tool-call deltas left out of a round that also called the layer's
-        self.usage: Any = None
-        self.finished = False
+        self.calls = _Calls()
+        self.finish_reason: str | None = None
+        self.template: dict[str, Any] | None = None  # the last chunk's fields, for the chunks made here
+        self.usage: dict[str, Any] | None = None
 
     def take(self, payload: Chunk) -> Chunk | None:
-        """The payload to send on now (as is, or rewritten), or None when it is the layer's alone.
-
-        Chunks without a layer call pass byte for byte. Once a layer call appears in a round, the
-        caller's calls of that round and its finish are left out: the round continues here.
-        """
+        """The payload to send on now (as is, or rewritten), or None when nothing of it is for now."""
         self.payloads += 1
         chunk = payload.data
-        if chunk is NOT_JSON:
-            return None if self.layer else payload  # the relay reports it
-        if self.finished and self.layer:
-            if isinstance(chunk, dict) and chunk.get("usage") is not None:
-                self.usage = chunk.get("usage")
-            return None
-        choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        if chunk is NOT_JSON or not isinstance(chunk, dict):
+            return payload  # the relay reports it
+        choices = chunk.get("choices")
+        if not (choices is None or isinstance(choices, list)) or not all(
+                isinstance(choice, dict) for choice in choices or ()):
             return payload  # not a chunk: the relay reports it
-        if not choices and chunk.get("usage") is not None:
-            return self._final_usage(chunk, payload)
-        changed = False
-        for choice in choices:
+        if choices is None and chunk.get("usage") is None:
+            return payload  # an error event, or something else the relay judges
+        changed = self.answer.identify(chunk)
+        self.template = chunk
+        usage = chunk.get("usage")
+        if usage is not None:
+            # The last usage of a round counts (some servers repeat a running total on every chunk).
+            self.usage = usage if isinstance(usage, dict) else None
+            chunk.pop("usage")
+            changed = True
+        keep = False
+        for choice in choices or ():
             delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            if isinstance(delta.get("content"), str):
-                self.text.append(delta["content"])
-            if self.later_round and "role" in delta:
-                delta.pop("role")
-                changed = True
-            calls = delta.get("tool_calls")
-            if isinstance(calls, list) and calls:
-                absorbed = [self._absorb(call) for call in calls]
-                if any(absorbed) or self.layer:
-                    self.dropped += sum(1 for taken in absorbed if not taken)
-                    delta.pop("tool_calls")
+            if isinstance(delta, dict):
+                if isinstance(delta.get("content"), str):
+                    self.text.append(delta["content"])
+                if "role" in delta and (self.later or self.answer.role_sent):
+                    delta.pop("role")
                     changed = True
-            if choice.get("finish_reason"):
-                self.finished = True
-        if self.finished and self.layer:
-            return None
+                elif "role" in delta:
+                    self.answer.role_sent = True
+                calls = delta.pop("tool_calls", None)
+                if calls is not None:
+                    changed = True
+                    for call in calls if isinstance(calls, list) else ():
+                        self.calls.add(call)
+                if delta:
+                    keep = True
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                if isinstance(reason, str) and reason:
+                    self.finish_reason = reason[:64]
+                choice["finish_reason"] = None
+                changed = True
+            if any(key not in {"index", "delta", "finish_reason"} and choice[key] is not None for key in choice):
+                keep = True  # logprobs and the like go on with their chunk
         if not changed:
             return payload
-        if all(not choice.get("delta") for choice in choices) and not self.finished:
-            return None  # nothing left for the caller in this chunk
+        if not keep:
+            return None
         return Chunk.of(chunk)
 
-    def _final_usage(self, chunk: dict[str, Any], payload: Chunk) -> Chunk:
-        """The last round's usage chunk: as sent, or with the earlier rounds' tokens added in."""
-        usage = chunk.get("usage")
-        if not self.earlier_usage or not isinstance(usage, dict):
-            return payload
-        total = dict(self.earlier_usage)
-        _add_usage(total, usage)
-        return Chunk.of({**chunk, "usage": {**usage, **total}})
 
-    def _absorb(self, call: Any) -> bool:
-        """Whether a tool-call delta is the layer's own (kept here) rather than the caller's."""
-        if not isinstance(call, dict) or not isinstance(call.get("index", 0), int):
-            return False
-        index = call.get("index", 0)
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
-        if index not in self.kind_of:
-            self.kind_of[index] = "layer" if function.get("name") in self.ours else "caller"
-        if self.kind_of[index] != "layer":
-            return False
-        record = self.layer.setdefault(index, _Call())
-        if isinstance(call.get("id"), str):
-            record.id = call["id"]
-        if isinstance(function.get("name"), str):
-            record.name = function["name"]
-        if isinstance(function.get("arguments"), str):
-            record.arguments.append(function["arguments"])
-        return True
+class _Answer:
+    """What the chunks of every round of one answer share: its id, the role chunk, the usage."""
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.role_sent = False
+        self.usage: dict[str, Any] = {}
+        self.usage_seen = False
+
+    def identify(self, chunk: dict[str, Any]) -> bool:
+        """Give the chunk the answer's id (the first round's first); whether it changed."""
+        chunk_id = chunk.get("id")
+        if self.id is None:
+            self.id = chunk_id if isinstance(chunk_id, str) else f"chatcmpl-{uuid.uuid4().hex}"
+        if chunk_id != self.id:
+            chunk["id"] = self.id
+            return True
+        return False
+
+    def add_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.usage_seen = True
+            add_usage(self.usage, usage)
+
+    def made(self, template: dict[str, Any] | None, **fields: Any) -> Chunk:
+        """A chunk made here, with the answer's id and the upstream's other fields."""
+        base = {key: value for key, value in (template or {}).items() if key not in {"choices", "usage"}}
+        base.setdefault("object", "chat.completion.chunk")
+        base["id"] = self.id or f"chatcmpl-{uuid.uuid4().hex}"
+        return Chunk.of({**base, **fields})
+
+
+def _caller_calls(calls: list[_Call]) -> list[dict[str, Any]]:
+    """The caller's calls of a round as whole calls: indexes from 0, one id each, JSON arguments."""
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for call in calls:
+        if not call.function:
+            continue  # a call without a name is nothing a caller could run
+        call_id = call.id if call.id and call.id not in seen else f"call_{uuid.uuid4().hex[:24]}"
+        seen.add(call_id)
+        out.append({"index": len(out), "id": call_id, "type": "function",
+                    "function": {"name": call.function, "arguments": "".join(call.arguments) or "{}"}})
+    return out
 
 
 @dataclass
 class ToolStatus:
     """What /healthz says about the layer's tools."""
 
-    enabled: bool = True
     calls: int = 0
     failures: int = 0
     refusals: int = 0
-    refused_until: float = 0.0
+    not_run: int = 0  # calls past ISS_TOOL_MAX_CALLS or the result budget
     last_refusal: str | None = None
+    paused: dict[str, float] = field(default_factory=dict)  # upstream model -> monotonic time the pause ends
+
+    def paused_for(self, model: str) -> float:
+        until = self.paused.get(model)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self.paused[model]
+            return 0.0
+        return left
+
+    def pause(self, model: str, seconds: float) -> None:
+        self.paused.pop(model, None)
+        self.paused[model] = time.monotonic() + seconds
+        while len(self.paused) > MAX_PAUSED_MODELS:
+            del self.paused[next(iter(self.paused))]
 
     def to_dict(self) -> dict[str, Any]:
-        paused = max(0.0, self.refused_until - time.monotonic())
+        now = time.monotonic()
+        paused = {model: round(until - now, 1) for model, until in self.paused.items() if until > now}
         return {
-            "enabled": self.enabled, "calls": self.calls, "failures": self.failures, "refusals": self.refusals,
-            "paused_for_seconds": round(paused, 1), "last_refusal": self.last_refusal,
+            "calls": self.calls, "failures": self.failures, "not_run": self.not_run,
+            "refusals": self.refusals, "last_refusal": self.last_refusal,
+            "paused_models": [{"model": model, "seconds_left": left} for model, left in paused.items()],
         }
+
+
+class _Budget:
+    """The bytes of tool results one request may still send upstream."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.left = size
 
 
 class ToolRounds:
     """A Backend: the inner upstream, with the layer's tools offered and run (at most `max_rounds`)."""
 
-    def __init__(self, inner: Backend, tools: IssTools, max_rounds: int = 3) -> None:
+    def __init__(self, inner: Backend, tools: IssTools, max_rounds: int = 3, *, max_calls: int = 4,
+                 result_bytes: int = 64 * 1024) -> None:
         self.inner = inner
         self.tools = tools
         self.max_rounds = max_rounds
+        self.max_calls = max_calls
+        self.result_bytes = result_bytes
         self.status = ToolStatus()
         self.name = inner.name
 
@@ -170,27 +285,35 @@ class ToolRounds:
         await self.inner.close()
 
     def _offer(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        if params.get("tool_choice") == "none" or time.monotonic() < self.status.refused_until:
+        """The layer's tools for this request: none when the caller said none or this model refused them."""
+        if params.get("tool_choice") == "none" or self.status.paused_for(_model(params)) > 0:
             return []
         theirs = params.get("tools")
-        taken = {tool.get("function", {}).get("name") for tool in theirs or () if isinstance(tool, dict)}
-        return self.tools.definitions({name for name in taken if isinstance(name, str)})
+        taken: set[str] = set()
+        for tool in theirs if isinstance(theirs, list) else ():
+            function = tool.get("function") if isinstance(tool, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if isinstance(name, str):
+                taken.add(name)
+        return self.tools.definitions(taken)
 
     def _with_tools(self, params: dict[str, Any], messages: list[dict[str, Any]], ours: list[dict[str, Any]]) -> dict:
         request = {**params, "messages": messages}
         if ours:
-            request["tools"] = [*(params.get("tools") or ()), *ours]
+            theirs = params.get("tools")
+            request["tools"] = [*(theirs if isinstance(theirs, list) else ()), *ours]
         return request
 
-    def _refused(self, error: ApiError) -> None:
+    def _refused(self, params: dict[str, Any], error: ApiError) -> None:
+        model = _model(params)
         self.status.refusals += 1
-        self.status.refused_until = time.monotonic() + REFUSAL_HOLD_S
+        self.status.pause(model, REFUSAL_HOLD_S)
         self.status.last_refusal = error.message[:300]
-        log.warning("the upstream refused the layer's tools (%s): asking again without them, and not offering "
-                    "them for %.0f s", error.message[:200], REFUSAL_HOLD_S)
+        log.warning("the upstream model %r refused the layer's tools (%s): asking again without them, and not "
+                    "offering them to that model for %.0f s", model[:64], error.message[:200], REFUSAL_HOLD_S)
 
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncIterator[Chunk]:
+                     ) -> AsyncGenerator[Chunk, None]:
         ours = self._offer(params)
         if not ours:
             async for payload in self.inner.stream(params, iss):
@@ -198,10 +321,11 @@ class ToolRounds:
             return
         names = frozenset(tool["function"]["name"] for tool in ours)
         messages = list(params["messages"])
-        usage: dict[str, int] = {}
+        answer = _Answer()
+        budget = _Budget(self.result_bytes)
         for index in range(self.max_rounds + 1):
             offer = ours if index < self.max_rounds else []
-            state = _Round(names if offer else frozenset(), later_round=index > 0, earlier_usage=usage)
+            state = _Round(answer, later=index > 0)
             try:
                 async for payload in self.inner.stream(self._with_tools(params, messages, offer), iss):
                     out = state.take(payload)
@@ -214,15 +338,41 @@ class ToolRounds:
                     refusal: ApiError | None = error
                     async for payload in self.inner.stream(params, iss):
                         if refusal is not None:
-                            self._refused(refusal)
+                            self._refused(params, refusal)
                             refusal = None
                         yield payload
                     return
                 raise error if index == 0 else tool_round_error(error) from None
-            if not state.layer:
-                return
-            _add_usage(usage, state.usage)
-            messages = [*messages, *await self._run(state, index, tools)]
+            answer.add_usage(state.usage)
+            if state.calls.left_out:
+                log.warning("a round called more than %d tools: %d calls left out", MAX_HELD_CALLS,
+                            state.calls.left_out)
+            layer = [call for call in state.calls.calls if offer and call.function in names]
+            if layer and index < self.max_rounds:
+                messages = [*messages, *await self._run(state, layer, index, tools, budget)]
+                continue
+            if state.payloads == 0 and index == 0:
+                return  # the relay reports an upstream that sent nothing
+            for chunk in self._round_end(state, answer):
+                yield chunk
+            return
+
+    def _round_end(self, state: _Round, answer: _Answer) -> list[Chunk]:
+        """The last round's held parts: the caller's calls (once), the finish, the usage of every round."""
+        out: list[Chunk] = []
+        calls = _caller_calls(state.calls.calls)
+        template = state.template
+        if calls:
+            out.extend(answer.made(template, choices=[{"index": 0, "delta": {"tool_calls": [call]},
+                                                       "finish_reason": None}]) for call in calls)
+        reason = "tool_calls" if calls else state.finish_reason
+        if reason == "tool_calls" and not calls:
+            reason = "stop"
+        if reason is not None:
+            out.append(answer.made(template, choices=[{"index": 0, "delta": {}, "finish_reason": reason}]))
+        if answer.usage_seen:
+            out.append(answer.made(template, choices=[], usage=answer.usage))
+        return out
 
     async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
                        ) -> bytes:
@@ -231,6 +381,8 @@ class ToolRounds:
             return await self.inner.complete(params, iss)
         names = frozenset(tool["function"]["name"] for tool in ours)
         messages = list(params["messages"])
+        usage: dict[str, Any] = {}
+        budget = _Budget(self.result_bytes)
         for index in range(self.max_rounds + 1):
             offer = ours if index < self.max_rounds else []
             try:
@@ -238,60 +390,108 @@ class ToolRounds:
             except ApiError as error:
                 if index == 0 and error.status == 400:
                     body = await self.inner.complete(params, iss)  # a caller's own fault fails again here
-                    self._refused(error)
+                    self._refused(params, error)
                     return body
                 raise error if index == 0 else tool_round_error(error) from None
-            state = _Round(names if offer else frozenset(), later_round=False, earlier_usage={})
             try:
                 completion = orjson.loads(body)
                 message = completion["choices"][0]["message"]
                 calls = message.get("tool_calls") or []
             except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError):
                 return body  # the handler reports an answer it cannot read
+            add_usage(usage, completion.get("usage"))
+            state = _Round(_Answer(), later=False)
             for position, call in enumerate(calls if isinstance(calls, list) else ()):
                 if isinstance(call, dict):
-                    state._absorb({**call, "index": position})
-            if not state.layer:
-                return body
+                    state.calls.add({**call, "index": position})
+            layer = [call for call in state.calls.calls if offer and call.function in names]
+            if not layer:
+                if index == 0 or not usage:
+                    return body
+                return orjson.dumps({**completion, "usage": usage})  # every round's tokens
             if isinstance(message.get("content"), str):
                 state.text.append(message["content"])
-            messages = [*messages, *await self._run(state, index, tools)]
+            messages = [*messages, *await self._run(state, layer, index, tools, budget)]
         return body
 
-    async def _run(self, state: _Round, round_index: int, record: ToolLog | None) -> list[dict[str, Any]]:
-        """Run the round's layer calls at once; the assistant message and the tool messages to add."""
-        calls = [state.layer[index] for index in sorted(state.layer)]
-        for position, call in enumerate(calls):
+    async def _run(self, state: _Round, layer: list[_Call], round_index: int, record: ToolLog | None,
+                   budget: _Budget) -> list[dict[str, Any]]:
+        """Run the round's layer calls at once (at most `max_calls`); the assistant message and the
+        tool messages to add. Calls past the limit, or past the request's result budget, get an
+        error result the model reads."""
+        for position, call in enumerate(layer):
             call.id = call.id or f"call_iss_{round_index}_{position}"
-        results: list[ToolResult] = await asyncio.gather(
-            *(self.tools.run(call.name, "".join(call.arguments)) for call in calls)
-        )
+        run, unrun = layer[:self.max_calls], layer[self.max_calls:]
+        results: list[ToolResult] = list(await asyncio.gather(
+            *(self.tools.run(call.function, "".join(call.arguments)) for call in run)
+        ))
+        contents: list[str] = []
         for result in results:
             self.status.calls += 1
-            if not result.ok:
+            content = result.content
+            if len(content.encode()) > budget.left:
+                content = orjson.dumps({"error": f"not sent: this request's tool results passed "
+                                                 f"{budget.size} bytes (ISS_TOOL_RESULT_BYTES)"}).decode()
+                self.status.not_run += 1
+            budget.left = max(0, budget.left - len(content.encode()))
+            ok = result.ok and content is result.content
+            if not ok:
                 self.status.failures += 1
+            contents.append(content)
             log.info("tool %s(%s) -> %s in %.1f ms", result.name, result.arguments[:200],
-                     "ok" if result.ok else result.content[:200], result.ms)
+                     "ok" if ok else content[:200], result.ms)
             if record is not None:
-                record.layer_tool(name=result.name, arguments=result.arguments, result=result.content,
-                                    ok=result.ok, ms=result.ms, round=round_index)
+                record.layer_tool(name=result.name, arguments=result.arguments, result=content,
+                                  ok=ok, ms=result.ms, round=round_index)
+        if unrun:
+            self.status.not_run += len(unrun)
+            log.warning("round %d: the model called %d of the layer's tools; %d run (ISS_TOOL_MAX_CALLS), "
+                        "the rest answered with an error", round_index, len(layer), self.max_calls)
+            refusal = orjson.dumps({"error": f"not run: at most {self.max_calls} of these tool calls run per "
+                                             "turn; ask again for the rest"}).decode()
+            contents.extend(refusal for _ in unrun)
+            for call in unrun:
+                arguments = "".join(call.arguments)
+                call.arguments = [arguments if len(arguments) <= UNRUN_ARGUMENTS_CHARS else "{}"]
+        calls = [*run, *unrun]
         assistant = {
             "role": "assistant",
             "content": "".join(state.text) or None,
             "tool_calls": [
-                {"id": call.id, "type": "function", "function": {"name": call.name,
-                                                                 "arguments": "".join(call.arguments)}}
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.function, "arguments": "".join(call.arguments) or "{}"}}
                 for call in calls
             ],
         }
-        return [assistant, *({"role": "tool", "tool_call_id": call.id, "content": result.content}
-                             for call, result in zip(calls, results, strict=True))]
+        return [assistant, *({"role": "tool", "tool_call_id": call.id, "content": content}
+                             for call, content in zip(calls, contents, strict=True))]
 
 
-def _add_usage(total: dict[str, int], usage: Any) -> None:
+def _model(params: dict[str, Any]) -> str:
+    model = params.get("model")
+    return model[:256] if isinstance(model, str) else ""
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def add_usage(total: dict[str, Any], usage: Any) -> None:
+    """Add one round's usage into the total: whole-number counts, and one level of details
+    (prompt_tokens_details and the like)."""
     if not isinstance(usage, dict):
         return
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-        value = usage.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            total[key] = total.get(key, 0) + value
+    for key, value in list(usage.items())[:32]:
+        if not isinstance(key, str):
+            continue
+        if _count(value):
+            previous = total.get(key, 0)
+            total[key] = (previous if _count(previous) else 0) + value
+        elif isinstance(value, dict):
+            details = total.get(key)
+            if not isinstance(details, dict):
+                details = total[key] = {}
+            for name, count in list(value.items())[:32]:
+                if isinstance(name, str) and _count(count):
+                    previous = details.get(name, 0)
+                    details[name] = (previous if _count(previous) else 0) + count

@@ -177,6 +177,10 @@ async def test_fallback_reply_turns_an_upstream_failure_into_an_answer(overrides
     else:
         completion = await client.chat.completions.create(model="m", messages=MESSAGES, extra_body={"x_fake": fault})
         text = completion.choices[0].message.content
+        # A whole answer always carries usage (OpenAI's shape; clients read it): none was spent upstream.
+        assert completion.usage is not None
+        assert (completion.usage.prompt_tokens, completion.usage.completion_tokens,
+                completion.usage.total_tokens) == (0, 0, 0)
     assert text == "Sorry, give me a second."
     assert any("fallback" in r.getMessage() and "error" in r.getMessage() for r in caplog.records)
     health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.chat.exchange import Ending, Exchange, Outcome
+from services.chat.endings import Ending, Outcome
+from services.chat.exchange import Exchange
 from services.chat.relay import Relay
 from services.common.errors import ApiError
 from services.common.openai_format import Chunk
@@ -72,7 +73,7 @@ async def test_what_is_not_a_chunk_is_an_upstream_error(payloads, code):
 async def test_the_outcome_is_recorded_once_with_status_timings_and_model():
     hub = Recorder()
     exchange = _exchange(hub)
-    exchange.upstream_model = "up-model"
+    exchange.answered_by("up-model")
     exchange.end(Ending(Outcome.CANCELLED, 499))
     exchange.end(Ending(Outcome.DONE, 200))  # too late: the first outcome stands
     [end] = [e for e in hub.events if e["type"] in {"done", "cancelled", "superseded", "error"}]

@@ -430,3 +430,55 @@ async def test_sockets_are_closed_when_the_hub_closes(http_server, base_url, app
     await app.services.hub.close()
     message = await asyncio.wait_for(feed.ws.read_message(), 5)
     assert message is None
+
+
+async def test_the_socket_cap_admits_exactly_max_sockets(http_server, base_url, app):
+    from handlers.console import MAX_SOCKETS
+
+    cookie = await console_cookie(base_url)
+    sockets = []
+    for _ in range(MAX_SOCKETS):
+        ws = await connect(base_url, cookie)
+        assert (await read_frame(ws))["type"] == "hello"
+        sockets.append(ws)
+    assert app.services.hub.subscribers == MAX_SOCKETS
+    with pytest.raises(HTTPClientError) as refused:
+        await connect(base_url, cookie)
+    assert refused.value.code == 503
+    # One leaves: its place is free again.
+    sockets.pop().close()
+    assert await until(lambda: app.services.hub.subscribers == MAX_SOCKETS - 1, 5)
+    ws = await connect(base_url, cookie)
+    assert (await read_frame(ws))["type"] == "hello"
+    sockets.append(ws)
+    for ws in sockets:
+        ws.close()
+
+
+async def test_a_credential_inside_a_list_in_the_request_never_reaches_the_console(http_server, base_url, app):
+    # Platforms add their own fields to the body (Vapi's call and customer, Tavus's extra_body); a
+    # credential may sit in a list in them, at any depth: under a credential's name, or as the
+    # password of a URL.
+    secrets = ("list-secret-value-one", "list-secret-value-two", "url-password-in-a-list")
+    feed = await open_feed(base_url)
+    response = await post_json(base_url, {
+        "messages": MESSAGES, "stream": True,
+        "metadata": {"integrations": [{"name": "crm", "api_key": secrets[0]},
+                                      [{"headers": {"Authorization": f"Bearer {secrets[1]}"}}]],
+                     "webhooks": ["https://hooks.example/a", [f"https://bot:{secrets[2]}@hooks.example/b"]]},
+    })
+    assert response.code == 200
+    request_id = response.headers["X-Request-Id"]
+    await feed.until(lambda f: any(e["type"] == "done" for e in f.of(request_id)))
+    [request] = [e for e in feed.of(request_id) if e["type"] == "request"]
+    metadata = request["params"]["metadata"]
+    assert metadata["integrations"][0] == {"name": "crm", "api_key": "[redacted]"}  # kept, the credential replaced
+    assert metadata["integrations"][1] == [{"headers": {"Authorization": "[redacted]"}}]
+    assert metadata["webhooks"] == ["https://hooks.example/a", ["https://hooks.example/b"]]
+    later = await open_feed(base_url)  # the replay a page opened later gets
+    for seen in ("".join(feed.raw), "".join(later.raw)):
+        assert request_id in seen
+        for secret in secrets:
+            assert secret not in seen
+    feed.ws.close()
+    later.ws.close()

@@ -432,3 +432,15 @@ def test_the_replay_keeps_each_tool_call_with_its_type_and_place_in_the_answer()
     assert record["text"] == "Let me che… [14 more bytes not kept]" and record["text_truncated"]
     assert [(call["type"], call["name"], call["text_at"]) for call in record["tools"]] == [
         ("iss_tool", "iss_passes", 7), ("iss_tool", "iss_crew", 10)]
+
+
+def test_the_replay_keeps_at_most_twenty_tool_calls_per_request():
+    from services.console.replay import RequestLog
+
+    log = RequestLog(4)
+    log.record({"type": "request", "id": "r1", "t": 1.0, "messages": []})
+    for i in range(25):
+        log.record({"type": "iss_tool", "id": "r1", "t": 1.0 + i, "name": f"iss_call_{i}", "arguments": "{}",
+                    "result": "{}", "ok": True, "ms": 1.0, "round": 1})
+    (record,) = log.snapshot()
+    assert [call["name"] for call in record["tools"]] == [f"iss_call_{i}" for i in range(20)]  # the first 20

@@ -13,6 +13,9 @@ passes upstream unchanged like every other field:
     {"x_fake": {"fault": "empty"}}                      a stream with no chunk, only [DONE]
     {"x_fake": {"fault": "odd_completion"}}             a non-streamed answer that is not a completion
     {"x_fake": {"fault": "status", "echo_key": true}}   an error message repeating the key it got
+    {"x_fake": {"fault": "status", "status": 404, "code": "model_not_found"}}   ... with this error code
+    {"x_fake": {"fault": "status", "status": 404, "body": {...}}}   ... with exactly this JSON body
+    {"x_fake": {"fault": "status", "status": 404, "text": "..."}}   ... with this plain text body
     {"x_fake": {"pause_after_role": 2}}                 the role chunk at once, then a pause
     {"x_fake": {"pause_after_role": 2, "pause_comments": 0.1}}   ... an SSE comment every 0.1 s of it
     {"x_fake": {"pause_after_role": 2, "pause_partial": true}}   ... half the next chunk's line before it
@@ -20,6 +23,8 @@ passes upstream unchanged like every other field:
     {"x_fake": {"tokens": 5, "gap": 0.01, "first_token_delay": 0.1}}
     {"x_fake": {"words": ["<b>", "hi"]}}                a stream's content tokens (default: WORDS)
     {"x_fake": {"pause_at": 9, "pause": 0.5}}           a pause before chunk 9 (a model that thinks)
+    {"x_fake": {"burst": true}}                          every chunk after the role chunk in one write:
+                                                         they reach the layer in one read
     {"x_fake": {"stamp": true}}                          each chunk carries "x_sent": time.monotonic()
                                                          when written (the benchmark's token pacing)
 
@@ -41,13 +46,27 @@ Hostile upstreams (each `bytes` is a size in bytes):
 
 Tools: the layer's own (named iss_*) are never called unless `scripted_tools` is set; a caller's
 tool (any other name) is called as before. With `scripted_tools`, a question "... from <Place>?"
-(or any text in `x_fake.place`) offered iss_passes is answered in two rounds, like a real model:
-first a call to iss_passes (and to the caller's first tool, when there is one, in the same turn);
-then, with the tool's result in the conversation, the rise times it gave as content (and the
-caller's tool called again). With `refuse_tools`, a request offering iss_* tools is refused with a
-400, as some servers do.
+(or any text in `x_fake.place`) offered iss_passes is answered in two rounds, like a real model,
+streamed or not (see `scripted_round`): first a call to iss_passes (and to the caller's first tool,
+when there is one, in the same turn); then, with the tool's result in the conversation, the rise
+times it gave as content (and the caller's tool called again). The request picks how:
 
-It counts requests and open streams, and keeps the last bodies and headers it received, so a
+    {"x_fake": {"order": "caller_first"}}     the calls' order and chunking: layer_first (default),
+                                              caller_first, interleaved, whole, whole_no_index, caller_only
+    {"x_fake": {"pieces": 7}}                 each call's arguments in 7 deltas (default 2)
+    {"x_fake": {"again": false}}              round 2 does not call the caller's tool again
+    {"x_fake": {"usage": "litellm"}}          the usage chunk's choices: "empty" ([], default),
+                                              "absent" (no key), "litellm" ([{"index": 0, "delta": {}}])
+
+With `refuse_tools`, a request offering iss_* tools is refused with a 400, as some servers do; with
+`refuse_tools_for` (a set of model names), only requests for those models are.
+
+With `strict`, a request carrying a top-level field OpenAI does not know (the openai package's
+`CompletionCreateParams` and `stream`; `x_fake` included) is refused with OpenAI's own 400,
+"Unrecognized request argument supplied: <name>", as api.openai.com does.
+
+It counts requests and open streams, and keeps the last bodies (parsed, and as the bytes received),
+request lines ("POST /v1/chat/completions") and headers it received, so a
 test can see what reached the upstream and that an abandoned stream was closed. `timeline` keeps,
 for each of the last streams, when each SSE event was handed to the socket (`time.monotonic()`)
 and its bytes, so a test in the same process can tell how late the caller got each token.
@@ -60,6 +79,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import re
 import time
 import zlib
@@ -69,6 +89,16 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+
+def _openai_fields() -> frozenset[str]:
+    """The top-level fields OpenAI's chat completions accept, from the openai package (not the project's list)."""
+    from openai.types.chat import completion_create_params
+
+    return frozenset(completion_create_params.CompletionCreateParamsBase.__annotations__) | {"stream"}
+
+
+OPENAI_FIELDS = _openai_fields()
 
 WORDS = ("The", " station", " is", " flying", " over", " the", " ocean", " right", " now", ".")
 
@@ -106,7 +136,9 @@ class FakeUpstream:
     # The layer's tools: answer them like a model would (see the module docstring), or refuse them.
     scripted_tools: bool = False
     refuse_tools: bool = False
+    refuse_tools_for: set = field(default_factory=set)  # models that refuse tools (Ollama's 400)
     refuse_tool_results: bool = False  # a later tool round (a request carrying tool results) gets a 400
+    strict: bool = False  # unknown top-level fields get OpenAI's 400 (see the module docstring)
 
     requests: int = 0
     model_lists: int = 0  # GET /v1/models answered
@@ -114,6 +146,12 @@ class FakeUpstream:
     completed_streams: int = 0
     aborted_streams: int = 0
     bodies: deque = field(default_factory=lambda: deque(maxlen=50))
+    raw_bodies: deque = field(default_factory=lambda: deque(maxlen=50))
+    request_lines: deque = field(default_factory=lambda: deque(maxlen=50))
+    peers: deque = field(default_factory=lambda: deque(maxlen=50))  # the client's (address, port) per request
+    # What GET /v1/models lists.
+    models_listed: tuple[str, ...] = ("fake-model",)
+    models_delay: float = 0.0  # seconds before GET /v1/models answers
     headers: deque = field(default_factory=lambda: deque(maxlen=50))
     # One list per stream, oldest stream first: (time.monotonic() when written, the event's bytes).
     timeline: deque = field(default_factory=lambda: deque(maxlen=50))
@@ -128,7 +166,13 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_route("*", "/{path:.*}", self.elsewhere)
         return app
+
+    async def elsewhere(self, request: web.Request) -> web.Response:
+        """Any other path: recorded, then the plain-text 404 a web server gives for a path it does not serve."""
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        return web.Response(status=404, text="404: Not Found")
 
     async def start(self) -> FakeUpstream:
         # handler_cancellation: the handler is cancelled the moment the client goes away, so
@@ -164,19 +208,35 @@ class FakeUpstream:
 
     async def models(self, request: web.Request) -> web.Response:
         self.model_lists += 1
-        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
+        if self.models_delay:
+            await asyncio.sleep(self.models_delay)
+        return web.json_response({"object": "list",
+                                  "data": [{"id": model, "object": "model"} for model in self.models_listed]})
 
-    def _error(self, status: int, message: str, type_: str = "server_error") -> web.Response:
-        body = {"error": {"message": message, "type": type_, "param": None, "code": None}}
+    def _error(self, status: int, message: str, type_: str = "server_error", code: str | None = None
+               ) -> web.Response:
+        body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
         return web.json_response(body, status=status)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.request_lines.append(f"{request.method} {request.path_qs}")
+        self.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         self.headers.append(dict(request.headers))
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._error(401, "Incorrect API key provided: sk-te***key.", "invalid_request_error")
-        body = await request.json(loads=orjson.loads)
+        raw = await request.read()
+        self.raw_bodies.append(raw)
+        body = orjson.loads(raw)
         self.bodies.append(body)
+        if self.strict:
+            unknown = [name for name in body if name not in OPENAI_FIELDS]
+            if unknown:
+                return self._error(400, f"Unrecognized request argument supplied: {', '.join(unknown)}",
+                                   "invalid_request_error")
         fake = body.get("x_fake") or {}
         fault = fake.get("fault")
         size = int(fake.get("bytes", 0))
@@ -193,7 +253,11 @@ class FakeUpstream:
             message = fake.get("message", f"fake upstream failure {status}")
             if fake.get("echo_key"):  # like a careless upstream that repeats the credentials it got
                 message += f" (you sent {request.headers.get('Authorization')})"
-            return self._error(status, message, kind)
+            if "body" in fake:
+                return web.json_response(fake["body"], status=status)
+            if "text" in fake:
+                return web.Response(text=fake["text"], status=status, content_type="text/plain")
+            return self._error(status, message, kind, fake.get("code"))
         if fault == "odd_completion":
             return web.json_response({"choices": [{"message": "hello"}]})
         tokens = int(fake.get("tokens", len(fake["words"]) if fake.get("words") else self.tokens))
@@ -202,9 +266,10 @@ class FakeUpstream:
         model = body.get("model", "fake-model")
         created = int(time.time())
         cid = f"chatcmpl-fake{self.requests}"
-        offered = [tool for tool in body.get("tools") or () if isinstance(tool, dict)]
-        layer = [tool for tool in offered if str(tool.get("function", {}).get("name", "")).startswith("iss_")]
-        if self.refuse_tools and layer:
+        tools = body.get("tools")
+        offered = [tool for tool in tools if _tool_name(tool) is not None] if isinstance(tools, list) else []
+        layer = [tool for tool in offered if str(_tool_name(tool)).startswith("iss_")]
+        if layer and (self.refuse_tools or model in self.refuse_tools_for):
             return self._error(400, "This model does not support tools.", "invalid_request_error")
         if self.refuse_tool_results and any(
             isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or ()
@@ -212,7 +277,7 @@ class FakeUpstream:
             return self._error(400, "This model's context length is exceeded.", "invalid_request_error")
         caller_tools = [tool for tool in offered if tool not in layer]
         wants_tools = bool(caller_tools) and body.get("tool_choice") != "none"
-        if self.scripted_tools and layer and body.get("stream"):
+        if self.scripted_tools and layer:
             return await self._scripted(request, body, cid_of(self.requests), caller_tools)
 
         if not body.get("stream"):
@@ -254,6 +319,7 @@ class FakeUpstream:
             after = int(fake.get("after", 1))
             pause_after_role = float(fake.get("pause_after_role", 0))
             pause_at, pause = fake.get("pause_at"), float(fake.get("pause", 0))
+            burst: list[bytes] = []
             for index, payload in enumerate(self._chunks(cid, created, model, tokens, wants_tools, body)):
                 if index == 1 and pause_after_role:
                     await self._pause(response, pause_after_role, fake, payload)
@@ -286,8 +352,14 @@ class FakeUpstream:
                     await self.release.wait()
                 if fake.get("stamp") and payload.endswith(b"}\n\n"):
                     payload = payload[:-3] + b',"x_sent":%.6f}\n\n' % time.monotonic()
+                if index and fake.get("burst"):
+                    burst.append(payload)
+                    continue
                 await response.write(payload)
                 sent.append((time.monotonic(), payload))
+            if burst:
+                await response.write(b"".join(burst))
+                sent.append((time.monotonic(), b"".join(burst)))
             for extra in fake.get("extra_chunks") or ():
                 await response.write(b"data: " + orjson.dumps(extra) + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
@@ -321,8 +393,7 @@ class FakeUpstream:
 
         yield event({"role": "assistant", "content": ""})
         if tools:
-            name = next(tool for tool in body["tools"]
-                        if not str(tool["function"]["name"]).startswith("iss_"))["function"]["name"]
+            name = next(name for name in map(_tool_name, body["tools"]) if name and not name.startswith("iss_"))
             yield event({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
                                          "function": {"name": name, "arguments": ""}}]})
             yield event({"tool_calls": [{"index": 0, "function": {"arguments": '{"where": "iss"}'}}]})
@@ -338,42 +409,29 @@ class FakeUpstream:
                                             "model": model, "choices": [], "usage": usage}) + b"\n\n"
 
     async def _scripted(self, request: web.Request, body: dict, cid: str, caller_tools: list) -> web.StreamResponse:
-        """Two rounds of a model that uses the layer's pass tool (see the module's docstring)."""
+        """The rounds of a model that uses the layer's pass tool (see the module's docstring)."""
         created, model = int(time.time()), body.get("model", "fake-model")
-        messages = body.get("messages") or []
+        fake = body.get("x_fake") or {}
+        deltas, finish, usage = scripted_round(body, caller_tools)
+        if not body.get("stream"):
+            return web.json_response(scripted_completion(cid, created, model, deltas, finish, usage))
 
         def event(delta: dict, finish: str | None = None) -> bytes:
             chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                      "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-        def call(index: int, call_id: str, name: str, arguments: str) -> list[bytes]:
-            half = len(arguments) // 2  # arguments in two deltas, as models stream them
-            return [event({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                           "function": {"name": name, "arguments": arguments[:half]}}]}),
-                    event({"tool_calls": [{"index": index, "function": {"arguments": arguments[half:]}}]})]
-
-        events = [event({"role": "assistant", "content": ""})]
-        results = [m for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
-        if not results:
-            question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
-            match = re.search(r"from ([A-Z][\w ,]*?)\?", str(question))
-            asked = (body.get("x_fake") or {}).get("place")  # any text, as a model could be steered to write
-            place = orjson.dumps({"place": asked or (match[1] if match else "Paris")}).decode()
-            events += call(0, "call_passes", "iss_passes", place)
-            if caller_tools:
-                events += call(1, "call_caller", caller_tools[0]["function"]["name"], '{"note": "first"}')
-            events.append(event({}, "tool_calls"))
-        else:
-            result = orjson.loads(results[-1]["content"])
-            rises = [item["rise"]["utc"] for item in result.get("passes", [])]
-            text = "You can see it at: " + ", ".join(rises) + "." if rises else "No pass: " + str(result)[:200]
-            events += [event({"content": word}) for word in re.findall(r"\S+\s*", text)]
-            if caller_tools:
-                events += call(0, "call_caller2", caller_tools[0]["function"]["name"], '{"note": "after"}')
-                events.append(event({}, "tool_calls"))
-            else:
-                events.append(event({}, "stop"))
+        events = [event({"role": "assistant", "content": ""}), *(event(delta) for delta in deltas),
+                  event({}, finish)]
+        if (body.get("stream_options") or {}).get("include_usage"):
+            shape = fake.get("usage", "empty")
+            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "usage": usage}
+            if shape == "empty":
+                chunk["choices"] = []
+            elif shape == "litellm":  # LiteLLM's proxy: one choice with an empty delta
+                chunk["choices"] = [{"index": 0, "delta": {}}]
+            events.append(b"data: " + orjson.dumps(chunk) + b"\n\n")  # "absent": no choices at all
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if self.first_token_delay:
@@ -472,9 +530,110 @@ def main() -> None:
         pass
 
 
-if __name__ == "__main__":
-    main()
-
-
 def cid_of(number: int) -> str:
     return f"chatcmpl-fake{number}"
+
+
+def _tool_name(tool: Any) -> str | None:
+    """The name of a function tool, or None for anything else (a caller may send odd tools)."""
+    function = tool.get("function") if isinstance(tool, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _pieces(text: str, count: int) -> list[str]:
+    """`text` cut into `count` pieces (as models stream arguments: anywhere, even mid-escape)."""
+    count = max(1, min(count, len(text) or 1))
+    step = -(-len(text) // count)
+    return [text[start:start + step] for start in range(0, len(text), step)] or [""]
+
+
+def _call_deltas(index: int | None, call_id: str, name: str, arguments: str, pieces: int) -> list[dict]:
+    """One call's deltas: the id and name with the first piece of arguments, then the rest."""
+    first, *rest = _pieces(arguments, pieces)
+    head = {"id": call_id, "type": "function", "function": {"name": name, "arguments": first}}
+    deltas = [{**({"index": index} if index is not None else {}), **head}]
+    deltas += [{**({"index": index} if index is not None else {}), "function": {"arguments": piece}} for piece in rest]
+    return deltas
+
+
+def scripted_round(body: dict, caller_tools: list) -> tuple[list[dict], str, dict]:
+    """One round of the scripted model: its deltas after the role, its finish reason, its usage.
+
+    Round 1 (no tool result yet) calls iss_passes for the place asked about and, when the caller
+    offered a tool, that tool too, in the order `x_fake.order` names:
+      layer_first (default), caller_first, interleaved (parallel calls, deltas alternating),
+      whole (Ollama: every call whole in one delta), whole_no_index (the same, without indexes),
+      caller_only (only the caller's tool: no layer call in the round).
+    Arguments come in `x_fake.pieces` pieces (default 2); `x_fake.layer_calls` iss_passes calls
+    (default 1). Round 2 (with the tool's result) says the
+    rise times it gave and, unless `x_fake.again` is false, calls the caller's tool again.
+    The caller's tool gets {"location": <place>, "round": <n>}. Usage: 100n+7 prompt, 10n+3 completion.
+    """
+    fake = body.get("x_fake") or {}
+    messages = body.get("messages") or []
+    pieces = int(fake.get("pieces", 2))
+    order = fake.get("order", "layer_first")
+    results = [m for m in messages if isinstance(m, dict) and m.get("role") == "tool"]
+    number = 1 if not results else 2
+    usage = {"prompt_tokens": 100 * number + 7, "completion_tokens": 10 * number + 3,
+             "total_tokens": 110 * number + 10}
+    question = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), "") or ""
+    match = re.search(r"from ([A-Z][\w ,]*?)[?,]", str(question))
+    place = fake.get("place") or (match[1] if match else "Paris")  # any text, as a model could be steered to write
+    caller = caller_tools[0]["function"]["name"] if caller_tools else None
+    theirs = orjson.dumps({"location": place, "round": number}).decode()
+    if number == 1:
+        ours = orjson.dumps({"place": place}).decode()
+        if order == "caller_only" and caller:
+            return [{"tool_calls": [d]} for d in _call_deltas(0, "call_caller", caller, theirs, pieces)], \
+                "tool_calls", usage
+        count = int(fake.get("layer_calls", 1))  # a model asked about "these 100 cities"
+        layer = [("call_passes" if i == 0 else f"call_passes_{i}", "iss_passes", ours) for i in range(count)]
+        calls = [*layer, ("call_caller", caller, theirs)] if caller else layer
+        if order in {"caller_first", "interleaved"} and caller:
+            calls = [calls[-1], *calls[:-1]]
+        if order in {"whole", "whole_no_index"}:
+            whole = [{**({"index": i} if order == "whole" else {}), "id": call_id, "type": "function",
+                      "function": {"name": name, "arguments": arguments}}
+                     for i, (call_id, name, arguments) in enumerate(calls)]
+            return [{"tool_calls": whole}], "tool_calls", usage
+        per_call = [_call_deltas(i, call_id, name, arguments, pieces)
+                    for i, (call_id, name, arguments) in enumerate(calls)]
+        if order == "interleaved":
+            deltas = [d for step in itertools.zip_longest(*per_call) for d in step if d is not None]
+        else:
+            deltas = [d for call in per_call for d in call]
+        return [{"tool_calls": [d]} for d in deltas], "tool_calls", usage
+    result = orjson.loads(results[-1]["content"])
+    rises = [item["rise"]["utc"] for item in result.get("passes", [])] if isinstance(result, dict) else []
+    text = "You can see it at: " + ", ".join(rises) + "." if rises else "No pass: " + str(result)[:200]
+    deltas = [{"content": word} for word in re.findall(r"\S+\s*", text)]
+    if caller and fake.get("again", True):
+        deltas += [{"tool_calls": [d]} for d in _call_deltas(0, "call_caller2", caller, theirs, pieces)]
+        return deltas, "tool_calls", usage
+    return deltas, "stop", usage
+
+
+def scripted_completion(cid: str, created: int, model: str, deltas: list[dict], finish: str, usage: dict) -> dict:
+    """The same round, not streamed: the deltas folded into one message."""
+    content = "".join(d.get("content") or "" for d in deltas)
+    calls: list[dict] = []
+    by_index: dict[int, dict] = {}
+    for delta in deltas:
+        for part in delta.get("tool_calls") or ():
+            if "id" in part:
+                calls.append({"id": part["id"], "type": "function",
+                              "function": {"name": part["function"]["name"], "arguments": ""}})
+                by_index[part.get("index", len(calls) - 1)] = calls[-1]
+            by_index[part.get("index", len(calls) - 1)]["function"]["arguments"] += part["function"].get(
+                "arguments", "")
+    message: dict[str, Any] = {"role": "assistant", "content": content or None}
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}], "usage": usage}
+
+
+if __name__ == "__main__":
+    main()

@@ -28,7 +28,7 @@ def test_live_state_reads_with_units_time_source_and_place():
     assert "21.95°S, 87.37°E" in text
     assert "over the Indian Ocean" in text
     assert "about 2,400 km northwest of Perth, Australia" in text
-    assert "altitude 421 km" in text and "speed 27,580 km/h" in text
+    assert "altitude 421 km" in text and "orbital speed 27,580 km/h" in text
     assert "in sunlight" in text and "night on the ground below" in text
     assert "Source: open-notify" in text and "within about 10 km" in text
     assert "rough" not in text

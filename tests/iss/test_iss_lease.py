@@ -133,3 +133,52 @@ async def test_a_resigning_holder_gives_the_lease_up_at_once_and_never_takes_it_
         for feed in feeds:
             await feed.close()
     assert all(not f.holder for f in feeds)
+
+
+async def _holding(url: str, **kwargs) -> RedisIssFeed:
+    feed = RedisIssFeed(url, "w0", tle_interval=7200.0, prefix="test:iss", **kwargs)
+    feed.attach(lambda fix: None, lambda elements: None)
+    await feed.start()
+    await _until(lambda: feed.connected and feed.holder, 10, "w0 holds the lease")
+    assert feed.may_poll()
+    return feed
+
+
+async def test_a_holder_whose_lease_was_taken_stops_polling_within_a_renewal_period(redis_server):
+    import redis.asyncio as redis
+
+    # A lease that lives well past the renewal period: what stops the holder is the failed
+    # renewal, not the lease running out.
+    feed = await _holding(redis_server.url, lease_ttl=6.0)
+    assert feed.renew_every == 1.0
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        # Its lease expired unseen (a pause longer than the TTL) and another worker took it.
+        await client.set(feed.lease_key, b"w9:other", px=10_000)
+        await _until(lambda: not feed.may_poll(), feed.renew_every + feed.timeout,
+                     "the holder still polls a renewal period after its lease was taken")
+        assert not feed.holder and feed.connected
+        assert not feed.may_fetch_elements()
+        assert await client.get(feed.lease_key) == b"w9:other"  # never taken back from its holder
+    finally:
+        await client.aclose()
+        await feed.close()
+
+
+async def test_a_holder_that_cannot_renew_stops_polling_when_its_lease_runs_out(redis_server):
+    import os
+    import signal
+
+    # Redis stops answering (frozen, not closed): the renewal hangs for the command timeout, longer
+    # than the lease lives. Past the lease's end another worker may hold it: this one stops polling
+    # then, without waiting for the timeout to tell it the link is gone.
+    feed = await _holding(redis_server.url, timeout=8.0, lease_ttl=1.5)
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        await _until(lambda: not feed.may_poll(), feed.lease_ttl + feed.renew_every,
+                     "the holder still polls past its lease's end with no renewal answered")
+        assert time.monotonic() - frozen <= feed.lease_ttl + feed.renew_every
+    finally:
+        os.kill(redis_server.process.pid, signal.SIGCONT)
+        await feed.close()

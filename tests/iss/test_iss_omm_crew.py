@@ -30,7 +30,7 @@ async def test_omm_is_asked_for_first_and_propagates_like_the_tle(io_loop, tmp_p
         tracker = IssTracker(tracker_settings(fakes, tmp_path, **ELEMENTS_ONLY))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
             assert fakes.queries["celestrak"] == ["CATNR=25544&FORMAT=JSON"]
             health = tracker.health()
             assert health["sources"]["celestrak"]["format"] == "omm"
@@ -60,7 +60,7 @@ async def test_unusable_omm_falls_back_to_the_tle_once(io_loop, tmp_path):
         tracker = IssTracker(tracker_settings(fakes, tmp_path, **ELEMENTS_ONLY))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
             assert fakes.queries["celestrak"] == ["CATNR=25544&FORMAT=JSON", "CATNR=25544&FORMAT=TLE"]
             assert tracker.health()["sources"]["celestrak"]["format"] == "tle"
             assert tracker.health()["elements"]["origin"] == "celestrak"
@@ -76,7 +76,7 @@ async def test_a_non_200_stops_the_attempt_without_asking_for_the_tle(io_loop, t
         tracker = IssTracker(tracker_settings(fakes, tmp_path, **ELEMENTS_ONLY))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak attempt")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak attempt")
             await asyncio.sleep(0.3)
             assert fakes.requests["celestrak"] == 1
             assert tracker.health()["sources"]["celestrak"]["next_fetch_in_seconds"] >= 590

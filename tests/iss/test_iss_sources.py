@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.iss.sources import SourceError, parse_open_notify, parse_wheretheiss
+from services.iss.sources import Fix, SourceError, check_moving, parse_open_notify, parse_wheretheiss
 from tests.fakes.iss_sources import FakeIssSources, fixture_path
 
 
@@ -88,3 +88,21 @@ async def test_the_fake_sources_fail_a_test_that_sends_them_a_malformed_request(
     assert answer.startswith(b"HTTP/1.1 400 ")
     with pytest.raises(AssertionError, match="malformed request"):
         await fakes.close()
+
+
+def _fix_at(seconds: float, latitude: float) -> Fix:
+    moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+    return Fix(source="wheretheiss", latitude=latitude, longitude=10.0, measured_at=moment,
+               received_at=moment + timedelta(seconds=0.3))
+
+
+@pytest.mark.parametrize("seconds", [5, 10, 60])
+def test_a_feed_crawling_far_slower_than_the_iss_is_refused_as_frozen(seconds):
+    first = _fix_at(0, 0.0)
+    # About 1 km/s along a meridian (a degree of latitude is 111.2 km), where the ISS covers 7.66 km/s
+    # over the ground: the feed repeats an old position with a fresh timestamp, nudged.
+    crawled = _fix_at(seconds, seconds * 1.0 / 111.2)
+    with pytest.raises(SourceError, match="frozen: position moved"):
+        check_moving(crawled, first)
+    # The real ground speed passes.
+    check_moving(_fix_at(seconds, seconds * 7.66 / 111.2), first)

@@ -10,8 +10,7 @@ import pytest
 from skyfield.api import EarthSatellite, load, wgs84
 
 from config import BUNDLED_TLE
-from services.chat.endings import failed_before_first_token
-from services.chat.exchange import Outcome
+from services.chat.endings import Outcome, failed_before_first_token
 from services.common.errors import ApiError, tool_round_error
 from services.iss.places import Places
 from services.iss.queries import IssQueries
@@ -85,7 +84,7 @@ async def test_a_caller_tool_in_the_same_turn_reaches_the_caller(base_url, upstr
     calls = _tool_calls(chunks)
     assert {call["function"]["name"] for call in calls if "function" in call and "name" in call["function"]} == {
         "open_map"}
-    assert "".join(call["function"].get("arguments", "") for call in calls) == '{"note": "after"}'
+    assert "".join(call["function"].get("arguments", "") for call in calls) == '{"location":"Paris","round":2}'
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert "You can see it at:" in _content(chunks)
     # The first round asked for both; the layer ran its own and asked again with that result only.
@@ -112,8 +111,9 @@ async def test_an_upstream_refusing_tools_gets_the_request_again_without_them(ba
     assert _content(_chunks(response.body)).startswith("The station")
     assert upstream.requests == 2 and "tools" not in upstream.bodies[-1]
     health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
-    status = health["backend"]["iss_tools"]
-    assert status["refusals"] == 1 and status["paused_for_seconds"] > 0
+    status = health["iss_tools"]
+    [paused] = status["paused_models"]
+    assert status["refusals"] == 1 and paused["model"] == "m" and 0 < paused["seconds_left"] <= 600
     assert "does not support tools" in status["last_refusal"]
     assert any("refused the layer's tools" in r.getMessage() for r in caplog.records)
     # Not offered again for a while: one request, no retry.
@@ -131,7 +131,7 @@ async def test_a_callers_own_400_stays_the_callers_and_leaves_the_tools_offered(
     assert orjson.loads(response.body)["error"]["code"] == "upstream_rejected"
     assert upstream.requests == 2 and "tools" in upstream.bodies[0] and "tools" not in upstream.bodies[1]
     health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
-    assert health["backend"]["iss_tools"]["refusals"] == 0
+    assert health["iss_tools"]["refusals"] == 0
     await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": stream})
     assert "tools" in upstream.bodies[-1]  # still offered
 
@@ -181,9 +181,11 @@ async def test_a_tool_past_its_timeout_is_an_error_result(io_loop, tmp_path):
         tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
         try:
             await tracker.current()
-            tools = IssTools(IssQueries(tracker), timeout=0.001)
+            slow = IssQueries(tracker)
+            tools = IssTools(slow, timeout=0.001)
             result = await tools.run("iss_passes", '{"place": "Paris", "days": 10}')
             assert not result.ok and "longer than" in result.content
+            await slow.close()
             quick = IssTools(IssQueries(tracker), timeout=5.0)
             for name, arguments in (("iss_passes", "{not json"), ("nope", "{}"), ("iss_position", '{"at": 3}'),
                                     ("iss_position", '{"minutes_from_now": 99999}')):

@@ -99,7 +99,7 @@ async def test_live_sources_down_uses_fresh_celestrak_elements(io_loop, tmp_path
         tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_timeout=0.5))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
             state = await tracker.current()
             assert state.source == "celestrak-tle"
             assert not state.rough
@@ -155,7 +155,7 @@ async def test_celestrak_interval_holds_across_restarts(io_loop, tmp_path):
         first = IssTracker(settings)
         try:
             await first.current()
-            await wait_until(lambda: first.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
+            await wait_until(lambda: first.polling.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
         finally:
             await first.close()
         assert fakes.requests["celestrak"] == 1
@@ -163,7 +163,7 @@ async def test_celestrak_interval_holds_across_restarts(io_loop, tmp_path):
         second = IssTracker(settings)
         try:
             state = await second.current()
-            await wait_until(lambda: second.cycles >= 1, 5.0, "a refresh cycle")
+            await wait_until(lambda: second.polling.cycles >= 1, 5.0, "a refresh cycle")
             assert state.source == "celestrak-tle"
             assert second.health()["sources"]["celestrak"]["next_fetch_in_seconds"] > 3600
             assert fakes.requests["celestrak"] == 1
@@ -190,7 +190,7 @@ async def test_bad_tle_checksum_is_rejected(io_loop, tmp_path):
         tracker = IssTracker(tracker_settings(fakes, tmp_path))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak fetch")
             state = await tracker.current()
             assert state.source == "bundled-tle"
             assert "checksum" in tracker.health()["sources"]["celestrak"]["last_error"]
@@ -229,7 +229,7 @@ async def test_close_cancels_the_background_loops(io_loop, tmp_path):
     async with FakeIssSources() as fakes:
         tracker = IssTracker(tracker_settings(fakes, tmp_path))
         await tracker.current()
-        tasks = list(tracker._tasks)
+        tasks = list(tracker.polling.loops)
         assert tasks and not any(task.done() for task in tasks)
         await tracker.close()
         assert all(task.done() for task in tasks)
@@ -244,7 +244,7 @@ async def test_celestrak_down_alone_leaves_the_live_source_in_charge(io_loop, tm
         tracker = IssTracker(tracker_settings(fakes, tmp_path))
         try:
             state = await tracker.current()
-            await wait_until(lambda: tracker.tle_cycles >= 1, 5.0, "a CelesTrak attempt")
+            await wait_until(lambda: tracker.polling.tle_cycles >= 1, 5.0, "a CelesTrak attempt")
             assert state.source == "open-notify"
             health = tracker.health()
             assert health["sources"]["celestrak"]["state"] == "failing"
@@ -267,7 +267,8 @@ async def test_health_is_json_and_failures_log_no_traceback(io_loop, tmp_path, c
         try:
             with caplog.at_level("DEBUG"):
                 await tracker.current()
-                await wait_until(lambda: tracker.tle_cycles >= 1 and tracker.cycles >= 1, 5.0, "a cycle")
+                polling = tracker.polling
+                await wait_until(lambda: polling.tle_cycles >= 1 and polling.cycles >= 1, 5.0, "a cycle")
             health = orjson.loads(orjson.dumps(tracker.health()))
             assert health["status"] == "propagating"
             assert set(health["sources"]) == {"open-notify", "wheretheiss", "celestrak", "astros"}
@@ -312,11 +313,11 @@ async def test_requests_within_one_second_share_a_state_until_a_fix_moves_it(io_
         tracker = IssTracker(tracker_settings(fakes, tmp_path, iss_sources=("open-notify",)))
         try:
             await tracker.current()
-            await wait_until(lambda: tracker._fix is not None, 5.0, "a live fix")
+            await wait_until(lambda: tracker.fix is not None, 5.0, "a live fix")
             for _ in range(50):  # bounded: a try that straddles a second boundary is done again
                 first = await tracker.current()
                 second = await tracker.current()
-                old = tracker._fix
+                old = tracker.fix
                 tracker.fix_arrived(dataclasses.replace(old, latitude=-old.latitude, longitude=old.longitude / 2,
                                                         measured_at=datetime.now(UTC)))
                 third = await tracker.current()
@@ -359,7 +360,7 @@ async def test_fresh_cached_elements_spare_a_cold_caller_the_wait(io_loop, tmp_p
         first = IssTracker(tracker_settings(fakes, tmp_path))
         try:
             await first.current()
-            await wait_until(lambda: first.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
+            await wait_until(lambda: first.polling.tle_cycles >= 1, 5.0, "the first CelesTrak fetch")
         finally:
             await first.close()
         fakes.fail("open-notify", "hang")

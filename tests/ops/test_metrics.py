@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -299,13 +300,14 @@ def _declared_labels() -> dict[str, set[str]]:
 MULTIPROCESS = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    from services.ops import metrics as m
-    path = m.prepare_multiprocess({path!r})
+    from services.ops import multiprocess
+    path = multiprocess.prepare({path!r})
+    from services.ops import metrics as m  # after prepare(): the client reads the variable at import
 
     class Record:
-        route = "/v1/chat/completions"; stream = True; outcome = "done"; status = 200
+        path = "/v1/chat/completions"; stream = True; outcome = "done"; status = 200
         upstream_model = "gpt-test"; error_code = None; tokens = 7
-        received = 0.0; upstream_sent = 0.001; upstream_first = 0.101; first_written = 0.102; ended = 0.5
+        started = 0.0; upstream_sent = 0.001; first_token_at = 0.101; first_written = 0.102; ended = 0.5
 
     pids = []
     for worker in range(3):
@@ -328,13 +330,13 @@ MULTIPROCESS = textwrap.dedent("""
     scraper = m.Metrics()
     before_dead = scraper.exposition(None)[0].decode()
     for pid in pids:
-        m.worker_exited(pid)
+        multiprocess.worker_exited(pid)
     sys.stdout.write(before_dead + "\\n#----\\n" + scraper.exposition(None)[0].decode())
 """)
 
 
 def test_multiprocess_totals_are_the_whole_servers(tmp_path):
-    """Workers forked after prepare_multiprocess(): a scrape from any of them sums every worker."""
+    """Workers forked after multiprocess.prepare(): a scrape from any of them sums every worker."""
     stale = tmp_path / "counter_999.db"
     stale.write_bytes(b"left by an earlier run")
     script = MULTIPROCESS.format(root=str(ROOT), path=str(tmp_path))
@@ -352,6 +354,25 @@ def test_multiprocess_totals_are_the_whole_servers(tmp_path):
     assert value(parse(alive)[0], "iss_llm_chat_in_flight") == 3.0
     assert value(samples, "iss_llm_chat_in_flight") == 0.0
     assert not stale.exists()
+
+
+def test_preparing_the_multiprocess_mode_after_the_client_was_imported_fails_clearly(tmp_path, monkeypatch):
+    """The client picks its mode at import: a late prepare() would leave every worker counting alone."""
+    from services.ops import multiprocess
+
+    monkeypatch.delenv(multiprocess.ENV, raising=False)
+    assert "prometheus_client" in sys.modules  # this module imports it
+    with pytest.raises(RuntimeError, match="imported before PROMETHEUS_MULTIPROC_DIR was set"):
+        multiprocess.prepare(tmp_path)
+    assert multiprocess.ENV not in os.environ
+
+
+def test_the_server_process_imports_the_client_only_after_choosing_its_mode():
+    """server.py must not import prometheus_client before main() runs multiprocess.prepare()."""
+    probe = "import sys, server; print('prometheus_client' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
 
 def test_the_dashboard_is_grafana_importable_json():

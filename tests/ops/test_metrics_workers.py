@@ -28,6 +28,14 @@ async def _scrapes(base: str, count: int) -> list[dict]:
     return out
 
 
+async def _streamed_answers(base: str, count: int) -> None:
+    """`count` streamed answers, each on a new connection (so either worker may answer it)."""
+    for _ in range(count):
+        response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                          "x_fake": {"tokens": 3, "gap": 0}})
+        assert sse_events(response.body)[-1] == "[DONE]"
+
+
 async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upstream, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -37,10 +45,7 @@ async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upst
     try:
         await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
         workers = serving(server)
-        for _ in range(8):  # each on a new connection: both workers answer some
-            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
-                                              "x_fake": {"tokens": 3, "gap": 0}})
-            assert sse_events(response.body)[-1] == "[DONE]"
+        await _streamed_answers(base, 8)  # both workers answer some
         for samples in await _scrapes(base, 6):
             assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 8
             assert value(samples, "iss_llm_answer_tokens_count", route=ROUTE) == 8
@@ -89,5 +94,22 @@ async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, pac
         assert not (directory / "counter_4242.db").exists()
         assert await server.stop() == 0
         server.assert_clean_output()
+    finally:
+        server.kill()
+
+
+async def test_workers_without_a_multiprocess_dir_share_a_temporary_one(io_loop, paced_upstream, tmp_path):
+    """No PROMETHEUS_MULTIPROC_DIR: the parent makes one before the client is imported, so the
+    workers still count together (a client imported first would leave each worker counting alone)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream), "--port", str(port), "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        await _streamed_answers(base, 6)  # both workers answer some
+        for samples in await _scrapes(base, 4):
+            assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 6
+        assert await server.stop() == 0
     finally:
         server.kill()

@@ -156,6 +156,7 @@ here = Path(sys.argv[1])
 """
 
 SUPERVISED = """
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")  # the log a failure prints
 go = here / "go"
 
 def work(index):
@@ -194,7 +195,8 @@ def test_a_worker_signalled_while_it_starts_gets_the_signal_once_it_can_drain(tm
             time.sleep(0.02)
         (tmp_path / "go").touch()
         # Held until the worker could handle it, not death by signal (the parent's exit would be 1).
-        assert parent.wait(60) == 0
+        code = _exit_code(parent, tmp_path, 60, "the parent did not exit")
+        assert code == 0, (tmp_path / "parent.log").read_text()
 
 
 RACED = """
@@ -531,3 +533,48 @@ def test_a_test_run_that_dies_leaves_no_server_behind(tmp_path):
         for process in processes:  # what this test started, should the assertion above have failed
             with contextlib.suppress(psutil.Error):
                 process.kill()  # NoSuchProcess if that pid is now another process's
+
+
+BACKOFF = """
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+import services.ops.supervisor as supervisor
+supervisor.YOUNG_S = float(sys.argv[3])  # dying sooner counts towards the back-off
+
+def mark(name):
+    (here / f"{name}.tmp").write_text(repr(time.monotonic()))
+    (here / f"{name}.tmp").rename(here / name)
+
+def work(index):
+    n = len(list(here.glob("start-*")))
+    mark(f"start-{n}")
+    if n == 3:  # this one lives past YOUNG_S: its death starts the count again
+        time.sleep(supervisor.YOUNG_S + 0.3)
+    mark(f"died-{n}")
+    return 1
+
+sys.exit(Supervisor(1, work, [], stop_timeout=10).run())
+"""
+
+
+def test_a_worker_that_dies_at_once_is_restarted_with_growing_pauses_and_a_long_life_starts_over(tmp_path):
+    import time
+
+    def marks(name: str) -> list[float]:
+        found = sorted(tmp_path.glob(f"{name}-*"), key=lambda path: int(path.name.rsplit("-", 1)[1]))
+        return [float(path.read_text()) for path in found]
+
+    with _supervised(BACKOFF, tmp_path, "1.5") as parent:
+        deadline = time.monotonic() + 30
+        while len(marks("start")) < 6:
+            assert time.monotonic() < deadline and parent.poll() is None, (
+                f"{len(marks('start'))} worker starts of 6:\n" + (tmp_path / "parent.log").read_text())
+            time.sleep(0.05)
+        parent.send_signal(signal.SIGTERM)
+        starts, deaths = marks("start"), marks("died")
+        pauses = [round(start - died, 2) for died, start in zip(deaths, starts[1:], strict=False)]
+        log = (tmp_path / "parent.log").read_text()
+        # Each quick death doubles the pause (0.5 s, 1 s, 2 s); a worker that lived past YOUNG_S is
+        # replaced at once, and the next quick death pauses 0.5 s again (old deaths are not counted).
+        assert 0.45 <= pauses[0] < 0.95 <= pauses[1] < 1.95 <= pauses[2], (pauses, log)
+        assert pauses[3] < 0.45, (pauses, log)
+        assert 0.45 <= pauses[4] < 0.95, (pauses, log)

@@ -102,3 +102,17 @@ def test_first_token_timeout_and_supersede():
     for name, bad in (("FIRST_TOKEN_TIMEOUT", "-1"), ("FIRST_TOKEN_TIMEOUT", "soon"), ("SUPERSEDE", "always")):
         with pytest.raises(ConfigError, match=name):
             load_settings([], environ={name: bad}, env_file=None)
+
+
+def test_upstream_headers_are_a_json_object_and_a_bad_one_is_named_not_echoed():
+    settings = load_settings([], environ={"UPSTREAM_HEADERS": '{"X-Title": "ISS", "HTTP-Referer": "https://a.example"}',
+                                          "OPENAI_ORG_ID": "org-1"}, env_file=None)
+    assert settings.upstream_headers == (("X-Title", "ISS"), ("HTTP-Referer", "https://a.example"))
+    assert settings.openai_org_id == "org-1"
+    assert "https://a.example" not in repr(settings)
+    for bad in ('["X-Title"]', "X-Title: ISS", '{"Bad Name": "v"}', '{"Host": "evil"}',
+                '{"X-Key": "secret-value\\r\\nInjected: 1"}', '{"X-Key": 5}'):
+        with pytest.raises(ConfigError) as error:
+            load_settings([], environ={"UPSTREAM_HEADERS": bad}, env_file=None)
+        assert str(error.value).startswith("UPSTREAM_HEADERS:")
+        assert "secret-value" not in str(error.value)

@@ -34,6 +34,18 @@ async def test_a_rebound_host_name_is_refused_on_loopback(base_url, upstream):
     assert upstream.requests == 0
 
 
+@pytest.mark.parametrize("host", ["evillocalhost", "evillocalhost:5000", "localhost.attacker.example"])
+async def test_a_name_that_only_ends_like_localhost_is_refused(base_url, upstream, host):
+    # A name under the attacker's control that merely ends in "localhost" is not a local name;
+    # only localhost itself and names under ".localhost" are.
+    response = await post_json(base_url, BODY, headers={"Host": host})
+    assert response.code == 403, response.body
+    assert error_of(response)["code"] == "host_not_allowed"
+    assert upstream.requests == 0
+    port = base_url.rsplit(":", 1)[1]
+    assert (await post_json(base_url, BODY, headers={"Host": f"app.localhost:{port}"})).code == 200
+
+
 @pytest.mark.parametrize("overrides", [{"allowed_hosts": ("iss.example.com",)}])
 async def test_allowed_hosts_adds_names(base_url):
     assert (await post_json(base_url, BODY, headers={"Host": "iss.example.com"})).code == 200

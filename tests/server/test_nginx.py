@@ -1,4 +1,4 @@
-"""The README's nginx recipe (deploy/nginx.conf) in front of two workers, against a real nginx:
+"""The deployment page's nginx recipe (deploy/nginx.conf) in front of two workers, against a real nginx:
 tokens pass one by one, the console's WebSocket connects, and a refused origin says why in the log."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ TOKEN = "process-console-token"
 
 
 
-def test_the_readme_shows_the_recipe_the_test_runs():
-    readme = (ROOT / "README.md").read_text()
-    assert RECIPE.read_text().strip() in readme
+def test_the_deployment_page_shows_the_recipe_the_test_runs():
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    assert RECIPE.read_text().strip() in page
 
 
 async def test_streams_and_the_console_pass_through_the_nginx_recipe(io_loop, paced_upstream, tmp_path):

@@ -50,7 +50,9 @@ async def test_a_whole_answer_past_the_limit_is_a_502(base_url):
     assert error_of(response)["code"] == "upstream_too_large"
 
 
-@pytest.mark.parametrize("overrides", [{"upstream_max_bytes": 4 * MB}])
+# No keepalive in the test's time: tracemalloc slows inflating 4 MB to seconds, and a keepalive would
+# begin the stream (an SSE error event then, not the 502 this checks).
+@pytest.mark.parametrize("overrides", [{"upstream_max_bytes": 1 * MB, "keepalive_interval": 120.0}])
 @pytest.mark.parametrize("shape", [
     {"stream": False},  # a whole answer
     {"stream": True},  # an event stream (of comments only)
@@ -83,3 +85,34 @@ async def test_a_gzip_compressed_answer_still_reads(base_url, upstream, stream):
         text = orjson.loads(response.body)["choices"][0]["message"]["content"]
     assert text == "The station is flying"
     assert upstream.headers[-1]["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_limit_counts_the_bytes_once_inflated_not_as_sent(upstream, stream):
+    """A gzip answer smaller than UPSTREAM_MAX_BYTES on the wire and larger once inflated is refused."""
+    import zlib
+
+    from tests.upstream.upstream_direct import params, streamed, upstream_for
+
+    async with upstream_for(upstream.base_url, upstream_max_bytes=4096) as client:
+        if stream:
+            _, error = await streamed(client, params(gzip=True, tokens=2000))
+        else:
+            try:
+                await client.complete(params(gzip=True, tokens=2000), None)
+                error = None
+            except Exception as exc:
+                error = exc
+        small, _ = await streamed(client, params(gzip=True, tokens=3))
+    assert error is not None and (error.status, error.code) == (502, "upstream_too_large")
+    assert len(small) == 5  # a gzip answer within the limit reads
+    # The premise: on the wire the big answer is within the limit.
+    import aiohttp
+
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        sent = {"model": "m", "messages": MESSAGES, "stream": stream, "x_fake": {"gzip": True, "tokens": 2000}}
+        async with session.post(upstream.base_url + "/chat/completions", data=orjson.dumps(sent),
+                                headers={"Authorization": f"Bearer {upstream.api_key}"}) as raw:
+            wire = await raw.read()
+    assert raw.headers["Content-Encoding"] == "gzip"
+    assert len(wire) < 4096 < len(zlib.decompress(wire, 16 + zlib.MAX_WBITS))
