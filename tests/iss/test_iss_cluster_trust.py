@@ -77,7 +77,7 @@ async def test_what_redis_sends_never_puts_text_or_an_implausible_position_in_th
 
         async def refused(kind: str, data, before: int) -> str:
             await _publish(store, feed.channel, kind, data)
-            await _until(lambda: feed.refused > before, 5, f"not refused: {data!r}"[:200])
+            await _until(lambda: feed.refused > before, 15, f"not refused: {data!r}"[:200])
             await asyncio.sleep(1.05)  # the feed looks at one fix a second at most
             return feed.last_refused or ""
 
@@ -98,7 +98,7 @@ async def test_what_redis_sends_never_puts_text_or_an_implausible_position_in_th
         named = encode_elements(_fresh())
         named["text"] = INJECTED + "\n" + named["text"].split("\n", 1)[1]
         await _publish(store, feed.channel, "elements", {**named, "origin": INJECTED})
-        await _until(lambda: tracker.elements() is not elements, 5, "fresh elements not taken")
+        await _until(lambda: tracker.elements() is not elements, 15, "fresh elements not taken")
         assert tracker.elements().name == "ISS (ZARYA)" and tracker.elements().origin == "celestrak"
         taken = tracker.elements()
         future = encode_elements(_fresh(datetime.now(UTC) + timedelta(days=3)))
@@ -119,7 +119,7 @@ async def test_what_redis_sends_never_puts_text_or_an_implausible_position_in_th
         # What the checks are for: a fix that passes them is used, under the allow-list's own name.
         good = _on_track(taken, "wheretheiss", altitude_km=421.0, speed_kmh=27_600.0, visibility="daylight")
         await _publish(store, feed.channel, "fix", encode_fix(good))
-        await _until(lambda: tracker._fix is not None, 5, "a plausible fix was not taken")
+        await _until(lambda: tracker._fix is not None, 15, "a plausible fix was not taken")
         assert tracker._fix == good and tracker._fix.source is FIX_SOURCES[1]
         block = iss_block(await tracker.current())
         assert "wheretheiss fix" in block and "PWNED" not in block
