@@ -401,6 +401,13 @@ def entries_of(events: list[dict[str, Any]], most: int) -> list[bytes]:
     if len(value) <= most:
         return [value]
     if len(events) == 1:
+        event = events[0]
+        text = event.get("text")
+        if role_of(event.get("type")) == "text" and isinstance(text, str) and len(text) > 1:
+            # A long run of tokens, joined: sent as two halves of the run.
+            half = len(text) // 2
+            first, second = {**event, "text": text[:half]}, {**event, "text": text[half:]}
+            return entries_of([first], most) + entries_of([second], most)
         log.warning("console: an event of %d bytes was not sent to the cluster (more than %d)", len(value), most)
         return []
     middle = len(events) // 2

@@ -121,8 +121,11 @@ class RequestLog:
         kept = self._text.get(rid)
         if kept is None:
             kept = self._text[rid] = _Text()
-        room = self.record_bytes - len(kept.buffer)
         data = text.encode("utf-8", "replace")
+        if kept.dropped:  # already cut: nothing after the cut is kept, only counted
+            kept.dropped += len(data)
+            return
+        room = self.record_bytes - len(kept.buffer)
         if len(data) <= room:
             kept.buffer += data
             kept.chars += len(text)

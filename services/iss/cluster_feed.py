@@ -114,6 +114,7 @@ class RedisIssFeed:
         self._on_elements: Callable[[Elements], Any] = lambda elements: None
         self._elements: Callable[[], Elements | None] = lambda: None
         self.refused = 0  # fixes, element sets and messages from Redis that were not used
+        self.last_refused: str | None = None  # why the last one was not (this code's words, no data of it)
         self._refused_log = LogEvery()
         self._link_log = LogEvery()
         self._last_fix_checked = 0.0
@@ -349,6 +350,7 @@ class RedisIssFeed:
     def _refuse(self, what: str, why: str) -> None:
         """Something read from Redis was not used: counted, and logged at most once a minute."""
         self.refused += 1
+        self.last_refused = f"{what}: {why}"
         left_out = self._refused_log.due()
         if left_out is not None:
             log.warning("ISS: ignoring %s from Redis (%s); %d ignored in all", what, why, self.refused)

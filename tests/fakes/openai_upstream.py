@@ -39,6 +39,8 @@ Hostile upstreams (each `bytes` is a size in bytes):
     {"x_fake": {"gzip": true}}                           the ordinary answer, gzip-compressed
     {"x_fake": {"fault": "comments", "seconds": S}}      only SSE comments (every 0.1 s) for S seconds
     {"x_fake": {"fault": "drip", "seconds": S}}          the first chunk a byte at a time over S seconds
+    {"x_fake": {"fault": "token_flood", "bytes": N}}     N content chunks of one character each, written
+                                                         hundreds at a time (a fast model's long answer)
     {"x_fake": {"extra_chunks": [{...}, ...]}}           these raw JSON chunks before [DONE]
     {"x_fake": {"completion": {...}}}                    this exact object as the non-streamed answer
 
@@ -486,8 +488,21 @@ async def _drip(response: web.StreamResponse, size: int, seconds: float) -> None
     await response.write(b"data: [DONE]\n\n")
 
 
+async def _token_flood(response: web.StreamResponse, size: int, seconds: float) -> None:
+    def event(delta: dict, finish: str | None = None) -> bytes:
+        chunk = {"id": "chatcmpl-tokens", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    await response.write(event({"role": "assistant", "content": ""}))
+    one = event({"content": "x"})
+    for start in range(0, size, 512):
+        await response.write(one * min(512, size - start))
+    await response.write(event({}, "stop") + b"data: [DONE]\n\n")
+
+
 HOSTILE_STREAMS = {"long_line": _long_line, "big_event": _big_event, "flood": _flood, "comments": _comments,
-                   "drip": _drip}
+                   "drip": _drip, "token_flood": _token_flood}
 
 
 async def _serve(args: argparse.Namespace) -> None:
