@@ -27,6 +27,7 @@ from handlers.models import ModelsHandler
 from handlers.static import StaticHandler
 from services.chat.conversations import Conversations
 from services.chat.inflight import Inflight
+from services.chat.lost import close_lost
 from services.chat.models import ModelCatalog
 from services.chat.platforms import Platforms
 from services.common.bounded_work import BoundedWork
@@ -38,6 +39,7 @@ from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
 from services.ops.connections import CappedHTTPServer, ConnectionStats, fitting_cap
+from services.ops.heartbeat import Lost
 from services.ops.metrics import Metrics, NullMetrics
 from services.ops.rate_limit import RateLimit
 from services.ops.tracing import NoTracing, Tracing, make_tracing
@@ -76,6 +78,10 @@ class Services:
             await self.iss_lease.start()
         await self.tracker.start()
         await self.metrics.start()
+
+    def close_lost(self, lost: Lost) -> None:
+        """Requests a dead worker had open (this worker took its place): counted, closed in the console."""
+        close_lost(lost, self.hub, self.metrics, self.inflight)
 
     async def drain(self) -> None:
         """Shutdown began: leave cluster duties to the workers that stay (the ISS poller's lease)."""

@@ -26,6 +26,7 @@ from config import ConfigError, Settings, load_settings
 from services.ops import logs
 from services.ops import metrics as metrics_multiprocess
 from services.ops.connections import raise_open_file_limit
+from services.ops.heartbeat import Heartbeat
 from services.ops.redaction import install_log_sanitizer
 from services.ops.supervisor import Hooks, Supervisor
 
@@ -33,12 +34,14 @@ log = logging.getLogger("iss_llm")
 
 
 async def serve(
-    settings: Settings, sockets: list[socket.socket] | None = None, parent: int | None = None
+    settings: Settings, sockets: list[socket.socket] | None = None, parent: int | None = None,
+    heartbeat: Heartbeat | None = None,
 ) -> int:
     """Listen until SIGTERM or SIGINT, then stop accepting and let in-flight streams finish.
 
     A worker (`parent` set) serves the sockets its parent bound, leaves the start-up messages to
-    the parent, listens for SIGTERM alone, and drains as well when its parent goes away.
+    the parent, listens for SIGTERM alone, and drains as well when its parent goes away. Its event
+    loop beats to the parent's watchdog (`heartbeat`) from the start to the end.
     """
     app = make_app(settings)
     services = app.services
@@ -64,7 +67,17 @@ async def serve(
     for sig in (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a worker starts with it held
+    pulse = None
+    if heartbeat is not None:
+        def beat() -> None:
+            heartbeat.beat(services.inflight.open_requests(), services.inflight.count)
+
+        beat()
+        pulse = PeriodicCallback(beat, heartbeat.interval * 1000)  # driven by this loop: stuck, it stops
+        pulse.start()
     await services.start()
+    if heartbeat is not None and heartbeat.inherited is not None:
+        services.close_lost(heartbeat.inherited)
     # Start-up objects (modules, geography, the app) never die: move them out of the collector's
     # sight so full collections scan only what requests create. Raising the thresholds as well
     # bought throughput in bench/ but let cyclic garbage pile up (the soak's RSS grew 13%).
@@ -115,6 +128,9 @@ async def serve(
         await inflight.wait_idle(2.0)
     await server.close_all_connections()
     await services.close()
+    if pulse is not None and heartbeat is not None:
+        pulse.stop()
+        heartbeat.beat(services.inflight.open_requests(), services.inflight.count)  # none open, or what was lost
     log.info("stopped")
     return 0
 
@@ -223,8 +239,8 @@ def run_workers(settings: Settings, count: int) -> int:
             )
         before_workers(settings)
 
-    def work(index: int) -> int:
-        code = run_loop(settings, serve(settings, sockets, parent=parent))
+    def work(index: int, heartbeat: Heartbeat) -> int:
+        code = run_loop(settings, serve(settings, sockets, parent=parent, heartbeat=heartbeat))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
 
@@ -232,6 +248,7 @@ def run_workers(settings: Settings, count: int) -> int:
         count, work, sockets,
         Hooks(before_fork=before_fork, worker_exited=lambda pid: worker_exited(settings, pid)),
         stop_timeout=settings.drain_timeout + STOP_MARGIN_S,
+        worker_timeout=settings.worker_timeout,
     )
     chosen_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     try:

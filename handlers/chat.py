@@ -139,7 +139,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             left_out=caller.left_out,
         )
         self._streamed = request.stream
-        self.inflight.enter(self)
+        self.inflight.enter(self, (exchange.id, exchange.path))
         self._first_token = Deadline(self.config.first_token_timeout, lambda: self.stop(Stop.FIRST_TOKEN_TIMEOUT))
         self._max_stream = Deadline(self.config.max_stream_seconds, lambda: self.stop(Stop.MAX_STREAM_SECONDS))
         superseding = conversation_id if self.config.supersede == "conversation" else None

@@ -24,6 +24,7 @@ class Outcome(StrEnum):
     ERROR = "error"  # the caller got an error (status, or an SSE error event)
     FALLBACK = "fallback"  # the upstream failed before the first token; FALLBACK_REPLY was sent
     SHUTDOWN = "shutdown"  # the server ended it while shutting down
+    LOST = "lost"  # the worker serving it died (killed by the watchdog, or crashed): counted by its successor
 
 
 @dataclass(frozen=True)

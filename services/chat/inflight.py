@@ -21,7 +21,7 @@ class Inflight:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or NullMetrics()
         self.draining = False
-        self.active: set[Request] = set()
+        self.active: dict[Request, tuple[str, str] | None] = {}  # each with (its console id, its route)
         self.outcomes: dict[str, int] = {outcome.value: 0 for outcome in Outcome}
         self._idle = asyncio.Event()
         self._idle.set()
@@ -30,8 +30,9 @@ class Inflight:
     def count(self) -> int:
         return len(self.active)
 
-    def enter(self, request: Request) -> None:
-        self.active.add(request)
+    def enter(self, request: Request, record: tuple[str, str] | None = None) -> None:
+        """A request began; `record` is (its console id, its route), named in the worker's heartbeat."""
+        self.active[request] = record
         self._idle.clear()
         self.metrics.started()
 
@@ -39,10 +40,15 @@ class Inflight:
         if outcome:
             self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if request in self.active:
-            self.active.discard(request)
+            del self.active[request]
             self.metrics.ended()
         if not self.active:
             self._idle.set()
+
+    def open_requests(self) -> list[tuple[str, str]]:
+        """The requests open now, as (console id, route), for the heartbeat: should this worker die,
+        the one that replaces it closes them (services/chat/lost.py)."""
+        return [record for record in self.active.values() if record is not None]
 
     async def wait_idle(self, timeout: float) -> bool:
         try:

@@ -26,6 +26,7 @@ EVENT_TYPES: MappingProxyType[str, str] = MappingProxyType({
     "cancelled": "outcome",
     "superseded": "outcome",
     "error": "outcome",
+    "lost": "outcome",  # the worker serving it died; closed by the worker that took its place
     "iss_state": "station",
     "cluster": "feed",
 })

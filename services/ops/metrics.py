@@ -49,7 +49,8 @@ log = logging.getLogger("iss_llm.metrics")
 disable_created_metrics()
 
 PREFIX = "iss_llm"
-OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown")
+OUTCOMES = ("done", "cancelled", "superseded", "error", "fallback", "shutdown", "lost")
+LOST_STATUS = "none"  # a lost request's status label: its caller saw the connection close, no status
 
 # Voice-sized buckets: a replica waits on the first token, so the interesting range is a few
 # milliseconds to a few seconds, finest where a conversation starts to feel slow (100 ms - 1 s).
@@ -295,6 +296,10 @@ class Metrics:
         """A chat request answered before it began (bad key, bad body, too large, shutting down)."""
         self._child(self.requests, route, outcome, str(status)).inc()
 
+    def lost(self, route: str, count: int = 1) -> None:
+        """Chat requests a dead worker had open (counted by the worker that replaced it)."""
+        self._child(self.requests, route, "lost", LOST_STATUS).inc(count)
+
     # ---- the console ----
 
     def console_opened(self) -> None:
@@ -355,6 +360,9 @@ class NullMetrics(Metrics):
         return None
 
     def refused(self, route: str, outcome: str, status: int) -> None:
+        return None
+
+    def lost(self, route: str, count: int = 1) -> None:
         return None
 
     def console_opened(self) -> None:

@@ -9,19 +9,29 @@ worker has taken the first: standard signals do not queue, two pending at once a
 still running `stop_timeout` seconds after the first signal (hung, or deaf to SIGTERM) is killed,
 and the parent exits 1. A worker that dies otherwise is replaced, with a growing pause when
 replacements keep dying young.
+
+The watchdog (gunicorn's worker timeout): each worker's event loop beats (services/ops/heartbeat);
+one silent for `worker_timeout` seconds while serving (stuck in a blocking call, an endless loop,
+SIGSTOP) is killed with SIGKILL and replaced: its keep-alive callers see their connections close
+instead of waiting forever. The requests a dead worker had open at its last beat go to the worker
+that takes its place, which counts them as `lost` and closes them in the console.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.ops.heartbeat import Heartbeat, Lost, beat_interval, read_beat
 
 log = logging.getLogger("iss_llm.workers")
 
@@ -29,6 +39,7 @@ POLL_S = 0.1
 YOUNG_S = 10.0  # a worker that dies sooner than this counts towards the back-off
 MAX_BACKOFF_S = 30.0
 REAP_KILLED_S = 5.0  # how long the parent waits to reap the workers it killed past the stop timeout
+BOOT_GRACE_S = 30.0  # a new worker's first beat may take this long (imports, geography), or the timeout if longer
 _SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
 
 
@@ -49,24 +60,33 @@ class _Slot:
     restart_at: float = 0.0
     signalled: int = 0  # SIGTERMs sent to this worker
     exits: list[int] = field(default_factory=list)
+    beat_seen: tuple[int, int] | None = None  # (inode, mtime in ns) of the last beat seen
+    beat_at: float = 0.0  # when (time.monotonic()) a new beat was last seen
+    silenced: bool = False  # killed by the watchdog
+    lost: Lost | None = None  # what the last worker of this slot left open, for the next one
 
 
 class Supervisor:
-    """Runs `work(index)` in `count` forked workers until a signal asks them all to stop.
+    """Runs `work(index, heartbeat)` in `count` forked workers until a signal asks them all to stop.
 
     `work` starts with SIGTERM blocked and unblocks it once it handles it (a drain). Workers still
-    running `stop_timeout` seconds after the first signal are killed (SIGKILL)."""
+    running `stop_timeout` seconds after the first signal are killed (SIGKILL). `work` calls
+    `heartbeat.beat()` from its event loop; with a `worker_timeout`, a worker whose beats stop for
+    that long is killed (SIGKILL) and replaced."""
 
     def __init__(
         self,
         count: int,
-        work: Callable[[int], int],
+        work: Callable[[int, Heartbeat], int],
         sockets: list[socket.socket],
         hooks: Hooks | None = None,
         *,
         stop_timeout: float,
+        worker_timeout: float | None = None,
     ) -> None:
         self.count = count
+        self.worker_timeout = worker_timeout
+        self.beats = Path(tempfile.mkdtemp(prefix="iss-llm-beats-"))
         self.work = work
         self.sockets = sockets
         self.hooks = hooks or Hooks()
@@ -88,12 +108,21 @@ class Supervisor:
         # so waitpid never reports them and the parent would wait for them forever.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            return self._run()
+        finally:
+            if os.getpid() == self.parent_pid:
+                shutil.rmtree(self.beats, ignore_errors=True)
+
+    def _run(self) -> int:
         self.hooks.before_fork()
         for slot in self.slots:
             self._start(slot)
         while True:
             self._pass_signals_on()
             self._reap()
+            if not self._stopping:
+                self._watch()
             if self._stopping:
                 if not any(slot.pid for slot in self.slots):
                     break
@@ -154,6 +183,38 @@ class Supervisor:
             time.sleep(0.01)
             self._reap()
 
+    def _beat_path(self, slot: _Slot) -> Path:
+        return self.beats / f"worker-{slot.index}"
+
+    def _watch(self) -> None:
+        """The watchdog: a worker whose beat file has not changed for `worker_timeout` seconds (its
+        first beat: BOOT_GRACE_S at least) is killed (SIGKILL); _reap then replaces it."""
+        if self.worker_timeout is None:
+            return
+        now = time.monotonic()
+        for slot in self.slots:
+            if not slot.pid or slot.silenced:
+                continue
+            try:
+                stat = self._beat_path(slot).stat()
+                seen: tuple[int, int] | None = (stat.st_ino, stat.st_mtime_ns)
+            except OSError:
+                seen = None  # no beat yet: still starting
+            if seen is not None and seen != slot.beat_seen:
+                slot.beat_seen, slot.beat_at = seen, now
+                continue
+            allowed = self.worker_timeout if slot.beat_seen is not None else max(self.worker_timeout, BOOT_GRACE_S)
+            silent = now - (slot.beat_at if slot.beat_seen is not None else slot.started)
+            if silent < allowed:
+                continue
+            slot.silenced = True
+            log.error("worker %d (pid %d) silent for %.1fs (WORKER_TIMEOUT=%gs): killing it (SIGKILL) to start "
+                      "another", slot.index, slot.pid, silent, self.worker_timeout)
+            try:
+                os.kill(slot.pid, signal.SIGKILL)  # not yet reaped: the pid is still our worker's
+            except ProcessLookupError:
+                pass
+
     def _start(self, slot: _Slot) -> None:
         # Blocked across the fork, so the worker is born with SIGTERM held until `work` can drain on
         # it (it unblocks SIGTERM then): one arriving while the worker starts, even before fork()
@@ -165,6 +226,9 @@ class Supervisor:
             # come between this check and the fork, so no worker starts once a signal was received.
             if self._stopping:
                 return
+            beat = self._beat_path(slot)
+            beat.unlink(missing_ok=True)  # the worker's first beat makes it anew
+            heartbeat = Heartbeat(beat, beat_interval(self.worker_timeout), inherited=slot.lost)
             pid = os.fork()
         finally:
             if os.getpid() == self.parent_pid:
@@ -176,7 +240,7 @@ class Supervisor:
                 # Ctrl-C reaches the whole process group: the parent alone turns it into one SIGTERM.
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-                code = self.work(slot.index)
+                code = self.work(slot.index, heartbeat)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -188,6 +252,7 @@ class Supervisor:
         slot.pid = pid
         slot.signalled = 0
         slot.started = time.monotonic()
+        slot.beat_seen, slot.silenced, slot.lost = None, False, None
         log.info("worker %d started (pid %d)", slot.index, pid)
 
     def _reap(self) -> None:
@@ -205,6 +270,10 @@ class Supervisor:
             slot.pid = 0
             slot.exits.append(code)
             self.hooks.worker_exited(pid)
+            lost = read_beat(self._beat_path(slot), pid)
+            if lost.count:
+                log.warning("worker %d (pid %d) ended with %d request(s) open: lost", slot.index, pid, lost.count)
+                slot.lost = lost  # the next worker of this slot counts them and closes them in the console
             if self._stopping:
                 log.info("worker %d (pid %d) stopped, exit %d", slot.index, pid, code)
                 continue

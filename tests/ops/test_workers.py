@@ -159,7 +159,7 @@ SUPERVISED = """
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")  # the log a failure prints
 go = here / "go"
 
-def work(index):
+def work(index, heartbeat):
     # Written under another name and renamed: the test never reads a half-written file.
     (here / "starting").write_text(str(os.getpid()))
     (here / "starting").rename(here / "started")
@@ -213,7 +213,7 @@ def fork():
 
 os.fork = fork
 
-def work(index):
+def work(index, heartbeat):
     asked = []
     signal.signal(signal.SIGTERM, lambda *_: asked.append(1))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -334,7 +334,7 @@ async def test_a_parent_started_with_sigchld_ignored_or_sigterm_held_still_repla
 
 
 COUNTING = """
-def work(index):
+def work(index, heartbeat):
     # SIGTERM stays held, as the supervisor starts a worker: each one is taken here, one at a time
     # and a while after it came, as a busy worker would. One sent while the last is still pending
     # merges with it (standard signals do not queue).
@@ -390,7 +390,7 @@ def test_two_signals_to_the_parent_reach_each_worker_as_two_even_a_slow_one(tmp_
 DEAF = """
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
-def work(index):
+def work(index, heartbeat):
     if index == 0:  # deaf to SIGTERM
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
@@ -544,7 +544,7 @@ def mark(name):
     (here / f"{name}.tmp").write_text(repr(time.monotonic()))
     (here / f"{name}.tmp").rename(here / name)
 
-def work(index):
+def work(index, heartbeat):
     n = len(list(here.glob("start-*")))
     mark(f"start-{n}")
     if n == 3:  # this one lives past YOUNG_S: its death starts the count again
