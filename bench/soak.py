@@ -77,8 +77,8 @@ class SoakConfig:
     flood_pause: float = 0.8
     flood_abandon_share: float = 0.8
     # The /iss rate limit the soak's server runs with (per address; the flood has its own address).
-    iss_rate_per_min: float = 600.0
-    iss_rate_burst: int = 40
+    iss_rate_per_min: float = 240.0
+    iss_rate_burst: int = 60
     tool_max_calls: int = 4  # ISS_TOOL_MAX_CALLS
     tool_result_bytes: int = 64 * 1024  # ISS_TOOL_RESULT_BYTES
     thousand_calls: int = 10  # measured-pass requests a model answers with 1,000 iss_passes calls
@@ -151,19 +151,24 @@ class SoakReport:
     warmup_problems: list[str] = field(default_factory=list)
     flood: passflood.PassFloodResult | None = None
     baseline_first_token: list[float] = field(default_factory=list)  # the warm-up pass's (no flood)
+    probe_first_token: list[float] = field(default_factory=list)  # bench/chatprobe.py's samples
+    probe_failures: int = 0
+    probe_baseline: list[float] = field(default_factory=list)  # the same, in the warm-up pass
     first_token_margin: float = 0.25
     largest_tool_round: int = 0  # bytes of the largest request upstream carrying the layer's tool results
     tool_round_bound: int = 0
     stopped: StoppedWorker | None = None
 
     def first_token_p95s(self) -> tuple[float | None, float | None]:
-        """(without the floods, with them): seconds."""
-        return percentile(self.baseline_first_token, 95), percentile(self.storm.first_token_added, 95)
+        """The chat probe's first-token p95 (without the floods, with them): seconds."""
+        return percentile(self.probe_baseline, 95), percentile(self.probe_first_token, 95)
 
     def problems(self) -> list[str]:
         out = [f"lost {n}: {kind}" for kind, n in sorted(self.storm.lost.items())]
         if self.flood is not None:
             out += [f"pass flood lost {n}: {kind}" for kind, n in sorted(self.flood.lost.items())]
+        if self.probe_failures:
+            out.append(f"the chat probe's clean requests failed {self.probe_failures} times")
         calm, busy = self.first_token_p95s()
         if calm is not None and busy is not None and busy > calm + self.first_token_margin:
             out.append(f"first-token p95 {busy * 1000:.0f} ms with the floods, {calm * 1000:.0f} ms without: "
@@ -204,9 +209,12 @@ class SoakReport:
         thousand = ", ".join(f"{k} {v}" for k, v in sorted(s.thousand_calls.items())) or "none"
         lines.append(f"  1,000-call model: {sum(s.thousand_calls.values())} requests ({thousand}); largest tool "
                      f"round upstream {self.largest_tool_round / 1024:.0f} KB")
-        lines.append(f"  first token (added to the model's delay, clean completed requests): without the "
-                     f"floods {_spread(self.baseline_first_token)}, with them {_spread(s.first_token_added)}; "
+        lines.append(f"  first token, added by the server (chat probe, its own process): without the floods "
+                     f"{_spread(self.probe_baseline)}, with them {_spread(self.probe_first_token)}; "
                      f"bound on p95: +{self.first_token_margin * 1000:.0f} ms")
+        lines.append(f"  first token, added to the model's delay (the storm's clean completed requests, seen from "
+                     f"the busy soak process): without the floods {_spread(self.baseline_first_token)}, with them "
+                     f"{_spread(s.first_token_added)}")
         if self.stopped is not None:
             lines.append(self.stopped.text())
         if self.before and self.after:
@@ -303,11 +311,10 @@ class Soak:
             callers=callers,
         )
 
-    async def monitor(self, report: SoakReport, stop: asyncio.Event) -> None:
-        """Ping /healthz every 250 ms from a separate process (this one is busy with the traffic and
-        hypothesis): a stuck worker shows up as a slow or failed answer."""
+    async def probe(self, module: str, stop: asyncio.Event) -> dict[str, Any]:
+        """Run `module` (a probe) against the server from a separate process until `stop`; its JSON line."""
         probe = await asyncio.create_subprocess_exec(
-            procs.PYTHON, "-m", "bench.healthprobe", self.base, "--seconds", str(self.cfg.max_seconds),
+            procs.PYTHON, "-m", module, self.base, "--seconds", str(self.cfg.max_seconds),
             cwd=procs.ROOT, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=procs.die_with_parent,
         )
@@ -317,7 +324,20 @@ class Soak:
             if probe.returncode is None:
                 probe.terminate()
             out, _ = await asyncio.wait_for(probe.communicate(), 15.0)
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+    async def time_first_tokens(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Clean chat requests one after another from a separate process, each timed from the upstream's
+        first content chunk to its arrival there (bench/chatprobe.py)."""
+        result = await self.probe("bench.chatprobe", stop)
+        report.probe_first_token += [float(value) for value in result["samples"]]
+        report.probe_failures += int(result["failures"])
+
+    async def monitor(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Ping /healthz every 250 ms from a separate process (this one is busy with the traffic and
+        hypothesis): a stuck worker shows up as a slow or failed answer."""
+        result = await self.probe("bench.healthprobe", stop)
         report.health_checks += int(result["checks"])
         report.health_failures += int(result["failures"])
         report.health_slowest = max(report.health_slowest, float(result["slowest"]))
@@ -347,7 +367,8 @@ class Soak:
                            thousand_calls=cfg.thousand_calls if floods else 0)
         stop = asyncio.Event()
         stop_thread = threading.Event()
-        background = [asyncio.create_task(self.monitor(report, stop)), asyncio.create_task(self.flap_iss(report, stop))]
+        background = [asyncio.create_task(self.monitor(report, stop)), asyncio.create_task(self.flap_iss(report, stop)),
+                      asyncio.create_task(self.time_first_tokens(report, stop))]
         hostile = badinput.corpus() + badinput.drips(cfg.drip_callers, cfg.drip_pause)
         thread = asyncio.create_task(asyncio.to_thread(
             badinput.run_hypothesis, port, examples, seed, 10.0, stop_thread, report.bad, self.tick,
@@ -453,6 +474,7 @@ class Soak:
                                flood=cfg.max_connections + cfg.idle_flood)
             self.report.warmup_problems = warm.problems()
             self.report.baseline_first_token = warm.storm.first_token_added
+            self.report.probe_baseline = warm.probe_first_token
             await self.prime(deadline)
             await self.upstream.wait_streams_closed(10.0)
             await self.refill_ring()
