@@ -77,8 +77,8 @@ class SoakConfig:
     flood_pause: float = 0.8
     flood_abandon_share: float = 0.8
     # The /iss rate limit the soak's server runs with (per address; the flood has its own address).
-    iss_rate_per_min: float = 240.0
-    iss_rate_burst: int = 60
+    iss_rate_per_min: float = 120.0
+    iss_rate_burst: int = 30
     tool_max_calls: int = 4  # ISS_TOOL_MAX_CALLS
     tool_result_bytes: int = 64 * 1024  # ISS_TOOL_RESULT_BYTES
     thousand_calls: int = 10  # measured-pass requests a model answers with 1,000 iss_passes calls
@@ -87,10 +87,11 @@ class SoakConfig:
     worker_requests: int = 400
     worker_concurrency: int = 30
     worker_timeout: float = 2.0
-    # The bound on the chat path: the measured pass's first-token p95 (time the server and the machine
-    # added to the fake model's own delay, clean completed requests) may exceed the warm-up pass's
-    # (the same storm without the flood and the 1,000-call model) by at most this many seconds.
-    first_token_margin: float = 0.25
+    # The bound on the chat path: the measured pass's first-token p95 (bench/chatprobe.py: clean requests
+    # from their own process, timed from the upstream's first content chunk) may exceed the warm-up
+    # pass's (the same storm without the flood and the 1,000-call model) by at most this many seconds.
+    # Generous: the machine is shared, and a p95 of a few dozen samples moves with it.
+    first_token_margin: float = 0.5
 
     @classmethod
     def quick(cls) -> SoakConfig:
@@ -154,7 +155,7 @@ class SoakReport:
     probe_first_token: list[float] = field(default_factory=list)  # bench/chatprobe.py's samples
     probe_failures: int = 0
     probe_baseline: list[float] = field(default_factory=list)  # the same, in the warm-up pass
-    first_token_margin: float = 0.25
+    first_token_margin: float = 0.5
     largest_tool_round: int = 0  # bytes of the largest request upstream carrying the layer's tool results
     tool_round_bound: int = 0
     stopped: StoppedWorker | None = None
@@ -170,7 +171,11 @@ class SoakReport:
         if self.probe_failures:
             out.append(f"the chat probe's clean requests failed {self.probe_failures} times")
         calm, busy = self.first_token_p95s()
-        if calm is not None and busy is not None and busy > calm + self.first_token_margin:
+        if self.flood is None:
+            pass  # not the measured pass (the warm-up's own report, or none run yet): nothing to compare
+        elif calm is None or busy is None:
+            out.append("the chat probe timed no first token in a pass")
+        elif busy > calm + self.first_token_margin:
             out.append(f"first-token p95 {busy * 1000:.0f} ms with the floods, {calm * 1000:.0f} ms without: "
                        f"over the bound (+{self.first_token_margin * 1000:.0f} ms)")
         if self.tool_round_bound and self.largest_tool_round > self.tool_round_bound:
