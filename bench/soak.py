@@ -168,8 +168,6 @@ class SoakReport:
         out = [f"lost {n}: {kind}" for kind, n in sorted(self.storm.lost.items())]
         if self.flood is not None:
             out += [f"pass flood lost {n}: {kind}" for kind, n in sorted(self.flood.lost.items())]
-        if self.probe_failures:
-            out.append(f"the chat probe's clean requests failed {self.probe_failures} times")
         calm, busy = self.first_token_p95s()
         if self.flood is None:
             pass  # not the measured pass (the warm-up's own report, or none run yet): nothing to compare
@@ -178,6 +176,8 @@ class SoakReport:
         elif busy > calm + self.first_token_margin:
             out.append(f"first-token p95 {busy * 1000:.0f} ms with the floods, {calm * 1000:.0f} ms without: "
                        f"over the bound (+{self.first_token_margin * 1000:.0f} ms)")
+        if self.flood is not None and self.probe_failures:  # the warm-up's idle flood may refuse the probe
+            out.append(f"the chat probe's clean requests failed {self.probe_failures} times")
         if self.tool_round_bound and self.largest_tool_round > self.tool_round_bound:
             out.append(f"a tool round sent {self.largest_tool_round} bytes upstream (bound {self.tool_round_bound})")
         if self.stopped is not None:
