@@ -1,11 +1,19 @@
 """The soak: a speculative-inference storm with upstream faults, flapping ISS sources and hostile input.
 
-    python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about a minute)
-    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (under a minute and a half)
+    python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about two minutes)
+    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (about a minute)
 
 The server runs in its own process; the fake upstream and the fake ISS sources run in this one,
 so their counters (open upstream streams) are read directly. Loopback only, bounded in time.
-Exits 1 when a request was lost, a bad input got a 5xx or hung, or anything leaked.
+
+The measured pass adds, to the warm-up pass's traffic, a pass-search flood (bench/passflood.py) and
+requests a model answers with 1,000 iss_passes calls; the chat path's time to first token is
+compared between the two passes. Then a second server with two workers serves a shorter storm
+while one of its workers is stopped (SIGSTOP): the watchdog must kill and replace it, and only the
+requests on that worker's connections may fail.
+
+Exits 1 when a request was lost, a bad input got a 5xx or hung, anything leaked, or the first-token
+p95 passed its bound.
 """
 
 from __future__ import annotations
@@ -28,7 +36,10 @@ import aiohttp
 import psutil
 from tqdm import tqdm
 
-from bench import badinput, procs, storm
+from bench import badinput, passflood, procs, stopped_worker, storm
+from bench.stats import percentile
+from bench.stopped_worker import StoppedWorker
+from services.upstream.tool_rounds import MAX_HELD_CALLS
 from tests.fakes.iss_sources import SOURCES, FakeIssSources
 from tests.fakes.openai_upstream import FakeUpstream, gzip_bomb
 
@@ -55,16 +66,42 @@ class SoakConfig:
     iss_flap_every: float = 0.4
     memory_tolerance: float = 0.10
     warmup_share: float = 0.5  # the warm-up pass's size, as a share of the measured one
-    max_seconds: float = 240.0
+    max_seconds: float = 300.0
     seed: int = 5
     progress: bool = True
+    # The pass-search flood of the measured pass: `flood_tasks` callers, each `flood_bursts` bursts of
+    # `flood_burst` searches at once, at distinct places, most abandoned, up to `flood_pause` s apart.
+    flood_tasks: int = 4
+    flood_bursts: int = 10
+    flood_burst: int = 30
+    flood_pause: float = 0.8
+    flood_abandon_share: float = 0.8
+    # The /iss rate limit the soak's server runs with (per address; the flood has its own address).
+    iss_rate_per_min: float = 120.0
+    iss_rate_burst: int = 30
+    tool_max_calls: int = 4  # ISS_TOOL_MAX_CALLS
+    tool_result_bytes: int = 64 * 1024  # ISS_TOOL_RESULT_BYTES
+    thousand_calls: int = 10  # measured-pass requests a model answers with 1,000 iss_passes calls
+    # The stopped-worker phase: a server with 2 workers, WORKER_TIMEOUT `worker_timeout`, a storm of
+    # `worker_requests`; one worker SIGSTOPped once a third of them ended.
+    worker_requests: int = 400
+    worker_concurrency: int = 30
+    worker_timeout: float = 2.0
+    # The bound on the chat path: the measured pass's first-token p95 (bench/chatprobe.py: clean requests
+    # from their own process) may be at most the warm-up pass's (the same storm without the flood and
+    # the 1,000-call model) plus `first_token_margin` seconds, or `first_token_ratio` times it if more.
+    # Generous: the machine is shared, and a p95 of a few dozen samples moves with its load.
+    first_token_margin: float = 0.75
+    first_token_ratio: float = 2.0
 
     @classmethod
     def quick(cls) -> SoakConfig:
-        # 90 s: the two passes each wait for their slowest request, a comments-only or dripping
-        # upstream cut at MAX_STREAM_SECONDS.
+        # The passes each wait for their slowest request, a comments-only or dripping upstream cut at
+        # MAX_STREAM_SECONDS; then the stopped-worker phase (about 15 s).
         return cls(requests=600, concurrency=60, hypothesis_examples=40, drip_callers=1, drip_pause=0.01,
-                   warmup_share=1.0, max_stream_seconds=8.0, max_seconds=90.0)
+                   warmup_share=1.0, max_stream_seconds=8.0, max_seconds=150.0,
+                   flood_tasks=3, flood_bursts=4, flood_burst=25, thousand_calls=3,
+                   worker_requests=150, worker_concurrency=20)
 
     @property
     def max_connections(self) -> int:
@@ -89,6 +126,13 @@ class Snapshot:
     callers: int
 
 
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    p50, p95 = percentile(values, 50) or 0.0, percentile(values, 95) or 0.0
+    return f"p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms (n={len(values)})"
+
+
 @dataclass
 class SoakReport:
     """Everything the soak saw; `problems()` is empty when nothing was lost or leaked."""
@@ -107,9 +151,45 @@ class SoakReport:
     server_exit: int | None = None
     leaks: list[str] = field(default_factory=list)
     warmup_problems: list[str] = field(default_factory=list)
+    flood: passflood.PassFloodResult | None = None
+    baseline_first_token: list[float] = field(default_factory=list)  # the warm-up pass's (no flood)
+    probe_first_token: list[float] = field(default_factory=list)  # bench/chatprobe.py's samples
+    probe_failures: int = 0
+    probe_baseline: list[float] = field(default_factory=list)  # the same, in the warm-up pass
+    probe_relay: list[float] = field(default_factory=list)  # their relay parts (upstream write to arrival)
+    probe_relay_baseline: list[float] = field(default_factory=list)
+    first_token_margin: float = 0.75
+    first_token_ratio: float = 2.0
+    largest_tool_round: int = 0  # bytes of the largest request upstream carrying the layer's tool results
+    tool_round_bound: int = 0
+    stopped: StoppedWorker | None = None
+
+    def first_token_p95s(self) -> tuple[float | None, float | None]:
+        """The chat probe's first-token p95 (without the floods, with them): seconds."""
+        return percentile(self.probe_baseline, 95), percentile(self.probe_first_token, 95)
+
+    def first_token_bound(self, calm: float) -> float:
+        """The most the p95 with the floods may be, given the p95 without: seconds."""
+        return max(calm + self.first_token_margin, calm * self.first_token_ratio)
 
     def problems(self) -> list[str]:
         out = [f"lost {n}: {kind}" for kind, n in sorted(self.storm.lost.items())]
+        if self.flood is not None:
+            out += [f"pass flood lost {n}: {kind}" for kind, n in sorted(self.flood.lost.items())]
+        calm, busy = self.first_token_p95s()
+        if self.flood is None:
+            pass  # not the measured pass (the warm-up's own report, or none run yet): nothing to compare
+        elif calm is None or busy is None:
+            out.append("the chat probe timed no first token in a pass")
+        elif busy > self.first_token_bound(calm):
+            out.append(f"first-token p95 {busy * 1000:.0f} ms with the floods, {calm * 1000:.0f} ms without: "
+                       f"over the bound ({self.first_token_bound(calm) * 1000:.0f} ms)")
+        if self.flood is not None and self.probe_failures:  # the warm-up's idle flood may refuse the probe
+            out.append(f"the chat probe's clean requests failed {self.probe_failures} times")
+        if self.tool_round_bound and self.largest_tool_round > self.tool_round_bound:
+            out.append(f"a tool round sent {self.largest_tool_round} bytes upstream (bound {self.tool_round_bound})")
+        if self.stopped is not None:
+            out += self.stopped.problems()
         out += [f"bad input answered badly: {failure}" for failure in self.bad.failures[:20]]
         if self.health_failures:
             out.append(f"/healthz failed {self.health_failures} times (server stuck or down)")
@@ -137,6 +217,22 @@ class SoakReport:
             f"  /healthz: {self.health_checks} checks, {self.health_failures} failed, "
             f"slowest {self.health_slowest:.2f} s",
         ]
+        if self.flood is not None:
+            lines.append(f"  pass-search flood: {self.flood.text()}")
+        thousand = ", ".join(f"{k} {v}" for k, v in sorted(s.thousand_calls.items())) or "none"
+        lines.append(f"  1,000-call model: {sum(s.thousand_calls.values())} requests ({thousand}); largest tool "
+                     f"round upstream {self.largest_tool_round / 1024:.0f} KB")
+        lines.append(f"  first token (chat probe, its own process; the model answers at once): without the floods "
+                     f"{_spread(self.probe_baseline)}, with them {_spread(self.probe_first_token)}; "
+                     f"bound on p95: +{self.first_token_margin * 1000:.0f} ms or x{self.first_token_ratio:g}, "
+                     f"whichever is more")
+        lines.append(f"    of which the relay (upstream's write to arrival): without "
+                     f"{_spread(self.probe_relay_baseline)}, with {_spread(self.probe_relay)}")
+        lines.append(f"  first token, added to the model's delay (the storm's clean completed requests, seen from "
+                     f"the busy soak process): without the floods {_spread(self.baseline_first_token)}, with them "
+                     f"{_spread(s.first_token_added)}")
+        if self.stopped is not None:
+            lines.append(self.stopped.text())
         if self.before and self.after:
             b, a = self.before, self.after
             lines.append(
@@ -176,7 +272,14 @@ class Soak:
         await self.upstream.start()
         await self.iss.start()
         port = procs.free_port()
-        env = procs.server_env(
+        # Started from the loop's thread, which lives as long as the soak: the server dies with the
+        # thread that starts it (procs.die_with_parent), and an executor's may end at any time.
+        self.server = self.kids.spawn("server", procs.server_argv(port), self.server_env(), procs.ROOT, port)
+        # Waited for off the event loop: the fakes here must answer the server while it starts.
+        await asyncio.to_thread(self.kids.wait_ready, self.server, 30.0)
+
+    def server_env(self, **extra: str) -> dict[str, str]:
+        return procs.server_env(
             f"http://127.0.0.1:{self.upstream.port}", self.kids.log_dir / "iss-cache",
             ISS_SOURCES="open-notify,wheretheiss,tle",
             ISS_API_URL=self.iss.url("open-notify"),
@@ -191,13 +294,12 @@ class Soak:
             # The upstream bounds scaled down: the same paths, less memory churn to tell from a leak.
             UPSTREAM_MAX_BYTES=str(1024 * 1024),
             UPSTREAM_MAX_EVENT_BYTES=str(256 * 1024),
+            ISS_RATE_PER_MIN=str(self.cfg.iss_rate_per_min),
+            ISS_RATE_BURST=str(self.cfg.iss_rate_burst),
+            ISS_TOOL_MAX_CALLS=str(self.cfg.tool_max_calls),
+            ISS_TOOL_RESULT_BYTES=str(self.cfg.tool_result_bytes),
             LOG_LEVEL="warning",
-        )
-        # Started from the loop's thread, which lives as long as the soak: the server dies with the
-        # thread that starts it (procs.die_with_parent), and an executor's may end at any time.
-        self.server = self.kids.spawn("server", procs.server_argv(port), env, procs.ROOT, port)
-        # Waited for off the event loop: the fakes here must answer the server while it starts.
-        await asyncio.to_thread(self.kids.wait_ready, self.server, 30.0)
+        ) | extra
 
     async def close(self) -> None:
         self.iss.fail_all("ok")
@@ -225,11 +327,10 @@ class Soak:
             callers=callers,
         )
 
-    async def monitor(self, report: SoakReport, stop: asyncio.Event) -> None:
-        """Ping /healthz every 250 ms from a separate process (this one is busy with the traffic and
-        hypothesis): a stuck worker shows up as a slow or failed answer."""
+    async def probe(self, module: str, stop: asyncio.Event) -> dict[str, Any]:
+        """Run `module` (a probe) against the server from a separate process until `stop`; its JSON line."""
         probe = await asyncio.create_subprocess_exec(
-            procs.PYTHON, "-m", "bench.healthprobe", self.base, "--seconds", str(self.cfg.max_seconds),
+            procs.PYTHON, "-m", module, self.base, "--seconds", str(self.cfg.max_seconds),
             cwd=procs.ROOT, stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=procs.die_with_parent,
         )
@@ -239,7 +340,21 @@ class Soak:
             if probe.returncode is None:
                 probe.terminate()
             out, _ = await asyncio.wait_for(probe.communicate(), 15.0)
-        result = json.loads(out.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+
+    async def time_first_tokens(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Clean chat requests one after another from a separate process, each timed from the upstream's
+        first content chunk to its arrival there (bench/chatprobe.py)."""
+        result = await self.probe("bench.chatprobe", stop)
+        report.probe_first_token += [float(value) for value in result["samples"]]
+        report.probe_relay += [float(value) for value in result["relay"]]
+        report.probe_failures += int(result["failures"])
+
+    async def monitor(self, report: SoakReport, stop: asyncio.Event) -> None:
+        """Ping /healthz every 250 ms from a separate process (this one is busy with the traffic and
+        hypothesis): a stuck worker shows up as a slow or failed answer."""
+        result = await self.probe("bench.healthprobe", stop)
         report.health_checks += int(result["checks"])
         report.health_failures += int(result["failures"])
         report.health_slowest = max(report.health_slowest, float(result["slowest"]))
@@ -259,15 +374,18 @@ class Soak:
             self.progress.update(1)
 
     async def traffic(self, report: SoakReport, requests: int, examples: int, seed: int, deadline: float,
-                      flood: int = 0) -> None:
-        """The storm, the ISS flapping, the corpus and drips, and hypothesis, all at once."""
+                      flood: int = 0, floods: bool = False) -> None:
+        """The storm, the ISS flapping, the corpus and drips, and hypothesis, all at once; with `floods`,
+        the pass-search flood and the 1,000-call model too."""
         cfg = self.cfg
         assert self.server is not None
         port = self.server.port
-        items = storm.plan(requests, cfg.abandon_share, cfg.abandon_window, cfg.fault_share, seed)
+        items = storm.plan(requests, cfg.abandon_share, cfg.abandon_window, cfg.fault_share, seed,
+                           thousand_calls=cfg.thousand_calls if floods else 0)
         stop = asyncio.Event()
         stop_thread = threading.Event()
-        background = [asyncio.create_task(self.monitor(report, stop)), asyncio.create_task(self.flap_iss(report, stop))]
+        background = [asyncio.create_task(self.monitor(report, stop)), asyncio.create_task(self.flap_iss(report, stop)),
+                      asyncio.create_task(self.time_first_tokens(report, stop))]
         hostile = badinput.corpus() + badinput.drips(cfg.drip_callers, cfg.drip_pause)
         thread = asyncio.create_task(asyncio.to_thread(
             badinput.run_hypothesis, port, examples, seed, 10.0, stop_thread, report.bad, self.tick,
@@ -275,11 +393,14 @@ class Soak:
         try:
             storm_task = asyncio.create_task(storm.run_storm(
                 self.base + "/v1/chat/completions", items, cfg.concurrency, cfg.request_timeout, deadline, self.tick))
+            flood_task = asyncio.create_task(self.pass_flood(seed, deadline)) if floods else None
             await asyncio.gather(
                 badinput.run_corpus(port, hostile, 15.0, report.bad, on_done=self.tick),
                 badinput.idle_flood(port, flood, 2.0, report.bad),
             )
             report.storm = await storm_task
+            if flood_task is not None:
+                report.flood = await flood_task
             try:
                 await asyncio.wait_for(asyncio.shield(thread), max(1.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -290,6 +411,25 @@ class Soak:
             stop.set()
             await asyncio.gather(*background, return_exceptions=True)
         self.iss.fail_all("ok")
+
+    async def pass_flood(self, seed: int, deadline: float, tasks: int | None = None, bursts: int | None = None,
+                         address: str = passflood.FLOOD_ADDRESS) -> passflood.PassFloodResult:
+        cfg = self.cfg
+        plan = passflood.plan(tasks or cfg.flood_tasks, bursts or cfg.flood_bursts, cfg.flood_burst,
+                              cfg.flood_abandon_share, seed)
+        return await passflood.run_pass_flood(self.base, plan, cfg.flood_pause, cfg.request_timeout, deadline, seed,
+                                              address)
+
+    async def prime(self, deadline: float) -> None:
+        """After the warm-up pass (the baseline, without them): a little of the flood and two 1,000-call
+        requests, so the measured pass finds their pools, caches and imports already made (a leak is
+        growth past what the warm-up left)."""
+        flood = await self.pass_flood(self.cfg.seed + 7, deadline, tasks=1, bursts=2, address="127.0.0.3")
+        self.report.warmup_problems += [f"pass flood lost {n}: {kind}" for kind, n in sorted(flood.lost.items())]
+        items = [storm.Planned(i, 3, 0.0, 0.0, "thousand_calls", None) for i in range(2)]
+        primed = await storm.run_storm(self.base + "/v1/chat/completions", items, 2, self.cfg.request_timeout,
+                                       deadline)
+        self.report.warmup_problems += [f"lost {n}: {kind}" for kind, n in sorted(primed.lost.items())]
 
     async def refill_ring(self) -> None:
         """Small quick requests through the console's ring buffer (the last 100 requests, kept by
@@ -350,6 +490,10 @@ class Soak:
                                max(20, int(cfg.hypothesis_examples * cfg.warmup_share)), cfg.seed + 1, deadline,
                                flood=cfg.max_connections + cfg.idle_flood)
             self.report.warmup_problems = warm.problems()
+            self.report.baseline_first_token = warm.storm.first_token_added
+            self.report.probe_baseline = warm.probe_first_token
+            self.report.probe_relay_baseline = warm.probe_relay
+            await self.prime(deadline)
             await self.upstream.wait_streams_closed(10.0)
             await self.refill_ring()
             await asyncio.sleep(1.0)
@@ -357,7 +501,8 @@ class Soak:
             total = cfg.requests + cfg.hypothesis_examples + len(badinput.corpus()) + 4 * cfg.drip_callers
             with tqdm(total=total, unit="req", disable=not cfg.progress, file=sys.stderr, mininterval=0.5) as bar:
                 self.progress = bar
-                await self.traffic(self.report, cfg.requests, cfg.hypothesis_examples, cfg.seed, deadline - 30.0)
+                await self.traffic(self.report, cfg.requests, cfg.hypothesis_examples, cfg.seed, deadline - 30.0,
+                                   floods=True)
             self.progress = None
             after = await self.settle(session, before)
         self.report.before, self.report.after = before, after
@@ -365,6 +510,13 @@ class Soak:
         assert self.server is not None
         self.report.server_exit = await asyncio.to_thread(self.kids.stop, self.server, 15.0)
         self.check_server_log(self.server.log_path.read_text(errors="replace"))
+        self.report.first_token_margin = cfg.first_token_margin
+        self.report.first_token_ratio = cfg.first_token_ratio
+        self.report.largest_tool_round = self.upstream.largest_tool_round
+        # A round's request upstream: the caller's messages and the tools offered (a few KB), the
+        # results (ISS_TOOL_RESULT_BYTES), and for each call held (MAX_HELD_CALLS) its echo and error.
+        self.report.tool_round_bound = cfg.tool_result_bytes + MAX_HELD_CALLS * 1024 + 16 * 1024
+        self.report.stopped = await stopped_worker.run(self, deadline)
         self.report.seconds = time.monotonic() - t0
         return self.report
 

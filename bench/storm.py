@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,8 +49,18 @@ FAULTS: dict[str, dict[str, Any]] = {
             "finish_reason": 5}]},
     ]},
 }
-# Faults after which the answer must still complete (the others must be reported as errors).
+# A model that answers with a round of 1,000 iss_passes calls at distinct places (issue 19, finding 2):
+# the layer runs ISS_TOOL_MAX_CALLS of them, answers the rest with an error result, bounds the results'
+# bytes; the request ends with its answer or a clean error. Planned apart from FAULTS (see `plan`).
+TOOL_FAULTS: dict[str, dict[str, Any]] = {
+    "thousand_calls": {"scripted": True, "layer_calls": 1000, "grid": True},
+}
+# Faults after which the answer must still complete (the others must be reported as errors)...
 COMPLETES = frozenset({"odd_values"})
+# ...and those that may end either way, complete or with a well-formed error.
+EITHER = frozenset(TOOL_FAULTS)
+# A content token that is not empty, in a chunk as the server writes it (the time to first token).
+_CONTENT = re.compile(rb'"content":"(?:[^"\\]|\\.)')
 # A line the server's log must never start with (forged_log_line tries to).
 FORGED = "FORGED log line"
 
@@ -68,7 +79,7 @@ class Planned:
     def body(self) -> bytes:
         fake: dict[str, Any] = {"tokens": self.tokens, "gap": self.gap, "first_token_delay": self.first_token_delay}
         if self.fault:
-            fake.update(FAULTS[self.fault])
+            fake.update(FAULTS.get(self.fault) or TOOL_FAULTS[self.fault])
         return orjson.dumps({
             "model": "soak-model",
             "stream": True,
@@ -80,8 +91,11 @@ class Planned:
         })
 
 
-def plan(count: int, abandon_share: float, abandon_window: float, fault_share: float, seed: int) -> list[Planned]:
-    """The storm, seeded: streams last about 0.4-1.2 s, so most abandonments land mid-stream."""
+def plan(count: int, abandon_share: float, abandon_window: float, fault_share: float, seed: int,
+         thousand_calls: int = 0) -> list[Planned]:
+    """The storm, seeded: streams last about 0.4-1.2 s, so most abandonments land mid-stream.
+    `thousand_calls` requests (at seeded places in the storm, never abandoned) get the model that
+    calls iss_passes 1,000 times."""
     rng = random.Random(seed)
     out = []
     for index in range(count):
@@ -95,6 +109,8 @@ def plan(count: int, abandon_share: float, abandon_window: float, fault_share: f
             fault=fault,
             abandon_at=rng.uniform(0.0, abandon_window) if abandon else None,
         ))
+    for index in sorted(rng.sample(range(count), min(count, thousand_calls))):
+        out[index] = Planned(index, out[index].tokens, 0.0, 0.0, "thousand_calls", None)
     return out
 
 
@@ -105,6 +121,8 @@ class Outcome:
     kind: str  # "completed", "abandoned", "error", "lost"
     detail: str = ""  # the error code, or what was lost
     seconds: float = 0.0
+    first_token: float | None = None  # seconds from sending to the first content token, if one came
+    ended: float = 0.0  # time.monotonic() when it ended
 
 
 def classify(status: int, body: bytes, content_type: str) -> Outcome:
@@ -150,26 +168,34 @@ async def one(session: aiohttp.ClientSession, url: str, item: Planned, timeout: 
     limit = item.abandon_at if item.abandon_at is not None else timeout
     body = b""
     status, content_type = 0, ""
+    first: float | None = None
+
+    def ended(kind: str, detail: str = "") -> Outcome:
+        now = time.monotonic()
+        return Outcome(kind, detail, now - started, first, now)
+
     try:
         async with asyncio.timeout(limit):
             async with session.post(url, data=item.body()) as response:
                 status, content_type = response.status, response.headers.get("Content-Type", "")
                 async for block in response.content.iter_any():
                     body += block
+                    if first is None and _CONTENT.search(body, max(0, len(body) - len(block) - 16)):
+                        first = time.monotonic() - started
     except TimeoutError:
         if item.abandon_at is not None:
-            return Outcome("abandoned", seconds=time.monotonic() - started)
-        return Outcome("lost", "hang", time.monotonic() - started)
+            return ended("abandoned")
+        return ended("lost", "hang")
     except (aiohttp.ClientError, OSError) as exc:
-        return Outcome("lost", f"connection_{type(exc).__name__}", time.monotonic() - started)
+        return ended("lost", f"connection_{type(exc).__name__}")
     # It ended (before the caller meant to leave, if it meant to): judge what it got.
-    outcome = classify(status, body, content_type)
-    outcome.seconds = time.monotonic() - started
+    judged = classify(status, body, content_type)
+    outcome = ended(judged.kind, judged.detail)
     if (item.fault is None or item.fault in COMPLETES) and outcome.kind == "error":
         # A clean request must not fail, whatever the ISS sources are doing.
-        return Outcome("lost", f"clean_request_failed_{outcome.detail}", outcome.seconds)
-    if item.fault is not None and item.fault not in COMPLETES and outcome.kind == "completed":
-        return Outcome("lost", f"fault_{item.fault}_not_reported", outcome.seconds)
+        return ended("lost", f"clean_request_failed_{outcome.detail}")
+    if item.fault is not None and item.fault not in COMPLETES | EITHER and outcome.kind == "completed":
+        return ended("lost", f"fault_{item.fault}_not_reported")
     return outcome
 
 
@@ -183,8 +209,19 @@ class StormResult:
     errors: Counter[str] = field(default_factory=Counter)
     lost: Counter[str] = field(default_factory=Counter)
     slowest: float = 0.0
+    # Clean requests that completed (no fault, never abandoned): seconds to their first content token,
+    # less the fake model's own planned delay before it (what the server and the machine added).
+    first_token_added: list[float] = field(default_factory=list)
+    thousand_calls: Counter[str] = field(default_factory=Counter)  # how each 1,000-call request ended
+    outcomes: list[tuple[Planned, Outcome]] = field(default_factory=list)
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, item: Planned | None = None) -> None:
+        if item is not None:
+            self.outcomes.append((item, outcome))
+            if item.fault is None and outcome.kind == "completed" and outcome.first_token is not None:
+                self.first_token_added.append(outcome.first_token - item.first_token_delay)
+            if item.fault in TOOL_FAULTS:
+                self.thousand_calls[outcome.kind if outcome.kind != "error" else f"error {outcome.detail}"] += 1
         self.requests += 1
         self.slowest = max(self.slowest, outcome.seconds)
         if outcome.kind == "completed":
@@ -211,8 +248,9 @@ async def run_storm(
 
     async def worker(session: aiohttp.ClientSession) -> None:
         while queue and time.monotonic() < deadline:
-            outcome = await one(session, url, queue.pop(), timeout)
-            result.add(outcome)
+            item = queue.pop()
+            outcome = await one(session, url, item, timeout)
+            result.add(outcome, item)
             if on_done is not None:
                 on_done(outcome)
 

@@ -44,7 +44,8 @@ Hostile upstreams (each `bytes` is a size in bytes):
     {"x_fake": {"extra_chunks": [{...}, ...]}}           these raw JSON chunks before [DONE]
     {"x_fake": {"completion": {...}}}                    this exact object as the non-streamed answer
 
-Tools: the layer's own (named iss_*) are never called unless `scripted_tools` is set; a caller's
+Tools: the layer's own (named iss_*) are never called unless `scripted_tools` is set (or the request's
+`x_fake.scripted` is true, for that request only); a caller's
 tool (any other name) is called as before. With `scripted_tools`, a question "... from <Place>?"
 (or any text in `x_fake.place`) offered iss_passes is answered in two rounds, like a real model,
 streamed or not (see `scripted_round`): first a call to iss_passes (and to the caller's first tool,
@@ -54,6 +55,9 @@ times it gave as content (and the caller's tool called again). The request picks
     {"x_fake": {"order": "caller_first"}}     the calls' order and chunking: layer_first (default),
                                               caller_first, interleaved, whole, whole_no_index, caller_only
     {"x_fake": {"pieces": 7}}                 each call's arguments in 7 deltas (default 2)
+    {"x_fake": {"layer_calls": 1000}}         round 1 calls iss_passes 1,000 times (a model asked about
+                                              "these 100 cities"); with "grid": true each call at a
+                                              distinct place (latitude/longitude on a 4° x 9° grid)
     {"x_fake": {"again": false}}              round 2 does not call the caller's tool again
     {"x_fake": {"usage": "litellm"}}          the usage chunk's choices: "empty" ([], default),
                                               "absent" (no key), "litellm" ([{"index": 0, "delta": {}}])
@@ -141,6 +145,7 @@ class FakeUpstream:
     strict: bool = False  # unknown top-level fields get OpenAI's 400 (see the module docstring)
 
     requests: int = 0
+    largest_tool_round: int = 0  # bytes of the largest scripted request carrying tool results
     model_lists: int = 0  # GET /v1/models answered
     open_streams: int = 0
     completed_streams: int = 0
@@ -277,7 +282,9 @@ class FakeUpstream:
             return self._error(400, "This model's context length is exceeded.", "invalid_request_error")
         caller_tools = [tool for tool in offered if tool not in layer]
         wants_tools = bool(caller_tools) and body.get("tool_choice") != "none"
-        if self.scripted_tools and layer:
+        if (self.scripted_tools or fake.get("scripted")) and layer:
+            if any(isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages") or ()):
+                self.largest_tool_round = max(self.largest_tool_round, len(raw))
             return await self._scripted(request, body, cid_of(self.requests), caller_tools)
 
         if not body.get("stream"):
@@ -557,6 +564,12 @@ def _call_deltas(index: int | None, call_id: str, name: str, arguments: str, pie
     return deltas
 
 
+def _grid_place(index: int) -> str:
+    """iss_passes arguments at the `index`-th place of a 25 x 40 grid (4° by 9°): 1,000 distinct places."""
+    latitude, longitude = -50 + (index // 40 % 25) * 4, -175 + (index % 40) * 9
+    return orjson.dumps({"latitude": latitude, "longitude": longitude}).decode()
+
+
 def scripted_round(body: dict, caller_tools: list) -> tuple[list[dict], str, dict]:
     """One round of the scripted model: its deltas after the role, its finish reason, its usage.
 
@@ -589,7 +602,8 @@ def scripted_round(body: dict, caller_tools: list) -> tuple[list[dict], str, dic
             return [{"tool_calls": [d]} for d in _call_deltas(0, "call_caller", caller, theirs, pieces)], \
                 "tool_calls", usage
         count = int(fake.get("layer_calls", 1))  # a model asked about "these 100 cities"
-        layer = [("call_passes" if i == 0 else f"call_passes_{i}", "iss_passes", ours) for i in range(count)]
+        layer = [("call_passes" if i == 0 else f"call_passes_{i}", "iss_passes",
+                  _grid_place(i) if fake.get("grid") else ours) for i in range(count)]
         calls = [*layer, ("call_caller", caller, theirs)] if caller else layer
         if order in {"caller_first", "interleaved"} and caller:
             calls = [calls[-1], *calls[:-1]]
