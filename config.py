@@ -249,10 +249,6 @@ class Settings:
     drain_timeout: float = field(
         default=10.0, metadata={"env": "DRAIN_TIMEOUT", "parse": _positive_float}
     )
-    # A worker whose event loop has not beaten for this long is killed (SIGKILL) and replaced (WORKERS >= 2).
-    worker_timeout: float | None = field(
-        default=30.0, metadata={"env": "WORKER_TIMEOUT", "parse": _optional_seconds}
-    )
     fallback_reply: str | None = field(
         default=None, metadata={"env": "FALLBACK_REPLY", "parse": _optional}
     )
