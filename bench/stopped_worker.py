@@ -83,6 +83,19 @@ class StoppedWorker:
                 f"{'?' if self.counted_lost is None else f'{self.counted_lost:g}'} lost (outcome lost in /metrics)")
 
 
+def split_casualties(result: storm.StormResult, stopped_at: float) -> Counter[str]:
+    """Take out of `result.lost` the requests that failed at the connection once the worker was stopped
+    (time.monotonic() `stopped_at`): the fault's casualties, returned by kind. A hang, a 500, a clean
+    request's error, or anything that failed before the stop stays lost."""
+    casualties: Counter[str] = Counter()
+    for _, outcome in result.outcomes:
+        if outcome.kind == "lost" and _CASUALTY.fullmatch(outcome.detail) and outcome.ended >= stopped_at:
+            casualties[outcome.detail] += 1
+            result.lost[outcome.detail] -= 1
+    result.lost = +result.lost  # drop the zero counts
+    return casualties
+
+
 def _serving(log: str) -> set[int]:
     return {int(pid) for pid in re.findall(r"worker (\d+) serving", log)}
 
@@ -177,12 +190,7 @@ async def run(soak: Soak, deadline: float) -> StoppedWorker:
             result.killed_after = killed_at - stopped_at
         result.replaced = await _until(lambda: len(_started(log())) >= 3 and len(_serving(log())) >= 3, 30.0)
         result.storm = await running
-        for _, outcome in result.storm.outcomes:
-            if outcome.kind != "lost" or not _CASUALTY.fullmatch(outcome.detail) or outcome.ended < stopped_at:
-                continue
-            result.casualties[outcome.detail] += 1
-            result.storm.lost[outcome.detail] -= 1
-        result.storm.lost = +result.storm.lost  # drop the zero counts
+        result.casualties = split_casualties(result.storm, stopped_at)
         result.counted_lost = await _lost_total(server.url)
         if killed_at is not None:
             result.completed_after_kill = sum(
