@@ -1,7 +1,7 @@
 """The soak: a speculative-inference storm with upstream faults, flapping ISS sources and hostile input.
 
-    python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about two minutes)
-    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (about a minute)
+    python -m bench.soak            # 2,000 requests, 300 generated bad inputs (about a minute)
+    python -m bench.soak --quick    # 600 requests, 40 generated bad inputs (35-60 s)
 
 The server runs in its own process; the fake upstream and the fake ISS sources run in this one,
 so their counters (open upstream streams) are read directly. Loopback only, bounded in time.

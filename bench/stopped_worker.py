@@ -19,7 +19,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import aiohttp
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procs, storm
 
@@ -42,6 +44,7 @@ class StoppedWorker:
     storm: storm.StormResult = field(default_factory=storm.StormResult)
     casualties: Counter[str] = field(default_factory=Counter)  # failed on the stopped worker's connections
     completed_after_kill: int = 0  # requests sent after its death that completed
+    counted_lost: float | None = None  # requests its successor counted with outcome "lost" (/metrics)
     upstream_open: int = 0
     server_exit: int | None = None
     log_problems: list[str] = field(default_factory=list)
@@ -76,7 +79,21 @@ class StoppedWorker:
                 f"{'replaced' if self.replaced else 'NOT replaced'}; {s.requests} requests: completed "
                 f"{s.completed}, abandoned {s.abandoned}, errors {sum(s.errors.values())}, casualties "
                 f"{sum(self.casualties.values())} ({casualties}), lost {sum(s.lost.values())}; "
-                f"{self.completed_after_kill} completed after the kill")
+                f"{self.completed_after_kill} completed after the kill; its successor counted "
+                f"{'?' if self.counted_lost is None else f'{self.counted_lost:g}'} lost (outcome lost in /metrics)")
+
+
+def split_casualties(result: storm.StormResult, stopped_at: float) -> Counter[str]:
+    """Take out of `result.lost` the requests that failed at the connection once the worker was stopped
+    (time.monotonic() `stopped_at`): the fault's casualties, returned by kind. A hang, a 500, a clean
+    request's error, or anything that failed before the stop stays lost."""
+    casualties: Counter[str] = Counter()
+    for _, outcome in result.outcomes:
+        if outcome.kind == "lost" and _CASUALTY.fullmatch(outcome.detail) and outcome.ended >= stopped_at:
+            casualties[outcome.detail] += 1
+            result.lost[outcome.detail] -= 1
+    result.lost = +result.lost  # drop the zero counts
+    return casualties
 
 
 def _serving(log: str) -> set[int]:
@@ -103,6 +120,21 @@ async def _until(predicate: object, timeout: float, every: float = 0.05) -> bool
             return False
         await asyncio.sleep(every)
     return True
+
+
+async def _lost_total(base: str) -> float | None:
+    """The chat requests counted with outcome "lost" in /metrics (any worker answers for all), or None."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(
+            base + "/metrics", timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
+            if response.status != 200:
+                return None
+            text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "iss_llm_chat_requests_total" and sample.labels.get("outcome") == "lost")
 
 
 async def run(soak: Soak, deadline: float) -> StoppedWorker:
@@ -158,12 +190,8 @@ async def run(soak: Soak, deadline: float) -> StoppedWorker:
             result.killed_after = killed_at - stopped_at
         result.replaced = await _until(lambda: len(_started(log())) >= 3 and len(_serving(log())) >= 3, 30.0)
         result.storm = await running
-        for _, outcome in result.storm.outcomes:
-            if outcome.kind != "lost" or not _CASUALTY.fullmatch(outcome.detail) or outcome.ended < stopped_at:
-                continue
-            result.casualties[outcome.detail] += 1
-            result.storm.lost[outcome.detail] -= 1
-        result.storm.lost = +result.storm.lost  # drop the zero counts
+        result.casualties = split_casualties(result.storm, stopped_at)
+        result.counted_lost = await _lost_total(server.url)
         if killed_at is not None:
             result.completed_after_kill = sum(
                 1 for _, outcome in result.storm.outcomes

@@ -104,3 +104,53 @@ def test_the_soak_server_outlives_the_threads_the_soak_used_while_starting_it(tm
         assert kids.stop(server, 30.0) == 0
         log = server.log_path.read_text()
         assert "second signal" not in log, log
+
+
+def test_the_pass_flood_counts_an_answer_without_its_bound_or_shape_as_lost():
+    from bench import passflood
+
+    error = b'{"error": {"message": "busy", "type": "server_error", "param": null, "code": "pass_search_busy"}}'
+    assert passflood.judge(200, {}, b'{"passes": []}') == (True, "200")
+    assert passflood.judge(503, {"Retry-After": "1"}, error) == (True, "503 pass_search_busy")
+    limited = error.replace(b"pass_search_busy", b"rate_limit_exceeded")
+    assert passflood.judge(429, {"Retry-After": "3"}, limited) == (True, "429 rate_limit_exceeded")
+    # Lost: a 503 or 429 with no wait to suggest, any other 5xx, a page that is not JSON, a 200 with no passes.
+    assert passflood.judge(503, {}, error)[0] is False
+    assert passflood.judge(429, {"Retry-After": "0"}, limited)[0] is False
+    assert passflood.judge(500, {"Retry-After": "1"}, error)[0] is False
+    assert passflood.judge(503, {"Retry-After": "1"}, b"<html>busy</html>")[0] is False
+    assert passflood.judge(200, {}, b'{"place": {}}')[0] is False
+
+
+def test_the_pass_flood_asks_at_distinct_places_as_the_server_rounds_them():
+    from bench import passflood
+
+    bursts = passflood.plan(4, 10, 30, 0.8, seed=5)
+    searches = [search for task in bursts for burst in task for search in burst]
+    assert len(searches) == 1200
+    assert len({(round(s.latitude, 1), round(s.longitude, 1)) for s in searches}) == 1200
+    assert all(-90 <= s.latitude <= 90 and -180 <= s.longitude <= 180 and 1 <= s.days <= 10 for s in searches)
+    assert passflood.plan(4, 10, 30, 0.8, seed=5) == bursts  # seeded
+
+
+def test_only_connection_failures_after_the_stop_are_the_stopped_workers_casualties():
+    from bench import storm
+    from bench.stopped_worker import split_casualties
+
+    result = storm.StormResult()
+    item = storm.Planned(0, 3, 0.0, 0.0, None, None)
+    for kind, detail, ended in (
+        ("lost", "connection_ClientPayloadError", 10.0),  # cut mid-answer after the stop: a casualty
+        ("lost", "connection_ServerDisconnectedError", 12.0),  # a keep-alive connection to it: a casualty
+        ("lost", "no_done", 11.0),  # a stream closed without [DONE] after the stop: a casualty
+        ("lost", "connection_ClientPayloadError", 9.0),  # before the stop: lost
+        ("lost", "hang", 13.0),  # a hang is never the fault's (the watchdog should have ended it)
+        ("lost", "http_500", 13.0),
+        ("lost", "clean_request_failed_upstream_timeout", 13.0),
+        ("completed", "", 13.0),
+    ):
+        result.add(storm.Outcome(kind, detail, 0.5, None, ended), item)
+    casualties = split_casualties(result, stopped_at=9.5)
+    assert casualties == {"connection_ClientPayloadError": 1, "connection_ServerDisconnectedError": 1, "no_done": 1}
+    assert result.lost == {"connection_ClientPayloadError": 1, "hang": 1, "http_500": 1,
+                           "clean_request_failed_upstream_timeout": 1}
