@@ -85,7 +85,7 @@ async def test_what_redis_sends_never_puts_text_or_an_implausible_position_in_th
         fake = encode_fix(_on_track(elements, altitude_km=420.0))
         assert "source" in await refused("fix", {**fake, "source": INJECTED}, feed.refused)
         # A fix where the ISS cannot be (north of its inclination, or off the orbit's plane): refused.
-        for latitude, longitude in ((70.0, 10.0), (-fake["latitude"], fake["longitude"] - 90)):
+        for latitude, longitude in ((70.0, 10.0), (-fake["latitude"], (fake["longitude"] + 90) % 360 - 180)):
             why = await refused("fix", {**fake, "latitude": latitude, "longitude": longitude}, feed.refused)
             assert "from the orbit model" in why, why
         # Numbers out of range, a visibility that is text, a time an hour ahead: refused.
