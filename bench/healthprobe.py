@@ -7,13 +7,12 @@ Stops on SIGTERM or after --seconds, then prints one JSON line: checks, failures
 
 from __future__ import annotations
 
-import argparse
 import http.client
-import json
 import signal
-import sys
 import time
 from urllib.parse import urlsplit
+
+from bench.probe_cli import probe_main
 
 
 def probe(url: str, every: float, seconds: float) -> dict[str, float]:
@@ -49,13 +48,7 @@ def probe(url: str, every: float, seconds: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url")
-    parser.add_argument("--every", type=float, default=0.25)
-    parser.add_argument("--seconds", type=float, default=300.0)
-    args = parser.parse_args()
-    print(json.dumps(probe(args.url, args.every, args.seconds)), flush=True)
-    sys.exit(0)
+    probe_main(probe, __doc__ or "", 0.25)
 
 
 if __name__ == "__main__":

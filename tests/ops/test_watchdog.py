@@ -15,11 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tornado.httpclient import AsyncHTTPClient
 
 from services.ops.heartbeat import Heartbeat, Lost, read_beat
-from tests.conftest import open_stream
 from tests.console.test_cluster import open_console
-from tests.ops.test_workers import _workers_env, serving, wait_until, wait_until_value
+from tests.ops.test_workers import _workers_env, serving, streams_on_every_worker, wait_until, wait_until_value
 from tests.server.test_server_process import MESSAGES, ServerProcess
-from tests.support import connection_owner
 
 TIMEOUT_S = 2.0
 # What detecting the silence may take past WORKER_TIMEOUT: the supervisor's poll (0.1 s) and a busy machine.
@@ -61,12 +59,7 @@ async def test_a_stopped_worker_is_replaced_and_its_open_request_counted_and_clo
         await wait_until(lambda: len(serving(server)) == 2, 60, "two workers serving")
         first = serving(server)
         slow = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 400, "gap": 0.05}}
-        streams, owners = [], []
-        while set(owners) != first and len(streams) < 20:
-            reader, writer, seen = await open_stream(base, slow)
-            streams.append((reader, writer, seen))
-            owners.append(connection_owner(writer, first))
-        assert set(owners) == first, owners
+        streams, owners = await streams_on_every_worker(base, first, slow)
         victim = owners[0]
         victims = owners.count(victim)
         frozen = psutil.Process(victim)

@@ -39,6 +39,18 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def streams_on_every_worker(base: str, workers: set[int], body: dict) -> tuple[list, list[int]]:
+    """Streams opened on fresh connections until each worker holds at least one (at most 20): the
+    streams (reader, writer, bytes seen) and the pid that serves each."""
+    streams, owners = [], []
+    while set(owners) != workers and len(streams) < 20:
+        reader, writer, seen = await open_stream(base, body)
+        streams.append((reader, writer, seen))
+        owners.append(connection_owner(writer, workers))
+    assert set(owners) == workers, owners
+    return streams, owners
+
+
 async def wait_until_value(read, expected: float, timeout: float) -> None:
     """Await `read()` until it returns `expected`, bounded in time."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -110,13 +122,7 @@ async def test_a_worker_killed_mid_stream_is_replaced_and_sigterm_drains_every_w
         first = serving(server)
         slow = {"messages": MESSAGES, "stream": True, "x_fake": {"tokens": 300, "gap": 0.02}}
 
-        # Streams on fresh connections until each worker holds at least one.
-        streams, owners = [], []
-        while set(owners) != first and len(streams) < 20:
-            reader, writer, seen = await open_stream(base, slow)
-            streams.append((reader, writer, seen))
-            owners.append(connection_owner(writer, first))
-        assert set(owners) == first, owners
+        streams, owners = await streams_on_every_worker(base, first, slow)
         victim = owners[0]
         victims = owners.count(victim)
         await wait_until(lambda: named_in_a_beat(tmp_path, victim) == victims, 10, "never named in a beat")
