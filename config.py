@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -488,7 +489,9 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value of the settings, for redaction: never in a log line or an answer."""
-        values = (self.openai_api_key, self.console_token, self.metrics_token, *(key for _, key in self.api_keys))
+        password = urlsplit(self.openai_base_url).password if self.openai_base_url else None
+        values = (self.openai_api_key, self.console_token, self.metrics_token, *(key for _, key in self.api_keys),
+                  *(value for _, value in self.upstream_headers), password)
         return tuple(value for value in values if value)
 
     @property

@@ -16,6 +16,7 @@ from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
 from services.iss.queries import MAX_OFFSET, MAX_PASSES, IssQueries
 from services.iss.state import Tracker
 from services.iss.tracker import MAX_TRACK_POINTS
+from services.ops.forwarded import address_key
 from services.ops.rate_limit import RateLimit
 
 MAX_TRACK_MINUTES = 24 * 60
@@ -54,7 +55,7 @@ class PublicReadHandler(ApiHandler):
     def prepare(self) -> None:
         super().prepare()
         check_public_read(self.request, self.config)
-        wait = self.limit.take(self.request.remote_ip or "")
+        wait = self.limit.take(address_key(self.request.remote_ip))  # an IPv6 caller by its /64
         if wait is not None:
             raise ApiError(429, "Too many requests to /iss from this address; slow down.", type="rate_limit_error",
                            code="rate_limit_exceeded", retry_after=wait)

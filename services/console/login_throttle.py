@@ -14,13 +14,13 @@ answer within `redis_timeout`. IPv6 addresses count by their /64 (one host has t
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from services.ops import redis_link
+from services.ops.forwarded import address_key
 
 log = logging.getLogger("iss_llm.console")
 
@@ -41,19 +41,6 @@ local mine = redis.call('INCR', KEYS[2])
 if mine == 1 then redis.call('EXPIRE', KEYS[2], ARGV[1]) end
 return {total, mine}
 """
-
-
-def address_key(address: str | None) -> str:
-    """The address as counted: an IPv6 address by its /64, anything unreadable as "?"."""
-    try:
-        parsed = ipaddress.ip_address(address or "")
-    except ValueError:
-        return "?"
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return str(parsed)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,11 @@ class TrustedProxies:
             return peer
         if forwarded_for:
             hops = [hop.strip() for hop in forwarded_for.split(",")[-MAX_HOPS:]]
+            if self.any:
+                # Any peer is a proxy: only the hop the nearest one added is its word; what a caller
+                # wrote to the left of it never is.
+                address = _address(hops[-1])
+                return str(address) if address is not None else peer
             candidate = None
             for hop in reversed(hops):
                 address = _address(hop)
@@ -62,8 +67,9 @@ class TrustedProxies:
                 candidate = str(address)
                 if not self.trusts(candidate):
                     return candidate
-            if candidate is not None:
-                return candidate  # every hop a trusted proxy: the left-most of them
+            # Every hop a trusted proxy: the left-most of them; a right-most hop that is no address: the peer
+            # (never the caller's own X-Real-Ip).
+            return candidate if candidate is not None else peer
         address = _address(real_ip or "")
         return str(address) if address is not None else peer
 
@@ -77,3 +83,16 @@ class TrustedProxies:
         scheme = headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
         if scheme in ("http", "https"):
             request.protocol = scheme
+
+
+def address_key(address: str | None) -> str:
+    """The address as counted: an IPv6 address by its /64, anything unreadable as "?"."""
+    try:
+        parsed = ipaddress.ip_address(address or "")
+    except ValueError:
+        return "?"
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)

@@ -18,9 +18,9 @@ SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|token$|^key
 
 def redact_text(text: str, secrets: Iterable[str | None] = ()) -> str:
     """The text with configured secrets and anything shaped like an API key replaced by ***."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+    # Longest first: a secret that is part of another never leaves the longer one's rest in the text.
+    for secret in sorted({secret for secret in secrets if secret and len(secret) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return _SECRET_IN_TEXT.sub("***", text)
 
 

@@ -9,8 +9,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from config import load_settings
-from services.console.login_throttle import PER_ADDRESS, TOTAL, address_key
-from services.ops.forwarded import TrustedProxies
+from services.console.login_throttle import PER_ADDRESS, TOTAL
+from services.ops.forwarded import TrustedProxies, address_key
 from tests.ops.test_workers import serving, wait_until
 from tests.server.test_server_process import ServerProcess, _env
 from tests.support import connection_owner
@@ -73,11 +73,15 @@ def test_the_client_address_is_the_right_most_untrusted_hop():
     assert proxies.client("127.0.0.1", "1.1.1.1, 2.2.2.2, 10.1.2.3", None) == "2.2.2.2"  # two proxies
     assert proxies.client("127.0.0.1", "10.1.1.1, 10.2.2.2", None) == "10.1.1.1"  # all proxies: the first
     assert proxies.client("127.0.0.1", None, "3.3.3.3") == "3.3.3.3"
-    assert proxies.client("127.0.0.1", "not-an-ip", "3.3.3.3") == "3.3.3.3"
+    # A right-most hop that is no address: the peer, never the caller's own X-Real-Ip.
+    assert proxies.client("127.0.0.1", "not-an-ip", "3.3.3.3") == "127.0.0.1"
+    assert proxies.client("127.0.0.1", "203.0.113.9:5555", "6.6.6.6") == "127.0.0.1"
     assert proxies.client("192.0.2.9", "1.1.1.1", "3.3.3.3") == "192.0.2.9"  # an untrusted peer
     assert proxies.client("::ffff:127.0.0.1", "2001:db8::1", None) == "2001:db8::1"
     assert TrustedProxies(()).client("127.0.0.1", "1.1.1.1", "3.3.3.3") == "127.0.0.1"
     assert TrustedProxies(("*",)).client("192.0.2.9", "1.1.1.1", None) == "1.1.1.1"
+    # Any peer trusted: only the hop the nearest proxy added; what the caller wrote to its left is not.
+    assert TrustedProxies(("*",)).client("10.0.0.5", "6.6.6.6, 203.0.113.9", None) == "203.0.113.9"
     assert address_key("2001:db8::1") == address_key("2001:db8::ffff") == "2001:db8::/64"
     assert address_key("::ffff:1.2.3.4") == "1.2.3.4" and address_key("junk") == "?"
 

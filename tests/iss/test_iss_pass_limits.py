@@ -252,6 +252,9 @@ async def test_iss_routes_are_rate_limited_per_address(base_url, overrides):
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     # Another caller (behind the trusted proxy) has its own bucket.
     assert (await _get(base_url, "/iss/crew", {"X-Real-Ip": "203.0.113.7"})).code == 200
+    # An IPv6 caller is one caller for its whole /64: new source addresses there share one bucket.
+    codes = [(await _get(base_url, "/iss/crew", {"X-Real-Ip": f"2001:db8::{n:x}"})).code for n in range(1, 6)]
+    assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429], codes
 
 
 def test_the_rate_limit_refills_and_its_table_is_bounded():

@@ -246,3 +246,20 @@ def test_an_exception_is_one_bounded_redacted_line_with_its_innermost_frames(log
     assert frames[0] == "…" and len(frames) == logs.MAX_FRAMES + 1  # the innermost MAX_FRAMES, innermost last
     assert frames[-1].startswith("tests/ops/test_logs.py:") and frames[-1].endswith(" in _deep")
     assert text.endswith("; from KeyError: 'missing'")  # what it was raised while handling
+
+
+def test_a_secret_inside_a_longer_one_never_leaves_the_longer_ones_rest():
+    from services.ops.redaction import redact_text
+
+    assert redact_text("k=abcd1234xyz", ["abcd1234", "abcd1234xyz"]) == "k=***"
+    assert redact_text("k=abcd1234xyz", ["abcd1234xyz", "abcd1234"]) == "k=***"
+
+
+def test_upstream_header_values_and_the_base_urls_password_are_secrets():
+    from config import load_settings
+
+    settings = load_settings([], environ={"UPSTREAM_HEADERS": '{"api-key": "0123456789abcdef0123456789abcdef"}',
+                                          "OPENAI_BASE_URL": "https://user:pa55w0rd-xyz@gw.example.com/v1"},
+                             env_file=None)
+    assert "0123456789abcdef0123456789abcdef" in settings.secrets
+    assert "pa55w0rd-xyz" in settings.secrets
