@@ -167,7 +167,7 @@ def _prompt_text(messages: list[dict[str, Any]]) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
     return " ".join(parts)
 
 

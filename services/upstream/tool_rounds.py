@@ -184,7 +184,9 @@ class _Answer:
         """Give the chunk the answer's id (the first round's first); whether it changed."""
         chunk_id = chunk.get("id")
         if self.id is None:
-            self.id = chunk_id if isinstance(chunk_id, str) else f"chatcmpl-{uuid.uuid4().hex}"
+            if not (isinstance(chunk_id, str) and chunk_id):
+                return False  # no id yet (Azure's first chunk has ""): the first real one is the answer's
+            self.id = chunk_id
         if chunk_id != self.id:
             chunk["id"] = self.id
             return True
@@ -199,7 +201,9 @@ class _Answer:
         """A chunk made here, with the answer's id and the upstream's other fields."""
         base = {key: value for key, value in (template or {}).items() if key not in {"choices", "usage"}}
         base.setdefault("object", "chat.completion.chunk")
-        base["id"] = self.id or f"chatcmpl-{uuid.uuid4().hex}"
+        if self.id is None:
+            self.id = f"chatcmpl-{uuid.uuid4().hex}"  # the upstream gave none: one of ours, for every chunk
+        base["id"] = self.id
         return Chunk.of({**base, **fields})
 
 
@@ -353,14 +357,16 @@ class ToolRounds:
                 continue
             if state.payloads == 0 and index == 0:
                 return  # the relay reports an upstream that sent nothing
-            for chunk in self._round_end(state, answer):
+            for chunk in self._round_end(state, answer, names):
                 yield chunk
             return
 
-    def _round_end(self, state: _Round, answer: _Answer) -> list[Chunk]:
-        """The last round's held parts: the caller's calls (once), the finish, the usage of every round."""
+    def _round_end(self, state: _Round, answer: _Answer, ours: frozenset[str]) -> list[Chunk]:
+        """The last round's held parts: the caller's calls (once), the finish, the usage of every round.
+        A call of the layer's own tools is never the caller's, even in the round that no longer offers
+        them (a model that ignores the tool list calls them again): it is dropped."""
         out: list[Chunk] = []
-        calls = _caller_calls(state.calls.calls)
+        calls = _caller_calls([call for call in state.calls.calls if call.function not in ours])
         template = state.template
         if calls:
             out.extend(answer.made(template, choices=[{"index": 0, "delta": {"tool_calls": [call]},
@@ -406,9 +412,12 @@ class ToolRounds:
                     state.calls.add({**call, "index": position})
             layer = [call for call in state.calls.calls if offer and call.function in names]
             if not layer:
-                if index == 0 or not usage:
+                ours_called = not offer and any(call.function in names for call in state.calls.calls)
+                if ours_called:  # the round that no longer offers them: the layer's calls never reach the caller
+                    completion = _without_calls_of(completion, names)
+                if (index == 0 or not usage) and not ours_called:
                     return body
-                return orjson.dumps({**completion, "usage": usage})  # every round's tokens
+                return orjson.dumps({**completion, "usage": usage or completion.get("usage")})  # every round's tokens
             if isinstance(message.get("content"), str):
                 state.text.append(message["content"])
             messages = [*messages, *await self._run(state, layer, index, tools, budget)]
@@ -495,3 +504,20 @@ def add_usage(total: dict[str, Any], usage: Any) -> None:
                 if isinstance(name, str) and _count(count):
                     previous = details.get(name, 0)
                     details[name] = (previous if _count(previous) else 0) + count
+
+
+def _without_calls_of(completion: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """A whole answer without the calls of `names` in its first choice (its finish "stop" if none is left)."""
+    choice = completion["choices"][0]
+    message = dict(choice["message"])
+    kept = [call for call in message.get("tool_calls") or []
+            if not (isinstance(call, dict) and isinstance(call.get("function"), dict)
+                    and call["function"].get("name") in names)]
+    if kept:
+        message["tool_calls"] = kept
+    else:
+        message.pop("tool_calls", None)
+    finish = choice.get("finish_reason") if kept else ("stop" if choice.get("finish_reason") == "tool_calls"
+                                                        else choice.get("finish_reason"))
+    return {**completion, "choices": [{**choice, "message": message, "finish_reason": finish},
+                                      *completion["choices"][1:]]}

@@ -78,3 +78,21 @@ async def test_other_questions_get_their_own_answers(overrides, base_url, open_n
     assert "Unknown place 'Atlantis'" in nowhere
     vague = await _ask(base_url, "When can I see it?")
     assert "Tell me a city" in vague
+
+
+@pytest.mark.parametrize("overrides", [OFFLINE])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_content_part_without_text_is_read_past_not_a_500(overrides, base_url, stream):
+    """An image part (its `text` null or absent) among the user's parts: the answer, with usage."""
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}, "text": None},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+             {"type": "text", "text": "Where is the ISS?"}]
+    body = {"model": "x", "messages": [{"role": "user", "content": parts}], "stream": stream,
+            "stream_options": {"include_usage": True} if stream else None}
+    response = await post_json(base_url, {key: value for key, value in body.items() if value is not None})
+    assert response.code == 200, response.body
+    if stream:
+        events = [orjson.loads(data) for data in sse_events(response.body) if data != "[DONE]"]
+        assert events[-1]["usage"]["prompt_tokens"] > 0
+    else:
+        assert orjson.loads(response.body)["usage"]["prompt_tokens"] > 0

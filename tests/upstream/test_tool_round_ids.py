@@ -1,0 +1,101 @@
+"""One completion id per answer, also when the upstream's first chunk has an empty id (Azure OpenAI's
+content-filter chunk), with the layer's tools offered."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from services.common.openai_format import Chunk
+from services.iss.state import IssState
+from services.iss.tools import IssTools
+from services.upstream.base import ToolLog
+from services.upstream.tool_rounds import ToolRounds
+
+
+class AzureLike:
+    """An upstream whose stream opens with Azure's `{"id": "", "choices": [], "prompt_filter_results"}`."""
+
+    name = "azure-like"
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
+                     ) -> AsyncGenerator[Chunk, None]:
+        yield Chunk.of({"id": "", "object": "", "created": 0, "model": "", "choices": [],
+                        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
+        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": "Hello"}, None),
+                              ({}, "stop")):
+            yield Chunk.of({"id": "chatcmpl-az", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class NoQueries:
+    """The tools are offered, never run here."""
+
+
+async def test_an_empty_first_id_does_not_become_the_answers_id():
+    rounds = ToolRounds(AzureLike(), IssTools(NoQueries(), 1.0), 2)  # type: ignore[arg-type]  # never called
+    params = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    chunks = [chunk.data async for chunk in rounds.stream(params, None)]
+    ids = {chunk["id"] for chunk in chunks if chunk.get("choices")}
+    assert ids == {"chatcmpl-az"}, chunks
+
+
+class KeepsCallingOurs:
+    """A model that ignores the tool list: every round, streamed or not, it calls the layer's iss_crew."""
+
+    name = "keeps-calling"
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
+                     ) -> AsyncGenerator[Chunk, None]:
+        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "iss_crew", "arguments": "{}"}}
+        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"tool_calls": [call]}, None),
+                              ({}, "tool_calls")):
+            yield Chunk.of({"id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
+        call = {"id": "call_1", "type": "function", "function": {"name": "iss_crew", "arguments": "{}"}}
+        return orjson.dumps({"id": "chatcmpl-k", "object": "chat.completion", "created": 1, "model": "m",
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
+                                                                  "tool_calls": [call]},
+                                          "finish_reason": "tool_calls"}],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+    async def close(self) -> None:
+        return None
+
+
+class Crew:
+    """What iss_crew reads: nobody known."""
+
+    def crew(self) -> dict[str, Any]:
+        return {"people": [], "note": "unknown"}
+
+
+async def test_the_layers_tool_called_in_the_round_that_no_longer_offers_it_never_reaches_the_caller():
+    rounds = ToolRounds(KeepsCallingOurs(), IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
+    params = {"model": "m", "messages": [{"role": "user", "content": "who is aboard?"}], "stream": True}
+    chunks = [chunk.data async for chunk in rounds.stream(params, None)]
+    deltas = [choice["delta"] for chunk in chunks for choice in chunk.get("choices") or []]
+    assert not [delta for delta in deltas if delta.get("tool_calls")], chunks
+    finishes = [choice["finish_reason"] for chunk in chunks for choice in chunk.get("choices") or []
+                if choice.get("finish_reason")]
+    assert finishes == ["stop"], chunks
+    whole = orjson.loads(await rounds.complete({**params, "stream": False}, None))
+    assert "tool_calls" not in whole["choices"][0]["message"], whole
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    assert whole["usage"]["total_tokens"] == 12  # both rounds
