@@ -296,8 +296,13 @@ class Chunk:
 
     @classmethod
     def of(cls, obj: Any) -> Chunk:
-        """A payload made here (or rewritten): serialized once, never parsed back."""
-        return cls(orjson.dumps(obj), obj)
+        """A payload made here (or rewritten): serialized once, never parsed back. An upstream chunk too
+        deep to write again (orjson reads deeper than it writes) is the upstream's fault: a 502."""
+        try:
+            return cls(orjson.dumps(obj), obj)
+        except orjson.JSONEncodeError:
+            raise ApiError(502, "The upstream LLM sent a chunk this server could not pass on.",
+                           type="upstream_error", code="upstream_bad_chunk") from None
 
     @property
     def data(self) -> Any:

@@ -222,4 +222,9 @@ class OpenAIUpstream:
                 400, f"The upstream LLM rejected the request: {detail}",
                 code="upstream_rejected", type="invalid_request_error",
             )
+        if status in {401, 403}:
+            # The operator's credentials, not the caller's: its text (a masked key's tail, the account) stays
+            # in the log above.
+            return upstream_error(502, f"The upstream LLM refused this server's credentials ({status}); the "
+                                       "operator should check OPENAI_API_KEY.", code="upstream_error")
         return upstream_error(502, f"The upstream LLM answered {status}: {detail}", code="upstream_error")

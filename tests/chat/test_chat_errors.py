@@ -192,7 +192,7 @@ async def test_upstream_errors_reach_caller_and_log_without_traceback_or_key(bas
     # What the upstream sends (an error repeating the key, a malformed chunk); a bug inside this
     # server is tests/chat/test_internal_errors.py.
     caplog.set_level(logging.DEBUG)
-    echoed = {"fault": "status", "status": 401, "echo_key": True}
+    echoed = {"fault": "status", "status": 500, "echo_key": True}  # a 5xx: its text reaches the caller
     for stream in (True, False):
         response = await post_json(base_url, {"messages": MESSAGES, "stream": stream, "x_fake": echoed})
         text = response.body.decode()

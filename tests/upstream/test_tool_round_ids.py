@@ -7,7 +7,9 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
+import pytest
 
+from services.common.errors import ApiError
 from services.common.openai_format import Chunk
 from services.iss.state import IssState
 from services.iss.tools import IssTools
@@ -99,3 +101,32 @@ async def test_the_layers_tool_called_in_the_round_that_no_longer_offers_it_neve
     assert "tool_calls" not in whole["choices"][0]["message"], whole
     assert whole["choices"][0]["finish_reason"] == "stop"
     assert whole["usage"]["total_tokens"] == 12  # both rounds
+
+
+class TooDeep:
+    """An upstream whose finish chunk (which the layer rewrites) carries a value nested 300 deep."""
+
+    name = "too-deep"
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
+                     ) -> AsyncGenerator[Chunk, None]:
+        deep = b'{"x": ' * 300 + b"1" + b"}" * 300
+        yield Chunk(b'{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": '
+                    b'[{"index": 0, "delta": {"content": "Hi"}, "logprobs": ' + deep + b', "finish_reason": "stop"}]}')
+
+    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_upstream_chunk_too_deep_to_write_again_is_the_upstreams_502():
+    rounds = ToolRounds(TooDeep(), IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
+    params = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with pytest.raises(ApiError) as raised:
+        [chunk async for chunk in rounds.stream(params, None)]
+    assert (raised.value.status, raised.value.code) == (502, "upstream_bad_chunk")
