@@ -22,6 +22,7 @@ get) is asked again without them, and is not offered them for a while; other mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -320,8 +321,9 @@ class ToolRounds:
                      ) -> AsyncGenerator[Chunk, None]:
         ours = self._offer(params)
         if not ours:
-            async for payload in self.inner.stream(params, iss):
-                yield payload
+            async with contextlib.aclosing(self.inner.stream(params, iss)) as upstream:
+                async for payload in upstream:
+                    yield payload
             return
         names = frozenset(tool["function"]["name"] for tool in ours)
         messages = list(params["messages"])
@@ -331,20 +333,24 @@ class ToolRounds:
             offer = ours if index < self.max_rounds else []
             state = _Round(answer, later=index > 0)
             try:
-                async for payload in self.inner.stream(self._with_tools(params, messages, offer), iss):
-                    out = state.take(payload)
-                    if out is not None:
-                        yield out
+                # Closed at once, not by the collector, when the caller's side closes this stream.
+                async with contextlib.aclosing(self.inner.stream(self._with_tools(params, messages, offer), iss)) \
+                        as upstream:
+                    async for payload in upstream:
+                        out = state.take(payload)
+                        if out is not None:
+                            yield out
             except ApiError as error:
                 if index == 0 and state.payloads == 0 and error.status == 400:
                     # Ask again without the layer's tools; only if that works were they the problem
                     # (a caller's own bad parameter fails again, and stays the caller's error).
                     refusal: ApiError | None = error
-                    async for payload in self.inner.stream(params, iss):
-                        if refusal is not None:
-                            self._refused(params, refusal)
-                            refusal = None
-                        yield payload
+                    async with contextlib.aclosing(self.inner.stream(params, iss)) as again:
+                        async for payload in again:
+                            if refusal is not None:
+                                self._refused(params, refusal)
+                                refusal = None
+                            yield payload
                     return
                 raise error if index == 0 else tool_round_error(error) from None
             answer.add_usage(state.usage)

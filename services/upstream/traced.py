@@ -7,6 +7,8 @@ with the request (BoundedTransport adds tracing.upstream_headers()).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -36,11 +38,14 @@ class TracedUpstream:
                      ) -> AsyncGenerator[Chunk, None]:
         round_ = tracing.current().round(params)
         try:
-            async for payload in self.inner.stream(params, iss, tools):
-                data = payload.data
-                if data is not NOT_JSON:
-                    round_.chunk(data)
-                yield payload
+            async with contextlib.aclosing(self.inner.stream(params, iss, tools)) as upstream:
+                async for payload in upstream:
+                    data = payload.data
+                    if data is not NOT_JSON:
+                        round_.chunk(data)
+                    yield payload
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the caller left: not the upstream's failure
         except BaseException as error:
             round_.fail(error)
             raise

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import ROOT, post_json, sse_events
+from tests.conftest import ROOT, open_stream, post_json, sse_events
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
@@ -184,6 +184,19 @@ async def test_an_upstream_failure_marks_the_spans_as_errors(app, base_url, upst
     (request,) = [span for span in spans if span.kind == SERVER]
     assert request.status_code == 2 and request.attributes["error.type"] == "upstream_error"  # STATUS_CODE_ERROR
     assert all(span.status_code == 2 for span in spans if span.kind == CLIENT)
+
+
+async def test_a_caller_who_leaves_is_not_an_upstream_failure_on_the_round_span(app, base_url, upstream, receiver):
+    _reader, writer, _ = await open_stream(
+        base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                   "x_fake": {"tokens": 400, "gap": 0.02}}, events=3)
+    writer.close()
+    assert await upstream.wait_streams_closed(5.0)
+    await _flush(app)
+    spans = await receiver.wait_for(2)
+    (upstream_round,) = [span for span in spans if span.kind == CLIENT]
+    assert upstream_round.status_code != 2, upstream_round.attributes  # not STATUS_CODE_ERROR
+    assert "error.type" not in upstream_round.attributes
 
 
 @pytest.mark.parametrize("capture", [True])
