@@ -314,12 +314,13 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             elif ending.outcome is Outcome.DONE:
                 await self.sse.send(DONE_EVENT)
             elif ending.outcome in (Outcome.FALLBACK, Outcome.SUPERSEDED):
+                relay = self._relay if self.sse.started else None
+                first = relay.first if relay is not None else None  # the completion the caller is reading
                 if ending.outcome is Outcome.FALLBACK:
                     items = fallback_chunks(self.config.fallback_reply or "", model,
-                                            usage=include_usage or not self._streamed)
+                                            usage=include_usage or not self._streamed, first=first)
                 else:  # a clean end: finish_reason "stop" and [DONE]
-                    relay = self._relay if self.sse.started else None
-                    items = clean_end_chunks(relay.first if relay is not None else None, model)
+                    items = clean_end_chunks(first, model)
                 if not self._streamed:
                     self.write_json(completion_from_chunks(items))
                 else:

@@ -89,10 +89,13 @@ def stopped(reason: Stop | None, *, caller_gone: bool, first_token_timeout: floa
     return Ending(Outcome.CANCELLED, CALLER_LEFT)
 
 
-def fallback_chunks(text: str, model: str, *, usage: bool) -> list[dict[str, Any]]:
-    """FALLBACK_REPLY as a whole streamed completion (with a zero usage chunk when asked for)."""
+def fallback_chunks(text: str, model: str, *, usage: bool, first: dict[str, Any] | None = None
+                    ) -> list[dict[str, Any]]:
+    """FALLBACK_REPLY as a whole streamed completion (with a zero usage chunk when asked for); or, when
+    the caller already has the upstream's role chunk (`first`: its id, model, created), as the rest of
+    that completion, so the caller reads one answer with one id."""
     zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return list(text_chunks([text], model, usage=zero if usage else None))
+    return list(text_chunks([text], model, usage=zero if usage else None, first=first))
 
 
 def clean_end_chunks(first: dict[str, Any] | None, model: str) -> list[dict[str, Any]]:

@@ -236,11 +236,17 @@ def usage_chunk(completion_id: str, model: str, created: int, usage: Mapping[str
 
 
 def text_chunks(
-    pieces: Iterable[str], model: str, *, usage: Mapping[str, int] | None = None
+    pieces: Iterable[str], model: str, *, usage: Mapping[str, int] | None = None,
+    first: Mapping[str, Any] | None = None,
 ) -> Iterable[dict[str, Any]]:
-    """A whole streamed completion of the given text pieces, role first, finish_reason last."""
-    completion_id, created = new_completion_id(), int(time.time())
-    yield chunk(completion_id, model, created, {"role": "assistant", "content": ""})
+    """A whole streamed completion of the given text pieces, role first, finish_reason last; or, given
+    `first` (the id, model and created of a completion whose role chunk the caller already has), the
+    rest of that one completion: its id, no second role."""
+    if first is not None:
+        completion_id, model, created = first["id"], first["model"] or model, first["created"]
+    else:
+        completion_id, created = new_completion_id(), int(time.time())
+        yield chunk(completion_id, model, created, {"role": "assistant", "content": ""})
     for piece in pieces:
         yield chunk(completion_id, model, created, {"content": piece})
     yield chunk(completion_id, model, created, {}, "stop")

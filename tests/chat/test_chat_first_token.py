@@ -82,6 +82,9 @@ async def test_with_a_fallback_reply_the_deadline_becomes_that_answer(overrides,
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == "One moment."
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    # The upstream's role chunk went out at once: the fallback is the rest of that one completion.
+    assert len({c["id"] for c in chunks}) == 1, chunks
+    assert sum(1 for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]) == 1, chunks
     assert await upstream.wait_streams_closed(2.0)
     health = await _health(base_url)
     assert health["fallback"] == 1
