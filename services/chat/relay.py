@@ -13,7 +13,7 @@ import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import MAX_MODEL_CHARS, Chunk, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, is_count, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -95,10 +95,6 @@ def record_finish_reason(value: Any) -> str | None:
     return value[:MAX_FINISH_REASON] if isinstance(value, str) and value else None
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
-
-
 def record_usage(value: Any) -> dict[str, Any] | None:
     """Usage as the record keeps it: short names with whole-number counts (one level of details,
     such as prompt_tokens_details), at most MAX_USAGE_KEYS of each; else nothing."""
@@ -108,11 +104,11 @@ def record_usage(value: Any) -> dict[str, Any] | None:
     for key, item in list(value.items())[:MAX_USAGE_KEYS]:
         if not isinstance(key, str) or len(key) > 64:
             continue
-        if _count(item):
+        if is_count(item):
             out[key] = item
         elif isinstance(item, dict):
             details = {k: v for k, v in list(item.items())[:MAX_USAGE_KEYS]
-                       if isinstance(k, str) and len(k) <= 64 and _count(v)}
+                       if isinstance(k, str) and len(k) <= 64 and is_count(v)}
             if details:
                 out[key] = details
     return out or None

@@ -282,6 +282,11 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
     return completion
 
 
+def is_count(value: Any) -> bool:
+    """A token count as usage carries it: a whole number (not a bool) within JSON's exact range."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
+
+
 class _Unread:
     """The marker of a payload not parsed yet."""
 

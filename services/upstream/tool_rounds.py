@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError, tool_round_error
-from services.common.openai_format import NOT_JSON, Chunk
+from services.common.openai_format import NOT_JSON, Chunk, is_count
 from services.iss.state import IssState
 from services.iss.tools import IssTools, ToolResult
 from services.upstream.base import Backend, ToolLog
@@ -487,10 +487,6 @@ def _model(params: dict[str, Any]) -> str:
     return model[:256] if isinstance(model, str) else ""
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def add_usage(total: dict[str, Any], usage: Any) -> None:
     """Add one round's usage into the total: whole-number counts, and one level of details
     (prompt_tokens_details and the like)."""
@@ -499,17 +495,17 @@ def add_usage(total: dict[str, Any], usage: Any) -> None:
     for key, value in list(usage.items())[:32]:
         if not isinstance(key, str):
             continue
-        if _count(value):
+        if is_count(value):
             previous = total.get(key, 0)
-            total[key] = (previous if _count(previous) else 0) + value
+            total[key] = (previous if is_count(previous) else 0) + value
         elif isinstance(value, dict):
             details = total.get(key)
             if not isinstance(details, dict):
                 details = total[key] = {}
             for name, count in list(value.items())[:32]:
-                if isinstance(name, str) and _count(count):
+                if isinstance(name, str) and is_count(count):
                     previous = details.get(name, 0)
-                    details[name] = (previous if _count(previous) else 0) + count
+                    details[name] = (previous if is_count(previous) else 0) + count
 
 
 def _without_calls_of(completion: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
