@@ -15,11 +15,10 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import signal
 import time
 from urllib.parse import urlsplit
 
-from bench.probe_cli import probe_main
+from bench.probe_cli import probe_main, stop_on_sigterm
 
 _STAMPED = re.compile(rb'"content":"(?:[^"\\]|\\.).*?"x_sent":([0-9.]+)')
 BODY = json.dumps({
@@ -49,19 +48,13 @@ def first_token(connection: http.client.HTTPConnection) -> tuple[float, float] |
 
 
 def probe(url: str, every: float, seconds: float) -> dict[str, object]:
-    stop = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stopped = stop_on_sigterm()
     parts = urlsplit(url)
     samples: list[float] = []
     relay: list[float] = []
     failures = 0
     deadline = time.monotonic() + seconds
-    while not stop and time.monotonic() < deadline:
+    while not stopped() and time.monotonic() < deadline:
         started = time.monotonic()
         connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=10)
         try:

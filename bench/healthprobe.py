@@ -8,27 +8,20 @@ Stops on SIGTERM or after --seconds, then prints one JSON line: checks, failures
 from __future__ import annotations
 
 import http.client
-import signal
 import time
 from urllib.parse import urlsplit
 
-from bench.probe_cli import probe_main
+from bench.probe_cli import probe_main, stop_on_sigterm
 
 
 def probe(url: str, every: float, seconds: float) -> dict[str, float]:
     """Ping /healthz every `every` seconds for at most `seconds`, or until SIGTERM."""
-    stop = False
-
-    def on_term(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stopped = stop_on_sigterm()
     parts = urlsplit(url)
     checks = failures = 0
     slowest = 0.0
     deadline = time.monotonic() + seconds
-    while not stop and time.monotonic() < deadline:
+    while not stopped() and time.monotonic() < deadline:
         started = time.monotonic()
         connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=10)
         try:

@@ -5,9 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+
+def stop_on_sigterm() -> Callable[[], bool]:
+    """From now on SIGTERM ends the probe's loop: the returned function says whether it came."""
+    came = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal came
+        came = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: came
 
 
 def probe_main(probe: Callable[[str, float, float], dict[str, Any]], doc: str, every: float) -> None:
