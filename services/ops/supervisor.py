@@ -120,9 +120,13 @@ class Supervisor:
         while True:
             self._pass_signals_on()
             self._reap()
-            if not self._stopping:
+            # Stopping once _pass_signals_on has seen a signal (and set the deadline), not from the
+            # moment the handler counts one: a signal that comes after it ran (during _reap) would
+            # otherwise find no deadline set (0.0, long past) and have every worker killed at once.
+            stopping = bool(self._stop_deadline)
+            if not stopping:
                 self._watch()
-            if self._stopping:
+            if stopping:
                 if not any(slot.pid for slot in self.slots):
                     break
                 if time.monotonic() >= self._stop_deadline:

@@ -321,6 +321,51 @@ def test_a_signal_that_comes_while_a_worker_forks_stops_that_worker_too_and_no_w
         assert sorted(ended.values()) == sorted(["quit"] * quitting + ["asked"] * (signal_at - quitting)), ended
 
 
+SIGNALLED_WHILE_REAPING = """
+count = int(sys.argv[3])
+real_reap, sent = Supervisor._reap, []
+
+def reap(self):
+    real_reap(self)
+    if not sent and len(list(here.glob("worker-*"))) == count:
+        # Once every worker is up: SIGTERM to the parent between its passing signals on and its check
+        # for the stop deadline (the handler runs as this call returns), a moment any signal can hit.
+        sent.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+Supervisor._reap = reap
+
+def work(index, heartbeat):
+    asked = []
+    signal.signal(signal.SIGTERM, lambda *_: asked.append(time.monotonic()))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    me = os.getpid()
+    (here / f"{me}.tmp").write_text(str(index))
+    (here / f"{me}.tmp").rename(here / f"worker-{me}")
+    deadline = time.monotonic() + 60
+    while not asked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # a drain that takes a moment: long enough for a wrong kill to land first
+    (here / f"{me}.tmp").write_text("asked" if asked else "never asked")
+    (here / f"{me}.tmp").rename(here / f"ended-{me}")
+    return 0 if asked else 3
+
+sys.exit(Supervisor(count, work, [], stop_timeout=60).run())
+"""
+
+
+def test_a_signal_that_comes_while_the_parent_reaps_drains_the_workers_and_kills_none(tmp_path):
+    # The signal handler only counts signals; the loop passes them on and sets the stop deadline. One
+    # that came after that step once found no deadline (0.0) and killed every worker at once (exit 1,
+    # "still running 60.0s after the stop signal"): seen in CI, SIGTERM right after a worker's restart.
+    with _supervised(SIGNALLED_WHILE_REAPING, tmp_path, "2") as parent:
+        code = _exit_code(parent, tmp_path, 30, "the parent did not exit after SIGTERM")
+        output = (tmp_path / "parent.log").read_text()
+        assert code == 0 and "killing" not in output, output
+        ended = [path.read_text() for path in tmp_path.glob("ended-*")]
+        assert ended == ["asked", "asked"], output
+
+
 def _sigchld_ignored() -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # kept through exec: the kernel would reap the workers
 
