@@ -15,7 +15,7 @@ import tornado.websocket
 
 from handlers.base import log_by_path
 from services.common import request_context
-from services.common.futures import retrieve_outcome
+from services.common.futures import retrieve_outcome, within
 from services.common.request_context import request_id_from
 from services.console import EVENT_TYPES, Hub, Subscription, encode
 from services.console.login_throttle import LoginThrottle
@@ -231,7 +231,7 @@ class ConsoleSocketHandler(tornado.websocket.WebSocketHandler):
                 # Only the last write is awaited; the others, or this one if the wait is cut
                 # short, fail unseen when the page goes away mid-batch.
                 written.add_done_callback(retrieve_outcome)
-            await asyncio.wait_for(asyncio.shield(written), stall_timeout)
+            await within(asyncio.shield(written), stall_timeout)
         except tornado.websocket.WebSocketClosedError:
             return False
         except TimeoutError:

@@ -130,3 +130,14 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     targets = _imports(file, "services.iss.probe", set(GRAPH) | {"services.iss.probe"})
     assert "services.chat.exchange" in targets
     assert _rank("services.iss.probe") < _rank("services.chat.exchange")  # type: ignore[operator]
+
+
+def test_no_runtime_code_awaits_with_asyncio_wait_for():
+    # Python 3.11's wait_for loses a cancel that comes as the awaited thing finishes (a worker's
+    # Redis feed then never stopped); services.common.futures.within is the one way to await with a limit.
+    found = [f"{path.relative_to(ROOT)}:{node.lineno}"
+             for path in _modules().values()
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Attribute) and node.attr == "wait_for"
+             and isinstance(node.value, ast.Name) and node.value.id == "asyncio"]
+    assert found == []

@@ -6,6 +6,7 @@ import asyncio
 from typing import Protocol
 
 from services.chat.endings import Outcome
+from services.common.futures import within
 from services.ops.recorder import NullMetrics, Recorder
 
 
@@ -52,7 +53,7 @@ class Inflight:
 
     async def wait_idle(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await within(self._idle.wait(), timeout)
         except TimeoutError:
             return False
         return True

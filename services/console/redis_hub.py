@@ -33,6 +33,7 @@ import orjson
 import redis.asyncio as redis
 from redis.typing import XReadResponse
 
+from services.common.futures import within
 from services.console.fanout import SubscriberPolicy, Subscription, coalesce, encode
 from services.console.hub import Hub
 from services.console.kinds import PUSHES, role_of
@@ -170,7 +171,7 @@ class RedisHub(Hub):
             return False
         try:
             assert self._client is not None
-            newest = await asyncio.wait_for(self._client.xrevrange(self.key, count=1), self.timeout)
+            newest = await within(self._client.xrevrange(self.key, count=1), self.timeout)
         except UNAVAILABLE:
             return False
         if latest := _entries(newest):
@@ -187,15 +188,16 @@ class RedisHub(Hub):
                 return False
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, 0.1))
+                await within(self._changed.wait(), min(left, 0.1))
         return True
 
     async def close(self) -> None:
         self._closed = True
+        self._outbox_ready.set()  # a write loop waiting for events wakes and sees the hub closed
         self.drain()
         if self.connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush_outbox(), self.timeout)
+                await within(self._flush_outbox(), self.timeout)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -211,7 +213,7 @@ class RedisHub(Hub):
             self._reader = client(self.url, READ_BLOCK_MS / 1000 + self.timeout)
             tasks: list[asyncio.Task[None]] = []
             try:
-                await asyncio.wait_for(self._client.ping(), self.timeout)
+                await within(self._client.ping(), self.timeout)
                 await self._load_history()
                 self._set_connected(True)
                 self._backoff.connected()  # reset only once the link stays up a while
@@ -274,7 +276,7 @@ class RedisHub(Hub):
     async def _load_history(self) -> None:
         """Fold the stream's entries into a fresh replay buffer; follow the stream from its end."""
         assert self._client is not None
-        entries = _entries(await asyncio.wait_for(
+        entries = _entries(await within(
             self._client.xrange(self.key, count=MAX_STREAM_ENTRIES), self.timeout * 5
         ))
         events: list[dict[str, Any]] = []
@@ -325,7 +327,7 @@ class RedisHub(Hub):
     async def _read_loop(self) -> None:
         assert self._reader is not None
         while not self._closed:
-            reply = await asyncio.wait_for(
+            reply = await within(
                 self._reader.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS),
                 READ_BLOCK_MS / 1000 + 2 * self.timeout,
             )
@@ -345,12 +347,12 @@ class RedisHub(Hub):
         if first is None or first == self._trimmed_to:
             return
         assert self._client is not None
-        await asyncio.wait_for(self._client.xtrim(self.key, minid=first, approximate=True), self.timeout)
+        await within(self._client.xtrim(self.key, minid=first, approximate=True), self.timeout)
         self._trimmed_to = first
 
     async def _write_loop(self) -> None:
         """One XADD per batch window with everything the outbox holds, in publication order."""
-        while True:
+        while not self._closed:
             await self._outbox_ready.wait()
             await asyncio.sleep(self.policy.batch_interval)
             self._outbox_ready.clear()
@@ -364,7 +366,7 @@ class RedisHub(Hub):
             self._writing = True
             try:
                 for value in entries_of(batch, self.max_entry_bytes):
-                    await asyncio.wait_for(
+                    await within(
                         self._client.xadd(self.key, {FIELD: value}, maxlen=MAX_STREAM_ENTRIES, approximate=True),
                         self.timeout,
                     )

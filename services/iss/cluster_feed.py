@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import redis.asyncio as redis
 
+from services.common.futures import within
 from services.iss.cluster_data import (
     MAX_MESSAGE_BYTES,
     Untrusted,
@@ -183,7 +184,7 @@ class RedisIssFeed:
         if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._run())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._first_round.wait(), 3 * self.timeout)
+                await within(self._first_round.wait(), 3 * self.timeout)
 
     async def resign(self) -> None:
         """This worker is draining: give the lease up now (only if it is still ours) and never take or
@@ -198,7 +199,7 @@ class RedisIssFeed:
             # Even when this worker does not think it holds the lease: a take whose answer was lost
             # (timed out) may have set it. The script deletes it only while it is still ours.
             try:
-                released = await asyncio.wait_for(
+                released = await within(
                     commands.eval(_RELEASE, 1, self.lease_key, self._me), self.timeout)
             except UNAVAILABLE as exc:
                 log.info("ISS: could not give up the polling lease (%s); it expires on its own", describe(exc))
@@ -225,8 +226,8 @@ class RedisIssFeed:
             pubsub = listener.pubsub(ignore_subscribe_messages=True)
             tasks: list[asyncio.Task[None]] = []
             try:
-                await asyncio.wait_for(commands.ping(), self.timeout)
-                await asyncio.wait_for(pubsub.subscribe(self.channel), self.timeout)
+                await within(commands.ping(), self.timeout)
+                await within(pubsub.subscribe(self.channel), self.timeout)
                 await self._load_elements(commands)
                 self.connected = True
                 self._commands = commands
@@ -262,13 +263,13 @@ class RedisIssFeed:
 
     async def _load_elements(self, commands: redis.Redis) -> None:
         # Its length first: a stored value too long is never read whole.
-        size = await asyncio.wait_for(commands.strlen(self.elements_key), self.timeout)
+        size = await within(commands.strlen(self.elements_key), self.timeout)
         if not size:
             return
         if size > MAX_MESSAGE_BYTES:
             self._refuse("the stored element set", f"{size} bytes")
             return
-        raw = await asyncio.wait_for(commands.get(self.elements_key), self.timeout)
+        raw = await within(commands.get(self.elements_key), self.timeout)
         if raw:
             self._take_raw("elements", raw, "the stored element set")
 
@@ -277,9 +278,9 @@ class RedisIssFeed:
         while True:
             async with self._lease_lock:
                 await self._hold_lease(commands, ttl_ms)
-            leader = await asyncio.wait_for(commands.getrange(self.lease_key, 0, 4 * MAX_LEADER_CHARS), self.timeout)
+            leader = await within(commands.getrange(self.lease_key, 0, 4 * MAX_LEADER_CHARS), self.timeout)
             self.leader = _leader_name(leader)
-            left_ms = await asyncio.wait_for(commands.pttl(self.attempt_key), self.timeout)
+            left_ms = await within(commands.pttl(self.attempt_key), self.timeout)
             if left_ms and left_ms > 0:
                 self._celestrak_blocked_until = max(self._celestrak_blocked_until, time.time() + left_ms / 1000)
             self._first_round.set()
@@ -291,7 +292,7 @@ class RedisIssFeed:
             return
         if self.holder:
             sent = time.monotonic()
-            kept = await asyncio.wait_for(
+            kept = await within(
                 commands.eval(_RENEW, 1, self.lease_key, self._me, ttl_ms), self.timeout)
             if kept:
                 self._lease_until = sent + self.lease_ttl
@@ -300,7 +301,7 @@ class RedisIssFeed:
                 log.warning("ISS: lost the polling lease")
         if not self.holder:
             sent = time.monotonic()
-            taken = await asyncio.wait_for(commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
+            taken = await within(commands.set(self.lease_key, self._me, nx=True, px=ttl_ms), self.timeout)
             if taken:
                 self._lease_until = sent + self.lease_ttl
                 self.holder = True
@@ -359,12 +360,12 @@ class RedisIssFeed:
         while True:
             kind, data = await self._outgoing.get()
             if kind == "attempt":
-                await asyncio.wait_for(
+                await within(
                     commands.set(self.attempt_key, self.worker, px=int(data["hold_s"] * 1000)), self.timeout)
                 continue
             envelope = orjson.dumps({"from": self._me, "kind": kind, "data": data})
             if kind == "elements":
-                await asyncio.wait_for(commands.set(self.elements_key, orjson.dumps(data)), self.timeout)
-                await asyncio.wait_for(
+                await within(commands.set(self.elements_key, orjson.dumps(data)), self.timeout)
+                await within(
                     commands.set(self.attempt_key, self.worker, px=int(self.tle_interval * 1000)), self.timeout)
-            await asyncio.wait_for(commands.publish(self.channel, envelope), self.timeout)
+            await within(commands.publish(self.channel, envelope), self.timeout)

@@ -7,7 +7,6 @@ time; a failure is an error result the model reads, never a failed turn.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError
+from services.common.futures import within
 from services.iss.describe import describe_state
 from services.iss.queries import IssQueries
 
@@ -111,7 +111,7 @@ class IssTools:
             tool = self._tools.get(name)
             if tool is None:
                 raise ValueError(f"no tool named {name[:64]!r}")
-            result = await asyncio.wait_for(tool(parsed), self.timeout)
+            result = await within(tool(parsed), self.timeout)
             ok = True
         except TimeoutError:
             result, ok = {"error": f"the tool took longer than {self.timeout:g} s"}, False

@@ -22,6 +22,7 @@ import orjson
 
 from config import Settings
 from services.common.errors import ApiError, upstream_error
+from services.common.futures import within
 from services.common.openai_format import MAX_MODEL_CHARS, Chunk
 from services.common.request_context import current_request_id
 from services.iss.state import IssState
@@ -155,7 +156,7 @@ class OpenAIUpstream:
             # Read when it fails after the hint stopped waiting: a failed fetch is only "no list".
             self._models_fetch.add_done_callback(lambda fetch: fetch.cancelled() or fetch.exception())
         try:
-            return await asyncio.wait_for(asyncio.shield(self._models_fetch), MODEL_HINT_WAIT)
+            return await within(asyncio.shield(self._models_fetch), MODEL_HINT_WAIT)
         except (TimeoutError, ApiError):
             return self._models
 

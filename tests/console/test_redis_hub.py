@@ -117,3 +117,33 @@ async def test_a_frozen_redis_costs_the_publisher_nothing_and_the_feed_comes_bac
     seen = _all(sub)
     assert "connected" in _feed_states(seen)
     await hub.close()
+
+
+async def test_close_ends_even_when_the_write_loop_loses_its_cancel(redis_server, monkeypatch):
+    # Python 3.11's asyncio.wait_for loses a cancel that comes as the awaited command finishes: the
+    # write loop then went back to waiting for events, close() waited for it forever and the worker
+    # never exited (CI, a draining lease holder). Here a flush loses the cancel the same way; close()
+    # still ends the feed, because closing wakes the write loop and the loop checks for it.
+    hub = await _hub(redis_server.url)
+    real_flush, flushing = hub._flush_outbox, asyncio.Event()
+
+    async def flush_that_loses_a_cancel() -> None:
+        await real_flush()
+        if flushing.is_set():  # close()'s own flush
+            return
+        flushing.set()
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            pass  # as wait_for did when the command's reply came with the cancel
+
+    monkeypatch.setattr(hub, "_flush_outbox", flush_that_loses_a_cancel)
+    hub.publish(_request("r1"))
+    hub.drain()
+    await asyncio.wait_for(flushing.wait(), 10)  # the write loop is inside its flush
+    closing = asyncio.ensure_future(hub.close())
+    await asyncio.wait({closing}, timeout=8)  # not wait_for: its cancel would end close() by force
+    if not closing.done():
+        closing.cancel()
+        raise AssertionError("close() did not end: the write loop went back to waiting for events")
+    assert hub._task is not None and hub._task.done()
