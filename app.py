@@ -6,12 +6,13 @@ the collaborators it uses through initialize(), from the table make_app builds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -34,6 +35,7 @@ from services.chat.models import ModelCatalog
 from services.chat.platforms import Platforms
 from services.common.api_keys import ApiKeys
 from services.common.bounded_work import BoundedWork
+from services.common.futures import retrieve_outcome
 from services.console import Hub, MemoryHub
 from services.console.hub import worker_name
 from services.console.login_throttle import LoginThrottle, RedisLoginThrottle
@@ -52,10 +54,16 @@ from services.upstream import make_backend
 from services.upstream.base import Backend
 
 ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("iss_llm")
 
+CLOSE_S = 5.0  # at shutdown, the longest one collaborator's close() may take before it is left behind
 LOST_SETTLE_S = 10.0  # how long a new worker waits for Redis before closing its predecessor's requests anyway
 
 Route = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
+
+
+class Closable(Protocol):
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -101,17 +109,26 @@ class Services:
         if self.iss_lease is not None:
             await self.iss_lease.resign()
 
-    async def close(self) -> None:
-        await self.metrics.close()
-        await self.station.close()
-        await self.hub.close()
-        await self.login_throttle.close()
-        await self.backend.close()
-        if self.iss_lease is not None:
-            await self.iss_lease.close()
-        await self.tracker.close()
-        await self.iss.close()
-        await self.tracing.close()
+    async def close(self, each_within: float = CLOSE_S) -> None:
+        """Close every collaborator in turn, none for longer than `each_within` seconds: one that hangs
+        or fails is named in the log and left behind, so a worker's shutdown always ends."""
+        parts: list[tuple[str, Closable | None]] = [
+            ("metrics", self.metrics), ("console feed", self.station), ("console hub", self.hub),
+            ("console login throttle", self.login_throttle), ("upstream client", self.backend),
+            ("ISS lease", self.iss_lease), ("ISS tracker", self.tracker), ("ISS queries", self.iss),
+            ("tracing", self.tracing),
+        ]
+        for name, part in parts:
+            if part is None:
+                continue
+            closing = asyncio.ensure_future(part.close())
+            await asyncio.wait({closing}, timeout=each_within)  # a task: its own cancel-handling cannot hold us
+            if not closing.done():
+                closing.cancel()
+                closing.add_done_callback(retrieve_outcome)
+                log.warning("shutdown: closing the %s took more than %g s; left behind", name, each_within)
+            elif not closing.cancelled() and (exc := closing.exception()) is not None:
+                log.warning("shutdown: closing the %s failed (%s)", name, type(exc).__name__)
 
 
 def build_services(
