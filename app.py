@@ -234,7 +234,8 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         return  # one line per request: a chat request's outcome line says it all
     status = handler.outcome_status() if isinstance(handler, ApiHandler) else handler.get_status()
     request = handler.request
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    # A caller that left (499) is the caller's doing and no sign of trouble: INFO, as chat's own line.
+    level = logging.INFO if status < 400 or status == 499 else logging.WARNING if status < 500 else logging.ERROR
     duration_ms = round(1000.0 * request.request_time(), 1)
     logging.getLogger("tornado.access").log(
         level,

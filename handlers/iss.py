@@ -7,6 +7,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import tornado.web
+
 from config import Settings, parse_bool
 from handlers.base import ApiHandler
 from handlers.cross_site import check_public_read
@@ -16,6 +18,7 @@ from services.iss.passes import DEFAULT_MIN_ELEVATION, MAX_DAYS
 from services.iss.queries import MAX_OFFSET, MAX_PASSES, IssQueries
 from services.iss.state import Tracker
 from services.iss.tracker import MAX_TRACK_POINTS
+from services.ops.connections import caller_left
 from services.ops.forwarded import address_key
 from services.ops.rate_limit import RateLimit
 
@@ -54,6 +57,10 @@ class PublicReadHandler(ApiHandler):
 
     def prepare(self) -> None:
         super().prepare()
+        if caller_left(self.request.connection):
+            # Sent and abandoned (a flood's pattern): no check, search or answer for no one.
+            self.set_status(499, "Client Closed Request")
+            raise tornado.web.Finish()
         check_public_read(self.request, self.config)
         wait = self.limit.take(address_key(self.request.remote_ip))  # an IPv6 caller by its /64
         if wait is not None:

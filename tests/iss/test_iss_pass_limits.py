@@ -328,3 +328,25 @@ async def _until(condition: Any, seconds: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.001)
     return bool(condition())
+
+
+async def test_a_request_sent_and_abandoned_at_once_costs_no_search_and_logs_499_as_info(
+    app, base_url, http_server_port, caplog
+):
+    # A flood's pattern: the request written and the connection closed at once. The route sees the
+    # caller gone before any work: no pass search starts, the access log says 499 at INFO.
+    import logging
+    import socket
+
+    searches = app.services.iss.searches
+    path = "/iss/passes?lat=48.9&lon=2.4&days=10"
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        with socket.create_connection(("127.0.0.1", http_server_port[1])) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        assert await _until(lambda: any(" /iss/passes " in r.getMessage() for r in caplog.records), 10)
+        (line,) = [r for r in caplog.records if " /iss/passes " in r.getMessage()]
+        assert line.getMessage().startswith("499 GET /iss/passes") and line.levelno == logging.INFO
+        assert searches.started == 0
+        # The same request from a caller that waits for it: answered, its search run.
+        assert (await _get(base_url, path)).code == 200
+        assert searches.started == 1
