@@ -279,7 +279,7 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
                         self.sse.write_soon(event)
             return Ending(Outcome.DONE, 200, finish_reason=relay.finish_reason, usage=relay.usage)
         except ApiError as error:
-            if relay.payloads == 0:
+            if not relay.content:  # nothing said yet (at most the role chunk): the fallback still fits
                 return failed_before_first_token(error, self.config.fallback_reply)
             return Ending(Outcome.ERROR, error.status, error=error, where="upstream, mid-stream")
         except CallerGone:

@@ -308,3 +308,21 @@ async def test_with_a_fallback_reply_failures_that_are_not_the_callers_keep_the_
     assert response.code == 200 and FALLBACK in response.body.decode()
     health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
     assert health["chat"]["fallback"] == len(faults) + 1 and health["chat"]["error"] == 0
+
+
+@pytest.mark.parametrize("overrides", [{"fallback_reply": FALLBACK}])
+@pytest.mark.parametrize("fault", [{"fault": "drop", "after": 1}, {"fault": "error_event", "after": 1}],
+                         ids=["dropped", "error-event"])
+async def test_an_upstream_that_fails_after_its_role_chunk_alone_still_gets_the_fallback_reply(
+    overrides, base_url, client, fault
+):
+    # The role chunk says nothing: a replica would be left silent by an error event there. The
+    # fallback is the rest of the completion the caller is reading (one id, one role chunk).
+    chunks = [c async for c in await client.chat.completions.create(
+        model="m", messages=MESSAGES, stream=True, extra_body={"x_fake": fault})]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == FALLBACK
+    assert [c.choices[0].delta.role for c in chunks if c.choices and c.choices[0].delta.role] == ["assistant"]
+    assert len({c.id for c in chunks}) == 1
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    health = orjson.loads((await post_json(base_url, None, path="/healthz", method="GET")).body)
+    assert health["chat"]["fallback"] == 1 and health["chat"]["error"] == 0
