@@ -76,18 +76,33 @@ def _check_origin(request: HTTPServerRequest, or_else: str = "") -> None:
 
 
 def host_allowed(request: HTTPServerRequest, settings: Settings) -> bool:
-    """Whether the Host names this machine: a local name, one of ALLOWED_HOSTS, or any name when the
-    server listens beyond loopback (a rebinding page gains nothing it could not reach directly)."""
-    if settings.listens_beyond_loopback or "*" in settings.allowed_hosts:
+    """Whether the Host names this machine: a local name, one of ALLOWED_HOSTS (`*`: any), or, when the
+    server listens beyond loopback, any IP address. A name that is not listed is what DNS rebinding
+    sends: a page whose own name now points at this server, on loopback or on the visitor's network
+    (a server on a LAN that the page's author cannot reach directly)."""
+    if "*" in settings.allowed_hosts:
         return True
     hostname, _ = _host(request.host) or (None, None)
-    return hostname is not None and (is_local_name(hostname) or hostname in settings.allowed_hosts)
+    if hostname is None:
+        return False
+    if is_local_name(hostname) or hostname in settings.allowed_hosts:
+        return True
+    return settings.listens_beyond_loopback and _is_address(hostname)
+
+
+def _is_address(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_host(request: HTTPServerRequest, settings: Settings, or_else: str = "") -> None:
     if not host_allowed(request, settings):
-        raise ApiError(403, "This server listens on loopback and answers to local names only; add this host "
-                            f"to ALLOWED_HOSTS{or_else}.", code="host_not_allowed")
+        answers_to = "IP addresses and local names" if settings.listens_beyond_loopback else "local names"
+        raise ApiError(403, f"This server answers to {answers_to} only; add this host to ALLOWED_HOSTS{or_else}.",
+                       code="host_not_allowed")
 
 
 class HostCheck:

@@ -46,6 +46,20 @@ async def test_a_name_that_only_ends_like_localhost_is_refused(base_url, upstrea
     assert (await post_json(base_url, BODY, headers={"Host": f"app.localhost:{port}"})).code == 200
 
 
+@pytest.mark.parametrize("overrides", [{"host": "0.0.0.0"}])
+async def test_listening_beyond_loopback_a_rebound_name_is_still_refused_and_addresses_answer(base_url, upstream):
+    # A page whose name its author points at a server on the visitor's network (one the author
+    # cannot reach directly) sends that name as Host: refused. Addresses cannot be rebound.
+    port = base_url.rsplit(":", 1)[1]
+    for host in ("attacker.example", f"attacker.example:{port}", "192-168-1-5.nip.example"):
+        response = await post_json(base_url, BODY, headers={"Host": host})
+        assert response.code == 403 and error_of(response)["code"] == "host_not_allowed", host
+        assert "IP addresses and local names" in error_of(response)["message"]
+    assert upstream.requests == 0
+    for host in (f"192.168.1.5:{port}", "10.0.0.7", f"[fd00::5]:{port}", f"localhost:{port}"):
+        assert (await post_json(base_url, BODY, headers={"Host": host})).code == 200, host
+
+
 @pytest.mark.parametrize("overrides", [{"allowed_hosts": ("iss.example.com",)}])
 async def test_allowed_hosts_adds_names(base_url):
     assert (await post_json(base_url, BODY, headers={"Host": "iss.example.com"})).code == 200
