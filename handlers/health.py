@@ -45,8 +45,9 @@ class HealthHandler(ApiHandler):
         tools = backend.pop("iss_tools", None)  # a detail: which models refused them, the calls run
         summary = {"status": "ok", "backend": {**backend, "why": why}}
         if not self.details_allowed():
-            self.write_json({**summary, "details": "send a server key or METRICS_TOKEN as a bearer token to see "
-                                                   "them"})
+            # Liveness and the backend's kind only: where the upstream lives is a detail too.
+            self.write_json({"status": "ok", "backend": {"backend": backend.get("backend")},
+                             "details": "send a server key or METRICS_TOKEN as a bearer token to see them"})
             return
         self.write_json(
             {

@@ -42,10 +42,12 @@ async def test_with_a_key_set_healthz_details_need_the_key(base_url):
     public = orjson.loads((await _get(base_url, "/healthz")).body)
     assert public["status"] == "ok" and public["backend"]["backend"] == "openai"
     assert not {"iss", "chat", "connections", "asyncio_tasks"} & set(public)
+    assert public["backend"] == {"backend": "openai"}  # not where the upstream lives, nor why
     wrong = orjson.loads((await _get(base_url, "/healthz", headers={"Authorization": "Bearer nope"})).body)
     assert "chat" not in wrong
     detailed = await _get(base_url, "/healthz", headers={"Authorization": "Bearer sk-server-key-0123456789"})
     assert {"iss", "chat", "connections", "asyncio_tasks"} <= set(orjson.loads(detailed.body))
+    assert {"host", "why"} <= set(orjson.loads(detailed.body)["backend"])
 
 
 def test_a_console_token_under_16_characters_is_a_configuration_error():
