@@ -114,7 +114,11 @@ class ConsolePageHandler(tornado.web.RequestHandler):
                 max_age=int(self.auth.session_seconds),
                 httponly=True,
                 samesite="Strict",
-                secure=self.request.protocol == "https",
+                # Behind a TLS proxy whose forwarded headers are not believed, its X-Forwarded-Proto
+                # still marks the cookie Secure: a caller who sends that header over plain HTTP only
+                # keeps its own cookie from coming back.
+                secure=self.request.protocol == "https"
+                or self.request.headers.get("X-Forwarded-Proto", "").strip().lower() == "https",
             )
             # Drop the token from the address bar and from the browser history.
             self.redirect(COOKIE_PATH, status=303)

@@ -142,6 +142,14 @@ async def test_the_token_becomes_a_strict_httponly_cookie_and_leaves_the_url(bas
     assert "/console/ws" in html
 
 
+async def test_the_cookie_is_secure_behind_a_tls_proxy_even_when_its_headers_are_not_believed(base_url, app):
+    # No TRUST_PROXY_HEADERS: the request's protocol stays http, yet the browser is on https.
+    plain = await fetch(base_url, f"/console?token={TOKEN}")
+    assert "Secure" not in plain.headers["Set-Cookie"]
+    proxied = await fetch(base_url, f"/console?token={TOKEN}", headers={"X-Forwarded-Proto": "https"})
+    assert proxied.code == 303 and "Secure" in proxied.headers["Set-Cookie"]
+
+
 async def test_the_page_has_a_strict_csp_and_no_inline_script(base_url, app):
     page = await fetch(base_url, "/console", headers={"Cookie": await console_cookie(base_url)})
     csp = page.headers["Content-Security-Policy"]
