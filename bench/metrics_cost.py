@@ -1,12 +1,16 @@
-"""What metrics and JSON logs cost the chat path: the same server with them off and on, in one run.
+"""What metrics, JSON logs and traces cost the chat path: the same server with them off and on, in one run.
 
-    python -m bench.metrics_cost           # 4 rounds (about 5 minutes on 2 cores)
-    python -m bench.metrics_cost --quick   # 2 rounds, fewer requests (about 1 minute)
+    python -m bench.metrics_cost             # 4 rounds (about 5 minutes on 2 cores)
+    python -m bench.metrics_cost --quick     # 2 rounds, fewer requests (about 1 minute)
+    python -m bench.metrics_cost --tracing   # a fourth server: metrics and OpenTelemetry traces on
 
 Three servers against one fake upstream, all with the console on and LOG_LEVEL=info:
   off           METRICS_ENABLED=false, LOG_FORMAT=text (the cost floor)
   metrics       METRICS_ENABLED=true,  LOG_FORMAT=text
   metrics+json  METRICS_ENABLED=true,  LOG_FORMAT=json
+  metrics+traces (--tracing) METRICS_ENABLED=true, LOG_FORMAT=text, OTEL_EXPORTER_OTLP_ENDPOINT set:
+                a collector's stand-in on loopback (bench/otlp_sink.py) takes the spans, decodes and
+                counts them
 The three are measured side by side, not one after the other: every caller sends its requests to
 each server in turn, so a spell of load from elsewhere on the machine falls on all three alike.
 Each round has a latency phase (one caller, back to back on kept-alive connections, time to the
@@ -49,6 +53,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "metrics": {"METRICS_ENABLED": "true", "LOG_FORMAT": "text"},
     "metrics+json": {"METRICS_ENABLED": "true", "LOG_FORMAT": "json"},
 }
+TRACING = "metrics+traces"
+SINK = "{sink}"  # replaced by the collector's stand-in's URL
+TRACING_ENV = {"METRICS_ENABLED": "true", "LOG_FORMAT": "text", "OTEL_EXPORTER_OTLP_ENDPOINT": SINK}
 _CONTENT = re.compile(rb'"content":"[^"]')
 
 
@@ -63,6 +70,7 @@ class Config:
     first_token_delay: float = 0.01
     scrape_interval: float = 5.0
     micro_calls: int = 20000
+    tracing: bool = False
 
 
 @dataclass
@@ -75,6 +83,11 @@ class Variant:
     round_medians: list[float] = field(default_factory=list)
     round_cpu: list[float] = field(default_factory=list)  # CPU ms per request, per round
     scrapes: int = 0
+    spans: int = 0  # spans the collector's stand-in received (tracing only)
+
+
+def variants_of(cfg: Config) -> dict[str, dict[str, str]]:
+    return {**VARIANTS, TRACING: TRACING_ENV} if cfg.tracing else dict(VARIANTS)
 
 
 async def first_content(session: aiohttp.ClientSession, url: str, body: bytes, timeout: float) -> float | None:
@@ -148,15 +161,18 @@ async def scraper(urls: list[str], interval: float, counts: dict[str, int], stop
 
 async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
     upstream = kids.start("upstream", procs.fake_upstream_argv(cfg.tokens, cfg.gap, cfg.first_token_delay))
+    sink = kids.start("otlp-sink", [procs.PYTHON, "-m", "bench.otlp_sink", "--port", "0"]) if cfg.tracing else None
     servers = {}
-    for name, extra in VARIANTS.items():
-        env = procs.server_env(upstream.url, kids.log_dir / f"cache-{name}", LOG_LEVEL="info", **extra)
+    chosen = variants_of(cfg)
+    for name, extra in chosen.items():
+        settings = {key: sink.url if value == SINK and sink is not None else value for key, value in extra.items()}
+        env = procs.server_env(upstream.url, kids.log_dir / f"cache-{name}", LOG_LEVEL="info", **settings)
         port = procs.free_port()
         servers[name] = kids.start(name.replace("+", "-"), procs.server_argv(port), env=env, port=port)
-    variants = {name: Variant(name) for name in VARIANTS}
+    variants = {name: Variant(name) for name in chosen}
     body = chat_body(cfg.tokens, cfg.gap, cfg.first_token_delay)
     stop = asyncio.Event()
-    scraped = {servers[name].url: 0 for name in VARIANTS if VARIANTS[name]["METRICS_ENABLED"] == "true"}
+    scraped = {servers[name].url: 0 for name in chosen if chosen[name]["METRICS_ENABLED"] == "true"}
     scraping = asyncio.ensure_future(scraper(list(scraped), cfg.scrape_interval, scraped, stop))
     urls = {name: child.url + CHAT_PATH for name, child in servers.items()}
     try:
@@ -186,6 +202,12 @@ async def run(cfg: Config, kids: procs.Children) -> dict[str, Any]:
         await scraping
     for name, child in servers.items():
         variants[name].scrapes = scraped.get(child.url, 0)
+    if sink is not None:
+        await asyncio.sleep(6)  # the SDK's batch processor exports every 5 s: the last batch arrives
+        async with aiohttp.ClientSession() as session, session.get(sink.url + "/stats") as response:
+            variants[TRACING].spans = (await response.json())["spans"]
+        if not variants[TRACING].spans:
+            raise RuntimeError("tracing was on, yet no span reached the collector's stand-in")
     return {name: variant for name, variant in variants.items()}
 
 
@@ -263,7 +285,8 @@ def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]
         base_cpu = 1000 * base.cpu_s / max(1, base.answered)
         paired = [a - b for a, b in zip(variant.round_medians, base.round_medians, strict=True)]
         rows.append({
-            "variant": name, "env": VARIANTS[name], "latency_requests": len(variant.ttft), "failed": variant.failed,
+            "variant": name, "env": variants_of(cfg)[name], "spans": variant.spans,
+            "latency_requests": len(variant.ttft), "failed": variant.failed,
             "ttft_p50_ms": 1000 * (p50 or 0), "ttft_p90_ms": 1000 * (p90 or 0),
             "added_ttft_p50_ms": 1000 * ((p50 or 0) - (percentile(base.ttft, 50) or 0)),
             "added_ttft_round_medians_ms": [1000 * d for d in paired],
@@ -296,6 +319,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {row['variant']} | {row['ttft_p50_ms']:.3f} ms | {row['ttft_p90_ms']:.3f} ms | "
             f"{row['added_ttft_p50_ms']:+.3f} ms | {rounds} | {row['cpu_ms_per_request']:.3f} ms | "
             f"{row['cpu_vs_off_pct']:+.1f}% |")
+    traced = [row for row in result["rows"] if row["variant"] == TRACING]
+    if traced:
+        lines += ["", f"{TRACING}: {traced[0]['spans']:,} spans reached the collector's stand-in (two per request and "
+                      "one per layer tool call, batched by the SDK every 5 s)."]
     micro = result["micro"]
     lines += [
         "",
@@ -314,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-requests", type=int)
     parser.add_argument("--concurrency", type=int)
     parser.add_argument("--scrape-interval", type=float)
+    parser.add_argument("--tracing", action="store_true", help="a fourth server with OpenTelemetry traces on")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     cfg = Config()
     if args.quick:
         cfg.rounds, cfg.latency_requests, cfg.cpu_requests, cfg.micro_calls = 2, 80, 300, 5000
+    cfg.tracing = args.tracing
     for name in ("rounds", "latency_requests", "cpu_requests", "concurrency", "scrape_interval"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -49,3 +49,45 @@ def test_the_in_process_figures_are_measured():
     figures = micro_figures(200)
     assert set(figures) == {"metrics_per_request_us", "json_line_us", "text_line_us"}
     assert all(0 < value < 10_000 for value in figures.values())
+
+
+def test_with_tracing_the_report_has_the_traced_server_and_the_spans_it_exported():
+    variants = {name: Variant(name) for name in ("off", "metrics", "metrics+json", "metrics+traces")}
+    for variant in variants.values():
+        variant.ttft, variant.round_medians, variant.round_cpu = [0.02] * 3, [0.02], [10.0]
+        variant.cpu_s, variant.answered = 1.0, 100
+    variants["metrics+traces"].spans = 412
+    result = summarize(Config(rounds=1, tracing=True), variants,
+                       {"metrics_per_request_us": 12.0, "json_line_us": 30.0, "text_line_us": 25.0})
+    traced = next(row for row in result["rows"] if row["variant"] == "metrics+traces")
+    assert traced["env"]["OTEL_EXPORTER_OTLP_ENDPOINT"] and traced["spans"] == 412
+    assert "| metrics+traces |" in markdown(result) and "412 spans reached" in markdown(result)
+
+
+async def test_the_collectors_stand_in_decodes_and_counts_the_spans_it_takes(io_loop):
+    import asyncio
+    import sys
+
+    import aiohttp
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from tests.conftest import ROOT
+
+    sink = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.otlp_sink", "--port", "0", cwd=ROOT,
+                                                stdout=asyncio.subprocess.PIPE)
+    try:
+        assert sink.stdout is not None
+        url = (await asyncio.wait_for(sink.stdout.readline(), 30)).decode().strip()
+        message = ExportTraceServiceRequest()
+        scope = message.resource_spans.add().scope_spans.add()
+        for name in ("chat", "upstream round"):
+            scope.spans.add().name = name
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/v1/traces", data=message.SerializeToString(),
+                                    headers={"Content-Type": "application/x-protobuf"}) as response:
+                assert response.status == 200
+            async with session.get(url + "/stats") as response:
+                assert await response.json() == {"posts": 1, "spans": 2}
+    finally:
+        sink.terminate()
+        await sink.wait()
