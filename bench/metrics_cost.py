@@ -301,8 +301,9 @@ def summarize(cfg: Config, variants: dict[str, Variant], micro: dict[str, float]
 
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
+    what = "Metrics, JSON logs and traces" if cfg.get("tracing") else "Metrics and JSON logs"
     lines = [
-        f"Metrics and JSON logs, off against on, side by side in one run (`{result.get('command', '')}`,"
+        f"{what}, off against on, side by side in one run (`{result.get('command', '')}`,"
         f" started {result['started']}, {result.get('elapsed_s', 0) / 60:.1f} min; {cfg['rounds']} rounds;"
         f" latency: 1 caller, {cfg['latency_requests']} requests a server a round; CPU: {cfg['concurrency']} callers,"
         f" {cfg['cpu_requests']} a server; {cfg['tokens']} tokens, upstream first token"
