@@ -5,48 +5,23 @@ each delta: several calls in one chunk would lose all but the first."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
-from typing import Any
 
-from services.common.openai_format import Chunk
-from services.iss.state import IssState
 from services.iss.tools import IssTools
-from services.upstream.base import ToolLog
 from services.upstream.tool_rounds import ToolRounds
+from tests.fakes.scripted_backend import NoQueries, ScriptedBackend, chunk
 
-
-class WholeParallelCalls:
-    """A model that calls two of the caller's tools, both whole in one delta, without indexes."""
-
-    name = "whole-parallel"
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncGenerator[Chunk, None]:
-        calls = [{"id": "call_w", "type": "function",
-                  "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'}},
-                 {"id": "call_t", "type": "function",
-                  "function": {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'}}]
-        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"tool_calls": calls}, None),
-                              ({}, "tool_calls")):
-            yield Chunk.of({"id": "chatcmpl-w", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
-
-
-class NoQueries:
-    """The layer's tools are offered, never run here."""
+# A model that calls two of the caller's tools, both whole in one delta, without indexes.
+CALLS = [{"id": "call_w", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"location": "Paris"}'}},
+         {"id": "call_t", "type": "function",
+          "function": {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'}}]
+WHOLE_PARALLEL_CALLS = ScriptedBackend("whole-parallel", [
+    chunk({"role": "assistant", "content": ""}), chunk({"tool_calls": CALLS}), chunk({}, "tool_calls"),
+])
 
 
 async def test_the_callers_parallel_calls_arrive_one_call_per_chunk():
-    rounds = ToolRounds(WholeParallelCalls(), IssTools(NoQueries(), 1.0), 2)  # type: ignore[arg-type]  # never run
+    rounds = ToolRounds(WHOLE_PARALLEL_CALLS, IssTools(NoQueries(), 1.0), 2)  # type: ignore[arg-type]  # never run
     tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
              for name in ("get_weather", "get_time")]
     params = {"model": "m", "messages": [{"role": "user", "content": "weather and time in Paris?"}],

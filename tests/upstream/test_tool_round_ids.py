@@ -15,38 +15,19 @@ from services.iss.state import IssState
 from services.iss.tools import IssTools
 from services.upstream.base import ToolLog
 from services.upstream.tool_rounds import ToolRounds
+from tests.fakes.scripted_backend import NoQueries, ScriptedBackend, chunk
 
-
-class AzureLike:
-    """An upstream whose stream opens with Azure's `{"id": "", "choices": [], "prompt_filter_results"}`."""
-
-    name = "azure-like"
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncGenerator[Chunk, None]:
-        yield Chunk.of({"id": "", "object": "", "created": 0, "model": "", "choices": [],
-                        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
-        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"content": "Hello"}, None),
-                              ({}, "stop")):
-            yield Chunk.of({"id": "chatcmpl-az", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
-
-
-class NoQueries:
-    """The tools are offered, never run here."""
+# An upstream whose stream opens with Azure's `{"id": "", "choices": [], "prompt_filter_results"}`.
+AZURE_LIKE = ScriptedBackend("azure-like", [
+    {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]},
+    *(chunk(delta, finish, id="chatcmpl-az", model="gpt-4o") for delta, finish in (
+        ({"role": "assistant", "content": ""}, None), ({"content": "Hello"}, None), ({}, "stop"))),
+])
 
 
 async def test_an_empty_first_id_does_not_become_the_answers_id():
-    rounds = ToolRounds(AzureLike(), IssTools(NoQueries(), 1.0), 2)  # type: ignore[arg-type]  # never called
+    rounds = ToolRounds(AZURE_LIKE, IssTools(NoQueries(), 1.0), 2)  # type: ignore[arg-type]  # never called
     params = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     chunks = [chunk.data async for chunk in rounds.stream(params, None)]
     ids = {chunk["id"] for chunk in chunks if chunk.get("choices")}
