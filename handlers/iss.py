@@ -58,7 +58,7 @@ class PublicReadHandler(ApiHandler):
     def prepare(self) -> None:
         super().prepare()
         if caller_left(self.request.connection):
-            # Sent and abandoned (a flood's pattern): no check, search or answer for no one.
+            # Sent and abandoned (a flood's pattern): nobody is left to check, search or answer for.
             self.set_status(499, "Client Closed Request")
             raise tornado.web.Finish()
         check_public_read(self.request, self.config)
