@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import orjson
+
 from services.common.openai_format import Chunk
 from services.iss.state import IssState
 from services.upstream.base import ToolLog
@@ -19,11 +21,14 @@ def chunk(delta: dict[str, Any], finish: str | None = None, *, id: str = "chatcm
 
 
 class ScriptedBackend:
-    """Streams `chunks` for every request; complete() is not scripted."""
+    """Streams `chunks` for every request (objects, or raw bytes sent as they are); complete() answers
+    `completion` when one is given."""
 
-    def __init__(self, name: str, chunks: list[dict[str, Any]]) -> None:
+    def __init__(self, name: str, chunks: list[dict[str, Any] | bytes],
+                 completion: dict[str, Any] | None = None) -> None:
         self.name = name
         self.chunks = chunks
+        self.completion = completion
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
@@ -31,10 +36,13 @@ class ScriptedBackend:
     async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
                      ) -> AsyncGenerator[Chunk, None]:
         for item in self.chunks:
-            yield Chunk.of(item)
+            # As an upstream sends them: bytes parsed anew for each request (the layer may rewrite a chunk).
+            yield Chunk(item if isinstance(item, bytes) else orjson.dumps(item))
 
     async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
-        raise NotImplementedError
+        if self.completion is None:
+            raise NotImplementedError
+        return orjson.dumps(self.completion)
 
     async def close(self) -> None:
         return None

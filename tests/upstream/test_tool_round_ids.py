@@ -3,17 +3,13 @@ content-filter chunk), with the layer's tools offered."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 import pytest
 
 from services.common.errors import ApiError
-from services.common.openai_format import Chunk
-from services.iss.state import IssState
 from services.iss.tools import IssTools
-from services.upstream.base import ToolLog
 from services.upstream.tool_rounds import ToolRounds
 from tests.fakes.scripted_backend import NoQueries, ScriptedBackend, chunk
 
@@ -34,32 +30,17 @@ async def test_an_empty_first_id_does_not_become_the_answers_id():
     assert ids == {"chatcmpl-az"}, chunks
 
 
-class KeepsCallingOurs:
-    """A model that ignores the tool list: every round, streamed or not, it calls the layer's iss_crew."""
-
-    name = "keeps-calling"
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncGenerator[Chunk, None]:
-        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "iss_crew", "arguments": "{}"}}
-        for delta, finish in (({"role": "assistant", "content": ""}, None), ({"tool_calls": [call]}, None),
-                              ({}, "tool_calls")):
-            yield Chunk.of({"id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-
-    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
-        call = {"id": "call_1", "type": "function", "function": {"name": "iss_crew", "arguments": "{}"}}
-        return orjson.dumps({"id": "chatcmpl-k", "object": "chat.completion", "created": 1, "model": "m",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": None,
-                                                                  "tool_calls": [call]},
-                                          "finish_reason": "tool_calls"}],
-                             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
-
-    async def close(self) -> None:
-        return None
+# A model that ignores the tool list: every round, streamed or not, it calls the layer's iss_crew.
+_CREW_CALL = {"id": "call_1", "type": "function", "function": {"name": "iss_crew", "arguments": "{}"}}
+KEEPS_CALLING_OURS = ScriptedBackend(
+    "keeps-calling",
+    [chunk({"role": "assistant", "content": ""}, id="chatcmpl-k"),
+     chunk({"tool_calls": [{"index": 0, **_CREW_CALL}]}, id="chatcmpl-k"), chunk({}, "tool_calls", id="chatcmpl-k")],
+    completion={"id": "chatcmpl-k", "object": "chat.completion", "created": 1, "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [_CREW_CALL]},
+                             "finish_reason": "tool_calls"}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}},
+)
 
 
 class Crew:
@@ -70,7 +51,7 @@ class Crew:
 
 
 async def test_the_layers_tool_called_in_the_round_that_no_longer_offers_it_never_reaches_the_caller():
-    rounds = ToolRounds(KeepsCallingOurs(), IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
+    rounds = ToolRounds(KEEPS_CALLING_OURS, IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
     params = {"model": "m", "messages": [{"role": "user", "content": "who is aboard?"}], "stream": True}
     chunks = [chunk.data async for chunk in rounds.stream(params, None)]
     deltas = [choice["delta"] for chunk in chunks for choice in chunk.get("choices") or []]
@@ -84,29 +65,16 @@ async def test_the_layers_tool_called_in_the_round_that_no_longer_offers_it_neve
     assert whole["usage"]["total_tokens"] == 12  # both rounds
 
 
-class TooDeep:
-    """An upstream whose finish chunk (which the layer rewrites) carries a value nested 300 deep."""
-
-    name = "too-deep"
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name}
-
-    async def stream(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None
-                     ) -> AsyncGenerator[Chunk, None]:
-        deep = b'{"x": ' * 300 + b"1" + b"}" * 300
-        yield Chunk(b'{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": '
-                    b'[{"index": 0, "delta": {"content": "Hi"}, "logprobs": ' + deep + b', "finish_reason": "stop"}]}')
-
-    async def complete(self, params: dict[str, Any], iss: IssState | None, tools: ToolLog | None = None) -> bytes:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
+# An upstream whose finish chunk (which the layer rewrites) carries a value nested 300 deep.
+TOO_DEEP = ScriptedBackend("too-deep", [
+    b'{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": '
+    b'[{"index": 0, "delta": {"content": "Hi"}, "logprobs": ' + b'{"x": ' * 300 + b"1" + b"}" * 300
+    + b', "finish_reason": "stop"}]}',
+])
 
 
 async def test_an_upstream_chunk_too_deep_to_write_again_is_the_upstreams_502():
-    rounds = ToolRounds(TooDeep(), IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
+    rounds = ToolRounds(TOO_DEEP, IssTools(Crew(), 1.0), 1)  # type: ignore[arg-type]  # crew() only
     params = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with pytest.raises(ApiError) as raised:
         [chunk async for chunk in rounds.stream(params, None)]
