@@ -25,6 +25,7 @@ from tornado.httputil import HTTPServerRequest
 from config import Settings
 from handlers.base import ApiHandler
 from services.common.errors import ApiError
+from services.ops.forwarded import parse_address
 
 # What a browser may send on a cross-origin chat request (the preflight's Access-Control-Allow-Headers).
 ALLOWED_REQUEST_HEADERS = "Authorization, Content-Type, conversation-id, X-Request-Id, traceparent, tracestate"
@@ -87,15 +88,7 @@ def host_allowed(request: HTTPServerRequest, settings: Settings) -> bool:
         return False
     if is_local_name(hostname) or hostname in settings.allowed_hosts:
         return True
-    return settings.listens_beyond_loopback and _is_address(hostname)
-
-
-def _is_address(hostname: str) -> bool:
-    try:
-        ipaddress.ip_address(hostname)
-    except ValueError:
-        return False
-    return True
+    return settings.listens_beyond_loopback and parse_address(hostname) is not None
 
 
 def _check_host(request: HTTPServerRequest, settings: Settings, or_else: str = "") -> None:

@@ -20,7 +20,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HOPS = 32  # X-Forwarded-For entries looked at, from the right
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An IP address written as text (an IPv4-mapped IPv6 one as its IPv4), or None for anything else."""
     try:
         address = ipaddress.ip_address(text.strip())
     except ValueError:
@@ -45,7 +46,7 @@ class TrustedProxies:
     def trusts(self, text: str | None) -> bool:
         if self.any:
             return True
-        address = _address(text or "")
+        address = parse_address(text or "")
         return address is not None and any(address in network for network in self.networks)
 
     def client(self, peer: str | None, forwarded_for: str | None, real_ip: str | None) -> str | None:
@@ -57,11 +58,11 @@ class TrustedProxies:
             if self.any:
                 # Any peer is a proxy: only the hop the nearest one added is its word; what a caller
                 # wrote to the left of it never is.
-                address = _address(hops[-1])
+                address = parse_address(hops[-1])
                 return str(address) if address is not None else peer
             candidate = None
             for hop in reversed(hops):
-                address = _address(hop)
+                address = parse_address(hop)
                 if address is None:
                     break  # not an address: nothing to its left can be believed either
                 candidate = str(address)
@@ -70,7 +71,7 @@ class TrustedProxies:
             # Every hop a trusted proxy: the left-most of them; a right-most hop that is no address: the peer
             # (never the caller's own X-Real-Ip).
             return candidate if candidate is not None else peer
-        address = _address(real_ip or "")
+        address = parse_address(real_ip or "")
         return str(address) if address is not None else peer
 
     def apply(self, request: HTTPServerRequest) -> None:

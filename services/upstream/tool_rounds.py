@@ -519,7 +519,8 @@ def _without_calls_of(completion: dict[str, Any], names: frozenset[str]) -> dict
         message["tool_calls"] = kept
     else:
         message.pop("tool_calls", None)
-    finish = choice.get("finish_reason") if kept else ("stop" if choice.get("finish_reason") == "tool_calls"
-                                                        else choice.get("finish_reason"))
+    finish = choice.get("finish_reason")
+    if not kept and finish == "tool_calls":
+        finish = "stop"
     return {**completion, "choices": [{**choice, "message": message, "finish_reason": finish},
                                       *completion["choices"][1:]]}
