@@ -49,7 +49,8 @@ from services.ops.forwarded import TrustedProxies
 from services.ops.heartbeat import Lost
 from services.ops.rate_limit import RateLimit
 from services.ops.recorder import NullMetrics, Recorder
-from services.ops.tracing import NoTracing, Tracing, make_tracing
+from services.ops.tracing import NoTracing, Tracing
+from services.ops.tracing_choice import make_tracing
 from services.upstream import make_backend
 from services.upstream.base import Backend
 

@@ -199,6 +199,55 @@ async def test_a_caller_who_leaves_is_not_an_upstream_failure_on_the_round_span(
     assert "error.type" not in upstream_round.attributes
 
 
+def _starts() -> Any:
+    """A span processor that counts the spans the SDK starts."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Starts(SpanProcessor):
+        started = 0
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.started += 1
+
+    return Starts()
+
+
+async def test_no_span_is_made_before_the_answer_ended(app, base_url, upstream, receiver):
+    """The SDK's span work (tens of microseconds a span) stays off the first token's path: while the
+    answer streams, the ids are drawn (the round's traceparent already left) but no span exists yet."""
+    starts = _starts()
+    app.services.tracing.provider.add_span_processor(starts)
+    reader, writer, seen = await open_stream(
+        base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                   "x_fake": {"tokens": 5, "gap": 0.05}}, headers={"traceparent": TRACEPARENT}, events=2)
+    assert b'"content"' in seen, seen  # the first content token reached the caller
+    sent = {name.lower(): value for name, value in list(upstream.headers)[-1].items()}["traceparent"]
+    assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-01")
+    assert starts.started == 0, "a span was made while the answer streamed"
+    rest = b""
+    while b"[DONE]" not in rest:
+        chunk = await asyncio.wait_for(reader.read(65536), 10)
+        assert chunk, rest
+        rest += chunk
+    writer.close()
+    await _flush(app)
+    spans = await receiver.wait_for(2)
+    assert starts.started == 2
+    (upstream_round,) = [span for span in spans if span.kind == CLIENT]
+    assert sent == f"00-{CALLER_TRACE}-{upstream_round.span_id}-01", "the span has the id its traceparent sent"
+
+
+async def test_a_caller_trace_not_sampled_stays_unsampled_upstream_and_unexported(app, base_url, upstream, receiver):
+    response = await post_json(base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                          "stream": True},
+                               headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"})
+    assert response.code == 200
+    sent = {name.lower(): value for name, value in list(upstream.headers)[-1].items()}["traceparent"]
+    assert sent.startswith(f"00-{CALLER_TRACE}-") and sent.endswith("-00"), sent
+    await _flush(app)
+    assert receiver.spans == []
+
+
 @pytest.mark.parametrize("capture", [True])
 async def test_content_is_captured_only_when_asked(app, base_url, upstream, receiver, capture):
     await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True})
