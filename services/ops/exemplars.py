@@ -8,7 +8,7 @@ Two jobs, both cheap and neither able to raise on the chat path:
   trace id whole or not at all, then the conversation id, shortened to the room left or dropped.
 - `ExemplarGate`: at most one exemplar per histogram bucket (or counter series) per interval. The
   client keeps only the latest exemplar of each bucket and Prometheus reads it once per scrape, so
-  setting one on every observation (~5 µs each, mostly the client's own validation) buys nothing.
+  setting one on every observation (~5-6 µs each, mostly the client's own validation) buys nothing.
 
 This module imports no metrics library (services/ops/recorder.py explains why).
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 MAX_EXEMPLAR_CHARS = 128  # OpenMetrics' limit on an exemplar's label names and values together
 REQUEST_ID = "request_id"
-TRACE_ID = "trace_id"  # the label name Grafana's exemplar links look for by default
+TRACE_ID = "trace_id"  # the name Prometheus' and the client's own exemplar examples use
 CONVERSATION_ID = "conversation_id"
 MIN_CONVERSATION_CHARS = 8  # a shorter cut of a conversation id would match too many: dropped instead
 EXEMPLAR_EVERY_S = 1.0
