@@ -37,6 +37,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from services.ops import multiprocess as lifecycle
+from services.ops.exemplars import ExemplarGate, exemplar_labels
 from services.ops.metric_collectors import FETCHES_DOC, PREFIX, IssCollector, WorkerProcessCollector, fetch_counts
 from services.ops.recorder import Timed
 
@@ -164,6 +165,8 @@ class Metrics:
         self._health: Callable[[], dict[str, Any]] | None = None
         self._sync: asyncio.Task[None] | None = None
         self._scrape_registry = self._exposed_registry()
+        # Exemplars (OpenMetrics only): the client keeps none in its multiprocess mode, so none are made there.
+        self._exemplars = None if self.multiprocess else ExemplarGate()
 
     def _exposed_registry(self) -> CollectorRegistry:
         if not self.multiprocess:
@@ -233,22 +236,28 @@ class Metrics:
         self.keepalives.inc()
 
     def outcome(self, record: Timed) -> None:
-        """One chat request ended: count it and observe its timings, once (from Exchange.end)."""
+        """One chat request ended: count it and observe its timings, once (from Exchange.end).
+
+        The request counter and the duration and first-token histograms carry the request's ids as
+        an exemplar (services/ops/exemplars.py): the first observation of each bucket every second."""
         child = self._child
         route = record.path
         outcome = str(record.outcome or "error")
-        child(self.requests, route, outcome, str(record.status)).inc()
         ended = record.ended if record.ended is not None else time.monotonic()
-        child(self.duration, route, outcome).observe(ended - record.started)
+        exemplar = self._count(child(self.requests, route, outcome, str(record.status)), record, ended)
+        exemplar = self._observe(child(self.duration, route, outcome), DURATION_BUCKETS, ended - record.started,
+                                 record, ended, exemplar)
         if record.upstream_sent is not None:
             child(self.added_before, route).observe(record.upstream_sent - record.started)
         if record.stream:
             # The first-token split, for streamed answers (a whole answer has no first token).
             first = record.first_token_at
             if first is not None and record.upstream_sent is not None:
-                child(self.upstream_ttft, self.models(record.upstream_model)).observe(first - record.upstream_sent)
+                exemplar = self._observe(child(self.upstream_ttft, self.models(record.upstream_model)), TTFT_BUCKETS,
+                                         first - record.upstream_sent, record, ended, exemplar)
             if record.first_written is not None:
-                child(self.ttft, route).observe(record.first_written - record.started)
+                self._observe(child(self.ttft, route), TTFT_BUCKETS, record.first_written - record.started,
+                              record, ended, exemplar)
                 if first is not None:
                     child(self.added_after, route).observe(record.first_written - first)
         if outcome == "done":
@@ -258,6 +267,29 @@ class Metrics:
             child(self.upstream_errors, code).inc()
         if outcome == "fallback":
             self.fallbacks.inc()
+
+    def _count(self, counter: Any, record: Timed, now: float) -> dict[str, str] | None:
+        """counter.inc(), with the record's exemplar when the series is due one; the exemplar if made."""
+        gate = self._exemplars
+        if gate is None or not gate.due(counter, now):
+            counter.inc()
+            return None
+        exemplar = exemplar_labels(record.request_id, record.conversation_id, record.trace_id)
+        counter.inc(1, exemplar)
+        return exemplar
+
+    def _observe(self, histogram: Any, buckets: tuple[float, ...], value: float, record: Timed, now: float,
+                 exemplar: dict[str, str] | None) -> dict[str, str] | None:
+        """histogram.observe(value), with the record's exemplar when the value's bucket is due one; the
+        exemplar, made at the first observation that needs it (most need none: one per bucket a second)."""
+        gate = self._exemplars
+        if gate is None or not gate.due(histogram, now, value, buckets):
+            histogram.observe(value)
+            return exemplar
+        if exemplar is None:
+            exemplar = exemplar_labels(record.request_id, record.conversation_id, record.trace_id)
+        histogram.observe(value, exemplar)
+        return exemplar
 
     def _child(self, metric: Any, *values: str) -> Any:
         """metric.labels(*values), kept: the client's labels() costs as much as the observation itself.

@@ -13,8 +13,12 @@ from typing import Any, Protocol
 
 class Timed(Protocol):
     """What one chat request's record offers the metrics once it ended (an Exchange); times are
-    time.monotonic() readings: started (received), upstream asked, its first content token, written, ended."""
+    time.monotonic() readings: started (received), upstream asked, its first content token, written, ended.
+    The ids (sanitized, at most 128 characters each) go on the exemplars; trace_id is None when untraced."""
 
+    request_id: str
+    conversation_id: str | None
+    trace_id: str | None
     path: str
     stream: bool
     outcome: Any

@@ -315,6 +315,7 @@ MULTIPROCESS = textwrap.dedent("""
     class Record:
         path = "/v1/chat/completions"; stream = True; outcome = "done"; status = 200
         upstream_model = "gpt-test"; error_code = None; tokens = 7
+        request_id = "req-1"; conversation_id = "conv-1"; trace_id = None
         started = 0.0; upstream_sent = 0.001; first_token_at = 0.101; first_written = 0.102; ended = 0.5
 
     pids = []

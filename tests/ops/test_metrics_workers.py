@@ -113,3 +113,41 @@ async def test_workers_without_a_multiprocess_dir_share_a_temporary_one(io_loop,
         assert await server.stop() == 0
     finally:
         server.kill()
+
+
+async def test_with_workers_long_ids_are_counted_and_openmetrics_scrapes_without_exemplars(io_loop, paced_upstream,
+                                                                                            tmp_path):
+    """The client keeps no exemplars in its multiprocess mode: requests carrying the longest ids are
+    all counted, and an OpenMetrics scrape answers the whole server's totals, with no exemplar."""
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(_workers_env(tmp_path, paced_upstream), "--port", str(port), "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        for index in range(6):  # each on a new connection, so both workers answer some
+            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
+                                              "x_fake": {"tokens": 3, "gap": 0}},
+                                       headers={"X-Request-Id": f"{index}" * 128, "conversation-id": "c" * 128})
+            assert sse_events(response.body)[-1] == "[DONE]"
+        for _ in range(4):
+            client = AsyncHTTPClient(force_instance=True)
+            try:
+                response = await client.fetch(base + "/metrics",
+                                              headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+            finally:
+                client.close()
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            samples = [s for family in openmetrics_families(response.body.decode()) for s in family.samples]
+            done = [s.value for s in samples if s.name == "iss_llm_chat_requests_total"
+                    and s.labels == {"route": ROUTE, "outcome": "done", "status": "200"}]
+            assert done == [6]
+            assert [s.value for s in samples if s.name == "iss_llm_chat_ttft_seconds_count"] == [6]
+            assert [s for s in samples if s.exemplar is not None] == []
+        assert await server.stop() == 0
+        assert "metrics not recorded" not in "".join(server.output)
+        server.assert_clean_output()
+    finally:
+        server.kill()
