@@ -83,9 +83,8 @@ class Exchange:
     ) -> None:
         self.hub = hub
         self.trace = trace  # the request's span (OpenTelemetry), a no-op when tracing is off
-        # Its W3C trace id (32 hex digits), for the metrics' exemplars; None when not traced (and,
-        # until the tracing sets it, always).
-        self.trace_id: str | None = None
+        # Its W3C trace id (32 hex digits), for the metrics' exemplars; None when not traced or sampled.
+        self.trace_id = trace.trace_id
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
         # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
         self.id = event_id or request_id

@@ -252,6 +252,21 @@ async def test_a_caller_trace_not_sampled_stays_unsampled_upstream_and_unexporte
     assert receiver.spans == []
 
 
+async def test_the_metrics_exemplars_carry_the_requests_trace_id(app, base_url, upstream, receiver):
+    from tests.ops.test_metrics_exemplars import openmetrics_samples, with_exemplars
+
+    response = await post_json(base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                          "stream": True}, headers={"traceparent": TRACEPARENT})
+    assert response.code == 200
+    samples = await openmetrics_samples(base_url)
+    [ttft] = with_exemplars(samples, "iss_llm_chat_ttft_seconds_bucket")
+    assert ttft.exemplar.labels["trace_id"] == CALLER_TRACE
+    assert ttft.exemplar.labels["request_id"] == response.headers["X-Request-Id"]
+    await _flush(app)
+    spans = await receiver.wait_for(2)
+    assert {span.trace_id for span in spans} == {CALLER_TRACE}
+
+
 @pytest.mark.parametrize("capture", [True])
 async def test_content_is_captured_only_when_asked(app, base_url, upstream, receiver, capture):
     await post_json(base_url, {"model": "m", "messages": QUESTION, "stream": True})
