@@ -37,6 +37,8 @@ class Cell:
     tp_chunks: int = 0
     tp_wall: float = 0.0
     tp_failed: int = 0
+    tp_cpu: float = 0.0  # the layer's CPU seconds in the throughput batches (gap 0, tp_tokens chunks)
+    tp_done: int = 0
 
     def add_latency(self, batch: Batch, layer_cpu: float, upstream_cpu: float) -> None:
         for sample in batch.samples:
@@ -52,8 +54,10 @@ class Cell:
         self.layer_cpu += layer_cpu
         self.upstream_cpu += upstream_cpu
 
-    def add_throughput(self, batch: Batch) -> None:
+    def add_throughput(self, batch: Batch, layer_cpu: float = 0.0) -> None:
         self.tp_chunks += sum(s.chunks for s in batch.ok)
+        self.tp_cpu += layer_cpu
+        self.tp_done += len(batch.ok)
         self.tp_wall += batch.wall
         self.tp_failed += batch.failed
         for sample in batch.samples:
@@ -82,6 +86,9 @@ class Cell:
             "total_p99": ms(percentile(self.total, 99)),
             "chunks_per_s": self.tp_chunks / self.tp_wall if self.tp_wall else None,
             "cpu_ms_per_request": self.layer_cpu * 1000 / done if self.path != "direct" else None,
+            # The same, in the batches the chunks/s come from: what the layer's core is spent on there.
+            "tp_cpu_ms_per_request": (self.tp_cpu * 1000 / self.tp_done
+                                      if self.path != "direct" and self.tp_done else None),
             "upstream_cpu_ms_per_request": self.upstream_cpu * 1000 / done,
         }
 

@@ -237,8 +237,8 @@ class Bench:
                     self.skipped.append(f"throughput c={c} round {r + 1} {path}")
                     continue
                 self.progress.set_postfix_str(f"c={c} throughput round {r + 1}/{cfg.rounds}: {path}")
-                batch, _, _ = await self.batch(path, tp_body, c, cfg.throughput_requests(c))
-                self.cell(path, c).add_throughput(batch)
+                batch, layer_cpu, _ = await self.batch(path, tp_body, c, cfg.throughput_requests(c))
+                self.cell(path, c).add_throughput(batch, layer_cpu)
 
     async def profile_stage(self, name: str, connections: str, c: int) -> None:
         """A paced upstream: time to first content and token pacing, per path, interleaved rounds."""

@@ -13,7 +13,7 @@ import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import MAX_MODEL_CHARS, Chunk, is_count, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, all_dicts, is_count, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -52,9 +52,7 @@ class Relay:
         exchange = self.exchange
         chunk = payload.data
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        if not isinstance(chunk, dict) or not (choices is None or isinstance(choices, list)) or not all(
-            isinstance(choice, dict) for choice in choices or ()
-        ):
+        if not isinstance(chunk, dict) or not (choices is None or (isinstance(choices, list) and all_dicts(choices))):
             # Not JSON, or JSON that is not a chunk (a list, a number, choices of strings...).
             raise upstream_error(502, "The upstream LLM sent a malformed chunk.", code="upstream_bad_chunk")
         if chunk.get("error") is not None and not choices:
@@ -75,10 +73,14 @@ class Relay:
                     exchange.token(content if isinstance(content, str) else "")
                 for call in tool_calls or ():
                     exchange.tool_call(call)
-            self.finish_reason = record_finish_reason(choice.get("finish_reason")) or self.finish_reason
-        usage = record_usage(chunk.get("usage"))
-        if usage:
-            self.usage = usage
+            reason = choice.get("finish_reason")
+            if reason is not None:  # most chunks carry null: no call for them
+                self.finish_reason = record_finish_reason(reason) or self.finish_reason
+        usage = chunk.get("usage")
+        if usage is not None:
+            usage = record_usage(usage)
+            if usage:
+                self.usage = usage
         raw = payload.raw
         if b"\n" in raw:
             # A multi-line SSE data field: valid JSON may hold raw newlines between tokens only.

@@ -282,6 +282,15 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
     return completion
 
 
+def all_dicts(items: list[Any]) -> bool:
+    """Whether every item is a JSON object (a chunk's `choices`): a plain loop, cheaper per chunk than all()
+    over a generator."""
+    for item in items:
+        if not isinstance(item, dict):
+            return False
+    return True
+
+
 def is_count(value: Any) -> bool:
     """A token count as usage carries it: a whole number (not a bool) within JSON's exact range."""
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53

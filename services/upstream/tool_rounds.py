@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError, tool_round_error
-from services.common.openai_format import NOT_JSON, Chunk, is_count
+from services.common.openai_format import NOT_JSON, Chunk, all_dicts, is_count
 from services.iss.state import IssState
 from services.iss.tools import IssTools, ToolResult
 from services.upstream.base import Backend, ToolLog
@@ -126,8 +126,7 @@ class _Round:
         if chunk is NOT_JSON or not isinstance(chunk, dict):
             return payload  # the relay reports it
         choices = chunk.get("choices")
-        if not (choices is None or isinstance(choices, list)) or not all(
-                isinstance(choice, dict) for choice in choices or ()):
+        if not (choices is None or (isinstance(choices, list) and all_dicts(choices))):
             return payload  # not a chunk: the relay reports it
         if choices is None and chunk.get("usage") is None:
             return payload  # an error event, or something else the relay judges
@@ -163,13 +162,24 @@ class _Round:
                     self.finish_reason = reason[:64]
                 choice["finish_reason"] = None
                 changed = True
-            if any(key not in {"index", "delta", "finish_reason"} and choice[key] is not None for key in choice):
+            if not keep and _more_than_delta(choice):
                 keep = True  # logprobs and the like go on with their chunk
         if not changed:
             return payload
         if not keep:
             return None
         return Chunk.of(chunk)
+
+
+_CHOICE_FIELDS = frozenset({"index", "delta", "finish_reason"})
+
+
+def _more_than_delta(choice: dict[str, Any]) -> bool:
+    """Whether a choice carries a field other than its index, delta and finish reason (logprobs...)."""
+    for key, value in choice.items():
+        if value is not None and key not in _CHOICE_FIELDS:
+            return True
+    return False
 
 
 class _Answer:

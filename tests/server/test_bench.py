@@ -325,6 +325,10 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
         (p, c) for p in ("direct", "relay", "tornado", "server") for c in (1, 4)
     }
     assert all(r["failed"] == 0 for r in data["rows"]), data["rows"]
+    # Each layer's CPU in the throughput batches too, not only in the latency ones (the relays' few
+    # milliseconds may read 0 at the clock's 10 ms; the server's 100-chunk requests never do).
+    assert all(r["tp_cpu_ms_per_request"] is not None for r in data["rows"] if r["path"] != "direct"), data["rows"]
+    assert all(r["tp_cpu_ms_per_request"] > 0 for r in data["rows"] if r["path"] == "server"), data["rows"]
     assert data["memory"]["server"]["opened"] == 20
     assert {(r["profile"], r["connections"], r["path"]) for r in data["profile_rows"]} == {
         (p, conn, path) for p, conn in (("openai", "reused"), ("thinking", "new"))
@@ -334,6 +338,7 @@ def test_benchmark_command_writes_its_table_chart_and_data(tmp_path):
     assert (tmp_path / "latest.png").stat().st_size > 10_000
     report = (tmp_path / "latest.md").read_text()
     assert "## Targets" in report
+    assert "CPU ms/req (gap 0)" in report
     assert "## The floors: aiohttp relay, bare Tornado relay, server" in report
 
 
