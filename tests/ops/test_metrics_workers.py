@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import psutil
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from tests.conftest import open_stream, post_json, sse_events
+from tests.fakes.openai_upstream import FakeUpstream
 from tests.ops.test_metrics import parse, value
 from tests.ops.test_workers import _workers_env, serving, wait_until
 from tests.server.test_server_process import MESSAGES, ServerProcess, _free_port
@@ -15,25 +19,40 @@ from tests.server.test_server_process import MESSAGES, ServerProcess, _free_port
 ROUTE = "/v1/chat/completions"
 
 
+async def _scrape(base: str, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """One scrape on a new connection (so the kernel hands it to either worker)."""
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        return await client.fetch(base + "/metrics", headers=headers)
+    finally:
+        client.close()
+
+
 async def _scrapes(base: str, count: int) -> list[dict]:
-    """`count` scrapes, each on a new connection (so the kernel hands them to either worker)."""
-    out = []
-    for _ in range(count):
-        client = AsyncHTTPClient(force_instance=True)
-        try:
-            response = await client.fetch(base + "/metrics")
-        finally:
-            client.close()
-        out.append(parse(response.body.decode())[0])
-    return out
+    """`count` scrapes, each on a new connection, parsed."""
+    return [parse((await _scrape(base)).body.decode())[0] for _ in range(count)]
 
 
-async def _streamed_answers(base: str, count: int) -> None:
+async def _streamed_answers(base: str, count: int, headers: Callable[[int], dict[str, str]] | None = None) -> None:
     """`count` streamed answers, each on a new connection (so either worker may answer it)."""
-    for _ in range(count):
+    for index in range(count):
         response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
-                                          "x_fake": {"tokens": 3, "gap": 0}})
+                                          "x_fake": {"tokens": 3, "gap": 0}},
+                                   headers=headers(index) if headers is not None else None)
         assert sse_events(response.body)[-1] == "[DONE]"
+
+
+@contextlib.asynccontextmanager
+async def _two_workers(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[tuple[ServerProcess, str]]:
+    """A server with two workers, both serving; its base URL."""
+    port = _free_port()
+    server = ServerProcess(_workers_env(tmp_path, upstream), "--port", str(port), "--workers", "2")
+    await server.start()
+    try:
+        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+        yield server, f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
 
 
 async def test_every_worker_reports_the_whole_servers_totals(io_loop, paced_upstream, tmp_path):
@@ -101,18 +120,11 @@ async def test_one_process_with_a_multiprocess_dir_starts_from_zero(io_loop, pac
 async def test_workers_without_a_multiprocess_dir_share_a_temporary_one(io_loop, paced_upstream, tmp_path):
     """No PROMETHEUS_MULTIPROC_DIR: the parent makes one before the client is imported, so the
     workers still count together (a client imported first would leave each worker counting alone)."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, paced_upstream), "--port", str(port), "--workers", "2")
-    await server.start()
-    try:
-        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
+    async with _two_workers(tmp_path, paced_upstream) as (server, base):
         await _streamed_answers(base, 6)  # both workers answer some
         for samples in await _scrapes(base, 4):
             assert value(samples, "iss_llm_chat_requests_total", route=ROUTE, outcome="done", status="200") == 6
         assert await server.stop() == 0
-    finally:
-        server.kill()
 
 
 async def test_with_workers_long_ids_are_counted_and_openmetrics_scrapes_without_exemplars(io_loop, paced_upstream,
@@ -121,24 +133,11 @@ async def test_with_workers_long_ids_are_counted_and_openmetrics_scrapes_without
     all counted, and an OpenMetrics scrape answers the whole server's totals, with no exemplar."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = ServerProcess(_workers_env(tmp_path, paced_upstream), "--port", str(port), "--workers", "2")
-    await server.start()
-    try:
-        await wait_until(lambda: len(serving(server)) == 2, 30, "two workers serving")
-        for index in range(6):  # each on a new connection, so both workers answer some
-            response = await post_json(base, {"model": "m", "messages": MESSAGES, "stream": True,
-                                              "x_fake": {"tokens": 3, "gap": 0}},
-                                       headers={"X-Request-Id": f"{index}" * 128, "conversation-id": "c" * 128})
-            assert sse_events(response.body)[-1] == "[DONE]"
+    async with _two_workers(tmp_path, paced_upstream) as (server, base):
+        await _streamed_answers(base, 6, lambda index: {"X-Request-Id": f"{index}" * 128,
+                                                        "conversation-id": "c" * 128})
         for _ in range(4):
-            client = AsyncHTTPClient(force_instance=True)
-            try:
-                response = await client.fetch(base + "/metrics",
-                                              headers={"Accept": "application/openmetrics-text; version=1.0.0"})
-            finally:
-                client.close()
+            response = await _scrape(base, {"Accept": "application/openmetrics-text; version=1.0.0"})
             assert response.headers["Content-Type"].startswith("application/openmetrics-text")
             samples = [s for family in openmetrics_families(response.body.decode()) for s in family.samples]
             done = [s.value for s in samples if s.name == "iss_llm_chat_requests_total"
@@ -149,5 +148,3 @@ async def test_with_workers_long_ids_are_counted_and_openmetrics_scrapes_without
         assert await server.stop() == 0
         assert "metrics not recorded" not in "".join(server.output)
         server.assert_clean_output()
-    finally:
-        server.kill()
