@@ -73,8 +73,8 @@ class OtelTracing:
             attributes["gen_ai.conversation.id"] = conversation_id
         attributes.update(_request_attributes(params))
         name = f"chat {model}"
-        # The decision the SDK makes again when it makes the span (the sampler sees the same ids): the
-        # `sampled` flag of each upstream round's traceparent.
+        # The sampler's decision (OTEL_TRACES_SAMPLER; parent-based by default), asked once: whether the
+        # spans are made at the end, and the `sampled` flag of each upstream round's traceparent.
         sampling = self.provider.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
         if sampling.attributes:
             attributes.update(sampling.attributes)
@@ -253,7 +253,7 @@ class _OtelTrace:
             request.error = error_code
         tracing.send_upstream(None)
         try:
-            asyncio.get_running_loop().call_soon(self._make)  # after this turn: the last words go first
+            asyncio.get_running_loop().call_soon(self._make)  # a later turn of the loop, off the request's path
         except RuntimeError:  # no loop (a test calling it directly): now
             self._make()
 
