@@ -41,6 +41,7 @@ from services.console.hub import worker_name
 from services.console.login_throttle import LoginThrottle, RedisLoginThrottle
 from services.console.redis_hub import RedisHub
 from services.console.station_feed import StationFeed
+from services.iss.block import BlockMemo
 from services.iss.cluster_feed import RedisIssFeed
 from services.iss.queries import IssQueries
 from services.iss.state import Tracker
@@ -197,7 +198,7 @@ def routes(settings: Settings, services: Services) -> list[Route]:
     chat = {
         "settings": settings, "tracker": services.tracker, "backend": services.backend, "hub": services.hub,
         "inflight": services.inflight, "metrics": services.metrics, "conversations": services.conversations,
-        "platforms": Platforms(settings), "tracing": services.tracing, "keys": keys,
+        "platforms": Platforms(settings), "tracing": services.tracing, "keys": keys, "blocks": BlockMemo(),
     }
     models = {"settings": settings, "keys": keys, "catalog": services.models or ModelCatalog(settings, None)}
     health = {"settings": settings, "backend": services.backend, "tracker": services.tracker,

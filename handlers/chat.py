@@ -48,7 +48,7 @@ from services.common.openai_format import (
 )
 from services.common.request_context import new_request_id
 from services.console import Hub
-from services.iss.block import inject, iss_block
+from services.iss.block import BlockMemo, inject
 from services.iss.state import IssState, Tracker
 from services.ops.recorder import Recorder
 from services.ops.tracing import Tracing
@@ -62,8 +62,9 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
 
     def initialize(self, settings: Settings, tracker: Tracker, backend: Backend, hub: Hub, inflight: Inflight,
                    metrics: Recorder, conversations: Conversations, platforms: Platforms, tracing: Tracing,
-                   keys: ApiKeys) -> None:
+                   keys: ApiKeys, blocks: BlockMemo) -> None:
         self.config = settings
+        self.blocks = blocks
         self.tracing = tracing
         self.allow_origins(settings)
         self.platforms = platforms
@@ -238,8 +239,8 @@ class ChatHandler(CorsMixin, BoundedBodyHandler):
             return self._ended_early()
         messages = request.messages
         if self.config.iss_inject != "off":
-            block = iss_block(state, crew=self.tracker.crew())  # the crew as last fetched: never waits
-            exchange.iss(block, state.to_dict() if state is not None else None)
+            block, record = self.blocks.of(state, self.tracker.crew())  # the crew as last fetched: never waits
+            exchange.iss(block, record)
             messages = inject(messages, block, self.config.iss_inject)
         params = {**request.params, "model": model, "messages": messages}
         if request.stream:

@@ -32,6 +32,26 @@ def iss_block(state: IssState | None, now: datetime | None = None, crew: Crew | 
     return f"{BLOCK_START} {body} {BLOCK_END}"
 
 
+class BlockMemo:
+    """The ISS block and the state's record (for the console) as the chat path reads them, made once per
+    state: the tracker hands out one state object for each whole second, so the requests within it share
+    one text (describe_state ~50 µs and to_dict ~24 µs a request otherwise, before the upstream is asked).
+    The record is shared by those requests' events and never changed."""
+
+    def __init__(self) -> None:
+        self._last: tuple[IssState, Crew | None, str, dict[str, Any]] | None = None
+
+    def of(self, state: IssState | None, crew: Crew | None) -> tuple[str, dict[str, Any] | None]:
+        if state is None:
+            return iss_block(None, crew=crew), None  # says the moment it was asked: never kept
+        last = self._last
+        if last is not None and last[0] is state and last[1] is crew:
+            return last[2], last[3]
+        block, record = iss_block(state, crew=crew), state.to_dict()
+        self._last = (state, crew, block, record)
+        return block, record
+
+
 def inject(messages: list[dict[str, Any]], block: str, mode: str) -> list[dict[str, Any]]:
     """A new message list with the block added; the caller's messages are left as they were.
 

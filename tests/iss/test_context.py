@@ -73,3 +73,33 @@ def test_crew_line_only_for_a_usable_list_that_names_someone():
     for crew in (None, Crew((), now), Crew(("<>[]",), now), Crew(("Ana Vale",), now - timedelta(days=7, seconds=1)),
                  Crew(("Ana Vale",), now + timedelta(hours=1))):
         assert "Aboard" not in iss_block(None, now, crew), crew
+
+
+def test_the_block_memo_makes_one_block_per_state_and_a_new_one_for_each_new_state_or_crew():
+    from datetime import UTC, datetime, timedelta
+
+    from services.iss.block import BlockMemo
+    from services.iss.crew import Crew
+    from services.iss.state import IssState
+
+    at = datetime(2026, 12, 1, 12, 0, 5, tzinfo=UTC)
+
+    def state(second: int, latitude: float) -> IssState:
+        return IssState(latitude=latitude, longitude=10.0, at=at + timedelta(seconds=second),
+                        measured_at=at, source="wheretheiss", accuracy="live")
+
+    memo = BlockMemo()
+    first = state(0, 12.5)
+    block, record = memo.of(first, None)
+    assert block == iss_block(first) and "12.50°N" in block and record == first.to_dict()
+    again = memo.of(first, None)
+    assert again[0] is block and again[1] is record, "the same state: the same text, made once"
+    # The next second's state, equal in place but another object, and a moved station: each read anew.
+    moved = state(1, -33.25)
+    block2, record2 = memo.of(moved, None)
+    assert "33.25°S" in block2 and record2 == moved.to_dict() and record2["latitude"] == -33.25
+    # A crew list fetched since: the same state, a new line.
+    crew = Crew(("Ana Vale",), at - timedelta(hours=1))
+    assert "Ana Vale" in memo.of(moved, crew)[0] and "Ana Vale" not in block2
+    # No state: the honest unavailable block, with its moment, never kept.
+    assert "unavailable" in memo.of(None, None)[0] and memo.of(None, None)[1] is None
