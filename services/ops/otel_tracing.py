@@ -95,8 +95,7 @@ class OtelTracing:
         """
         if not trace.sampled:
             return  # never exported
-        flags = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID) if trace.random_trace_id else (
-            TraceFlags(TraceFlags.SAMPLED))
+        flags = TraceFlags(trace.flags)
         request = trace.request
         context = SpanContext(trace.trace, request.span_id, is_remote=False, trace_flags=flags,
                               trace_state=trace.trace_state)
@@ -152,9 +151,19 @@ def _request_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
                             ("presence_penalty", "gen_ai.request.presence_penalty"),
                             ("seed", "gen_ai.request.seed")):
         value = params.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if _number(value):
             out[attribute] = value
     return out
+
+
+INT64 = 2**63  # OTLP's integers are signed 64-bit: a caller's larger seed is left out, not an export error
+
+
+def _number(value: Any) -> bool:
+    """An attribute value OTLP carries: a float, or an int within signed 64 bits (never a bool)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, float) or (isinstance(value, int) and -INT64 <= value < INT64)
 
 
 def _usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
@@ -164,17 +173,18 @@ def _usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, int]:
     for name, attribute in (("prompt_tokens", "gen_ai.usage.input_tokens"),
                             ("completion_tokens", "gen_ai.usage.output_tokens")):
         value = usage.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and _number(value):
             out[attribute] = value
     return out
 
 
 def _text(value: Any) -> str:
+    """Captured content as JSON text, cut to MAX_CONTENT_CHARS; never raises (a request nested deeper than
+    orjson writes, which str() would recurse through to a RecursionError, gets a placeholder)."""
     try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = str(value)
-    return text[:MAX_CONTENT_CHARS]
+        return orjson.dumps(value).decode()[:MAX_CONTENT_CHARS]
+    except Exception:
+        return "[not recorded: too deeply nested to write as JSON]"
 
 
 class _OtelTrace:
@@ -188,6 +198,8 @@ class _OtelTrace:
         self.trace = trace_id
         self.random_trace_id = parent is None or bool(parent.trace_flags.random_trace_id)
         self.sampled = sampled
+        self.flags = ((TraceFlags.SAMPLED if sampled else 0)
+                      | (TraceFlags.RANDOM_TRACE_ID if self.random_trace_id else 0))
         self.trace_state = TraceState()
         self.model = model
         self.children: list[_Recorded] = []
@@ -213,8 +225,9 @@ class _OtelTrace:
         recorded = _Recorded(f"chat {model}", SpanKind.CLIENT, time.time_ns(), attributes,
                              span_id=self.tracing.ids.generate_span_id())
         self.children.append(recorded)
-        # W3C trace context: version 00, the trace, this round's span, the sampled flag.
-        carrier = {"traceparent": f"00-{self.trace:032x}-{recorded.span_id:016x}-{'01' if self.sampled else '00'}"}
+        # W3C trace context: version 00, the trace, this round's span, the flags (sampled, and the level-2
+        # random-trace-id flag as the SDK's own propagator writes it).
+        carrier = {"traceparent": f"00-{self.trace:032x}-{recorded.span_id:016x}-{self.flags:02x}"}
         if self.trace_state:
             carrier["tracestate"] = self.trace_state.to_header()
         tracing.send_upstream(carrier)

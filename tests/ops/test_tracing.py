@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -265,6 +266,36 @@ async def test_the_metrics_exemplars_carry_the_requests_trace_id(app, base_url, 
     await _flush(app)
     spans = await receiver.wait_for(2)
     assert {span.trace_id for span in spans} == {CALLER_TRACE}
+
+
+async def test_a_seed_beyond_64_bits_is_left_off_the_span_without_an_export_error(app, base_url, upstream, receiver,
+                                                                                   caplog):
+    caplog.set_level(logging.ERROR)
+    response = await post_json(base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                          "stream": True, "seed": 2**64 - 1, "temperature": 0.5})
+    assert response.code == 200
+    await _flush(app)
+    spans = await receiver.wait_for(2)
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR] == []
+    (request,) = [span for span in spans if span.kind == SERVER]
+    assert "gen_ai.request.seed" not in request.attributes and request.attributes["gen_ai.request.temperature"] == 0.5
+
+
+async def test_a_new_trace_sends_the_sampled_and_random_flags_upstream(app, base_url, upstream, receiver):
+    response = await post_json(base_url, {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                                          "stream": True})
+    assert response.code == 200
+    sent = {name.lower(): value for name, value in list(upstream.headers)[-1].items()}["traceparent"]
+    assert sent.endswith("-03"), sent  # sampled, and a random trace id (W3C level 2), as the SDK writes it
+
+
+@pytest.mark.parametrize("capture", [True, False])
+async def test_a_request_too_deep_to_forward_is_a_400_with_content_capture_on_or_off(app, base_url, upstream, receiver,
+                                                                                     capture):
+    raw = (b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hi","x_extra":'
+           + b"[" * 1000 + b"]" * 1000 + b"}]}")
+    response = await post_json(base_url, None, raw=raw)
+    assert response.code == 400, (response.code, response.body[:300])
 
 
 @pytest.mark.parametrize("capture", [True])
