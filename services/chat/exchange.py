@@ -83,8 +83,6 @@ class Exchange:
     ) -> None:
         self.hub = hub
         self.trace = trace  # the request's span (OpenTelemetry), a no-op when tracing is off
-        # Its W3C trace id (32 hex digits), for the metrics' exemplars; None when not traced or sampled.
-        self.trace_id = trace.trace_id
         # The request id is the caller's X-Request-Id when it sent one; the console's records are
         # keyed by an id of the server's own (event_id), so two callers' equal ids never mix.
         self.id = event_id or request_id
@@ -127,6 +125,11 @@ class Exchange:
         self._pending.clear()
         self._shown = True
         self.hub.publish({"type": "tokens", "id": self.id, "t": time.time(), "text": text})
+
+    @property
+    def trace_id(self) -> str | None:
+        """Its W3C trace id (32 hex digits), for the metrics' exemplars; None when not traced or sampled."""
+        return self.trace.trace_id
 
     def _elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000, 2)

@@ -196,16 +196,15 @@ class _OtelTrace:
         self.request = request
         self.parent = parent  # the caller's span, from its traceparent
         self.trace = trace_id
-        self.random_trace_id = parent is None or bool(parent.trace_flags.random_trace_id)
         self.sampled = sampled
+        random_trace_id = parent is None or bool(parent.trace_flags.random_trace_id)
         self.flags = ((TraceFlags.SAMPLED if sampled else 0)
-                      | (TraceFlags.RANDOM_TRACE_ID if self.random_trace_id else 0))
+                      | (TraceFlags.RANDOM_TRACE_ID if random_trace_id else 0))
         self.trace_state = TraceState()
         self.model = model
         self.children: list[_Recorded] = []
         self.rounds = 0
         self.tools = 0
-        self.ended = False
 
     @property
     def trace_id(self) -> str | None:
@@ -246,10 +245,9 @@ class _OtelTrace:
 
     def end(self, *, outcome: str, status: int, response_model: str | None, usage: Mapping[str, Any] | None,
             finish_reason: str | None, ttft_s: float | None, error_code: str | None) -> None:
-        if self.ended:
-            return
-        self.ended = True
         request = self.request
+        if request.ended is not None:
+            return  # ended once already
         request.ended = time.time_ns()
         extra = request.extra
         extra["iss_llm.outcome"] = outcome

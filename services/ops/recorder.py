@@ -18,7 +18,6 @@ class Timed(Protocol):
 
     request_id: str
     conversation_id: str | None
-    trace_id: str | None
     path: str
     stream: bool
     outcome: Any
@@ -31,6 +30,9 @@ class Timed(Protocol):
     first_token_at: float | None
     first_written: float | None
     ended: float | None
+
+    @property
+    def trace_id(self) -> str | None: ...
 
 
 class Recorder(Protocol):
