@@ -13,7 +13,7 @@ import orjson
 
 from services.chat.exchange import Exchange
 from services.common.errors import upstream_error
-from services.common.openai_format import MAX_MODEL_CHARS, Chunk, all_dicts, is_count, sse_event
+from services.common.openai_format import MAX_MODEL_CHARS, Chunk, choices_ok, is_count, sse_event
 from services.ops.redaction import redact_text
 
 
@@ -52,7 +52,7 @@ class Relay:
         exchange = self.exchange
         chunk = payload.data
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
-        if not isinstance(chunk, dict) or not (choices is None or (isinstance(choices, list) and all_dicts(choices))):
+        if not isinstance(chunk, dict) or not choices_ok(choices):
             # Not JSON, or JSON that is not a chunk (a list, a number, choices of strings...).
             raise upstream_error(502, "The upstream LLM sent a malformed chunk.", code="upstream_bad_chunk")
         if chunk.get("error") is not None and not choices:

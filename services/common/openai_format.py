@@ -282,11 +282,15 @@ def completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any
     return completion
 
 
-def all_dicts(items: list[Any]) -> bool:
-    """Whether every item is a JSON object (a chunk's `choices`): a plain loop, cheaper per chunk than all()
-    over a generator."""
-    for item in items:
-        if not isinstance(item, dict):
+def choices_ok(choices: Any) -> bool:
+    """Whether a chunk's `choices` has a chunk's shape: absent (None), or a list of JSON objects. A plain
+    loop, cheaper per chunk than all() over a generator."""
+    if choices is None:
+        return True
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict):
             return False
     return True
 

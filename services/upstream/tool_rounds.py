@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import ApiError, tool_round_error
-from services.common.openai_format import NOT_JSON, Chunk, all_dicts, is_count
+from services.common.openai_format import NOT_JSON, Chunk, choices_ok, is_count
 from services.iss.state import IssState
 from services.iss.tools import IssTools, ToolResult
 from services.upstream.base import Backend, ToolLog
@@ -126,7 +126,7 @@ class _Round:
         if chunk is NOT_JSON or not isinstance(chunk, dict):
             return payload  # the relay reports it
         choices = chunk.get("choices")
-        if not (choices is None or (isinstance(choices, list) and all_dicts(choices))):
+        if not choices_ok(choices):
             return payload  # not a chunk: the relay reports it
         if choices is None and chunk.get("usage") is None:
             return payload  # an error event, or something else the relay judges
