@@ -20,6 +20,7 @@ from services.common.request_context import request_id_from
 from services.console import EVENT_TYPES, Hub, Subscription, encode
 from services.console.login_throttle import LoginThrottle
 from services.console.station_feed import StationFeed
+from services.ops.forwarded import forwarded_scheme
 from services.ops.recorder import Recorder
 
 log = logging.getLogger("iss_llm.console")
@@ -117,8 +118,7 @@ class ConsolePageHandler(tornado.web.RequestHandler):
                 # Behind a TLS proxy whose forwarded headers are not believed, its X-Forwarded-Proto
                 # still marks the cookie Secure: a caller who sends that header over plain HTTP only
                 # keeps its own cookie from coming back.
-                secure=self.request.protocol == "https"
-                or self.request.headers.get("X-Forwarded-Proto", "").strip().lower() == "https",
+                secure=self.request.protocol == "https" or forwarded_scheme(self.request.headers) == "https",
             )
             # Drop the token from the address bar and from the browser history.
             self.redirect(COOKIE_PATH, status=303)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from tornado.httputil import HTTPServerRequest
+from tornado.httputil import HTTPHeaders, HTTPServerRequest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_HOPS = 32  # X-Forwarded-For entries looked at, from the right
@@ -81,19 +81,23 @@ class TrustedProxies:
         headers = request.headers
         forwarded_for = ",".join(headers.get_list("X-Forwarded-For")) or None
         request.remote_ip = self.client(request.remote_ip, forwarded_for, headers.get("X-Real-Ip")) or ""
-        scheme = headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
-        if scheme in ("http", "https"):
+        scheme = forwarded_scheme(headers)
+        if scheme is not None:
             request.protocol = scheme
+
+
+def forwarded_scheme(headers: HTTPHeaders) -> str | None:
+    """The scheme the nearest proxy says the caller used (X-Forwarded-Proto's last hop): "http", "https"
+    or None. Believed for the request only from a trusted proxy (TrustedProxies.apply)."""
+    scheme = headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower()
+    return scheme if scheme in ("http", "https") else None
 
 
 def address_key(address: str | None) -> str:
     """The address as counted: an IPv6 address by its /64, anything unreadable as "?"."""
-    try:
-        parsed = ipaddress.ip_address(address or "")
-    except ValueError:
+    parsed = parse_address(address or "")
+    if parsed is None:
         return "?"
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
+    if isinstance(parsed, ipaddress.IPv6Address):  # an IPv4-mapped one is already its IPv4
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
